@@ -1,0 +1,9 @@
+//! Contracts shared by the operator and the services: the Redis key layout, admission and user
+//! tokens, the event configuration file the operator mounts, HTTP problem details and telemetry.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod keys;
+pub mod problem;
+pub mod telemetry;
+pub mod token;

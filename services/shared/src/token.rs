@@ -1,0 +1,206 @@
+//! User identity (the platform's bearer JWT) and admission tokens (issued by the queue, verified by
+//! reservation). Both are HS256 JWTs; they use different secrets and different audiences so one can
+//! never stand in for the other.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use serde::{Deserialize, Serialize};
+
+/// Audience of admission tokens; user tokens carrying it are refused as identity and vice versa.
+pub const ADMISSION_AUDIENCE: &str = "tiketi-admission";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is missing")]
+    Missing,
+    #[error("token is malformed or its signature does not verify")]
+    Invalid,
+    #[error("token has expired")]
+    Expired,
+    #[error("admission token was issued for event {actual:?}, not {expected:?}")]
+    WrongEvent { expected: String, actual: String },
+    #[error("admission token was issued to another user")]
+    WrongUser,
+    #[error("could not sign token")]
+    Sign,
+}
+
+impl TokenError {
+    /// A fixed label per variant, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::WrongEvent { .. } => "wrong_event",
+            Self::WrongUser => "wrong_user",
+            Self::Sign => "sign",
+        }
+    }
+}
+
+/// Claims of the platform's user token. Only `sub` is required by tiketi.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserClaims {
+    pub sub: String,
+    pub exp: i64,
+}
+
+/// Claims of an admission token: this user may buy for this event until `exp` (unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdmissionClaims {
+    /// The user (same as the user token's `sub`).
+    pub sub: String,
+    /// The event id.
+    pub event: String,
+    pub aud: String,
+    pub iat: i64,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+    /// Expiry in unix milliseconds, the same instant as the `active` set's score.
+    pub exp_ms: i64,
+}
+
+/// Verifies user tokens with the platform's shared secret.
+#[derive(Clone)]
+pub struct UserVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl UserVerifier {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self { key: DecodingKey::from_secret(secret), validation }
+    }
+
+    /// Verifies an `Authorization` header value (`Bearer <jwt>`) and returns the user id.
+    pub fn verify_bearer(&self, header: Option<&str>) -> Result<String, TokenError> {
+        let raw = header.ok_or(TokenError::Missing)?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .ok_or(TokenError::Invalid)?
+            .trim();
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        let data = decode::<serde_json::Value>(token, &self.key, &self.validation).map_err(map_jwt_error)?;
+        if data.claims.get("aud").and_then(|a| a.as_str()) == Some(ADMISSION_AUDIENCE) {
+            return Err(TokenError::Invalid);
+        }
+        match data.claims.get("sub").and_then(|s| s.as_str()) {
+            Some(sub) if !sub.is_empty() && sub.len() <= 256 => Ok(sub.to_owned()),
+            _ => Err(TokenError::Invalid),
+        }
+    }
+}
+
+/// Signs a user token; used by tests, the load generator and the demo, which play the platform.
+pub fn sign_user_token(secret: &[u8], user: &str, exp_unix: i64) -> Result<String, TokenError> {
+    let claims = UserClaims { sub: user.to_owned(), exp: exp_unix };
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).map_err(|_| TokenError::Sign)
+}
+
+/// Issues and verifies admission tokens with the admission secret.
+#[derive(Clone)]
+pub struct AdmissionKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl AdmissionKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) }
+    }
+
+    /// Issues a token for `user` at `event` expiring at `exp_ms` (unix milliseconds).
+    pub fn issue(&self, event: &str, user: &str, now_ms: i64, exp_ms: i64) -> Result<String, TokenError> {
+        let claims = AdmissionClaims {
+            sub: user.to_owned(),
+            event: event.to_owned(),
+            aud: ADMISSION_AUDIENCE.to_owned(),
+            iat: now_ms / 1000,
+            exp: exp_ms.div_euclid(1000),
+            exp_ms,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError::Sign)
+    }
+
+    /// Verifies a token for this event and user at `now_ms`. Expiry is checked against `exp_ms`
+    /// with no leeway: an admission slot that has lapsed is someone else's.
+    pub fn verify(
+        &self,
+        token: Option<&str>,
+        event: &str,
+        user: &str,
+        now_ms: i64,
+    ) -> Result<AdmissionClaims, TokenError> {
+        let token = token.ok_or(TokenError::Missing)?.trim();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_audience(&[ADMISSION_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let data = decode::<AdmissionClaims>(token, &self.decoding, &validation).map_err(map_jwt_error)?;
+        let claims = data.claims;
+        if claims.exp_ms <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        if claims.event != event {
+            return Err(TokenError::WrongEvent { expected: event.to_owned(), actual: claims.event });
+        }
+        if claims.sub != user {
+            return Err(TokenError::WrongUser);
+        }
+        Ok(claims)
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+        _ => TokenError::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn admission_token_round_trips_and_refuses_misuse() {
+        let keys = AdmissionKeys::new(b"admission-secret");
+        let t = keys.issue("ev", "alice", NOW, NOW + 60_000).unwrap();
+        let c = keys.verify(Some(&t), "ev", "alice", NOW + 1).unwrap();
+        assert_eq!((c.sub.as_str(), c.event.as_str(), c.exp_ms), ("alice", "ev", NOW + 60_000));
+        assert_eq!(keys.verify(Some(&t), "ev", "bob", NOW), Err(TokenError::WrongUser));
+        assert!(matches!(keys.verify(Some(&t), "other", "alice", NOW), Err(TokenError::WrongEvent { .. })));
+        assert_eq!(keys.verify(Some(&t), "ev", "alice", NOW + 60_000), Err(TokenError::Expired));
+        assert_eq!(keys.verify(None, "ev", "alice", NOW), Err(TokenError::Missing));
+        let forged = AdmissionKeys::new(b"other-secret").issue("ev", "alice", NOW, NOW + 60_000).unwrap();
+        assert_eq!(keys.verify(Some(&forged), "ev", "alice", NOW), Err(TokenError::Invalid));
+        let mut tampered = t.clone();
+        tampered.insert(tampered.len() - 3, 'x');
+        assert_eq!(keys.verify(Some(&tampered), "ev", "alice", NOW), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn user_tokens_verify_and_admission_tokens_are_not_identities() {
+        let secret = b"user-secret";
+        let v = UserVerifier::new(secret);
+        let far = chrono::Utc::now().timestamp() + 3600;
+        let t = sign_user_token(secret, "alice", far).unwrap();
+        assert_eq!(v.verify_bearer(Some(&format!("Bearer {t}"))), Ok("alice".to_owned()));
+        assert_eq!(v.verify_bearer(None), Err(TokenError::Missing));
+        assert_eq!(v.verify_bearer(Some(&t)), Err(TokenError::Invalid));
+        let old = sign_user_token(secret, "alice", far - 7200 - 60).unwrap();
+        assert_eq!(v.verify(&old), Err(TokenError::Expired));
+        let adm = AdmissionKeys::new(secret).issue("ev", "alice", NOW, far * 1000).unwrap();
+        assert_eq!(v.verify(&adm), Err(TokenError::Invalid));
+    }
+}
