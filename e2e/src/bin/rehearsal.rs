@@ -1,0 +1,402 @@
+//! The on-sale rehearsal's buyers and its dashboard. Plays the platform (signs user JWTs) and a
+//! crowd of buyers against the real queue and reservation services: join before and after the
+//! on-sale time, wait for admission, hold 1–4 seats with the admission token, confirm with an
+//! Idempotency-Key, leave. Meanwhile it prints one line a second from the TicketingEvent's status
+//! (phase, queue depth, pods) and the services' counters, and at the end checks PostgreSQL for
+//! double bookings.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+#[command(about = "Buyers and a live view for the tiketi on-sale rehearsal")]
+struct Args {
+    #[arg(long)]
+    queue_url: String,
+    #[arg(long)]
+    reservation_url: String,
+    #[arg(long)]
+    event: String,
+    #[arg(long, default_value = "tiketi-demo")]
+    namespace: String,
+    #[arg(long, env = "TIKETI_JWT_SECRET")]
+    jwt_secret: String,
+    /// Path of the event configuration (to know the seat ids).
+    #[arg(long)]
+    event_config: std::path::PathBuf,
+    /// Buyers who join before the on-sale time (the pre-queue).
+    #[arg(long, default_value_t = 800)]
+    early_buyers: u64,
+    /// Buyers who join after the on-sale time, spread over `--surge-seconds`.
+    #[arg(long, default_value_t = 2200)]
+    surge_buyers: u64,
+    #[arg(long, default_value_t = 10)]
+    surge_seconds: u64,
+    /// Give up after this many seconds in total.
+    #[arg(long, default_value_t = 240)]
+    deadline_seconds: u64,
+    /// Stop watching once the phase reaches one of these (comma separated).
+    #[arg(long, default_value = "Closed")]
+    until_phase: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    joined: AtomicU64,
+    admitted: AtomicU64,
+    held: AtomicU64,
+    hold_conflicts: AtomicU64,
+    confirmed: AtomicU64,
+    seats_confirmed: AtomicU64,
+    sold_out_seen: AtomicU64,
+    errors: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+struct Ctx {
+    http: reqwest::Client,
+    args: Args,
+    seats: Vec<String>,
+    tally: Tally,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = tiketi_shared::config::load(&args.event_config)?
+        .remove(&args.event)
+        .with_context(|| format!("event {} is not in {}", args.event, args.event_config.display()))?;
+    let seats: Vec<String> = config.inventory.seats().map(|s| s.id).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let ctx = Arc::new(Ctx {
+        http,
+        args,
+        seats,
+        tally: Tally::default(),
+    });
+    let started = Instant::now();
+
+    let on_sale = config.on_sale_at;
+    let watcher = tokio::spawn(watch(ctx.clone(), started));
+    let mut buyers = Vec::new();
+    for n in 0..ctx.args.early_buyers {
+        buyers.push(tokio::spawn(buyer(ctx.clone(), format!("early-{n}"))));
+    }
+    let wait = (on_sale - chrono::Utc::now()).to_std().unwrap_or_default();
+    println!(
+        "{} early buyers joined the pre-queue; on-sale in {:.0}s",
+        ctx.args.early_buyers,
+        wait.as_secs_f64()
+    );
+    tokio::time::sleep(wait).await;
+    let per_ms = (ctx.args.surge_seconds * 1000).max(1) as f64 / ctx.args.surge_buyers.max(1) as f64;
+    for n in 0..ctx.args.surge_buyers {
+        buyers.push(tokio::spawn(buyer(ctx.clone(), format!("surge-{n}"))));
+        if n % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis((per_ms * 50.0) as u64)).await;
+        }
+    }
+    for b in buyers {
+        let _ = b.await;
+    }
+    println!("all buyers done after {:.0}s", started.elapsed().as_secs_f64());
+    let _ = watcher.await;
+    summary(&ctx).await
+}
+
+fn user_token(ctx: &Ctx, user: &str) -> Result<String> {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    Ok(tiketi_shared::token::sign_user_token(
+        ctx.args.jwt_secret.as_bytes(),
+        user,
+        exp,
+    )?)
+}
+
+async fn buyer(ctx: Arc<Ctx>, user: String) {
+    if let Err(e) = buy(&ctx, &user).await {
+        ctx.tally.errors.fetch_add(1, Ordering::Relaxed);
+        if ctx.tally.errors.load(Ordering::Relaxed) <= 5 {
+            eprintln!("buyer {user}: {e:#}");
+        }
+    }
+}
+
+async fn buy(ctx: &Ctx, user: &str) -> Result<()> {
+    let bearer = format!("Bearer {}", user_token(ctx, user)?);
+    let queue = format!("{}/v1/events/{}/queue", ctx.args.queue_url, ctx.args.event);
+    let deadline = Instant::now() + Duration::from_secs(ctx.args.deadline_seconds);
+    // Join (retrying on 429/503 as a browser would).
+    loop {
+        let res = ctx
+            .http
+            .post(&queue)
+            .header("authorization", &bearer)
+            .send()
+            .await?;
+        match res.status().as_u16() {
+            200 | 201 => break,
+            409 => {
+                ctx.tally.sold_out_seen.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            429 | 503 => backoff(ctx, &res).await,
+            s => bail!("join: {s} {}", res.text().await.unwrap_or_default()),
+        }
+        if Instant::now() > deadline {
+            bail!("join did not succeed before the deadline");
+        }
+    }
+    ctx.tally.joined.fetch_add(1, Ordering::Relaxed);
+    // Wait for admission, polling as the service suggests.
+    let token = loop {
+        if Instant::now() > deadline {
+            bail!("not admitted before the deadline");
+        }
+        let res = ctx
+            .http
+            .get(format!("{queue}/me"))
+            .header("authorization", &bearer)
+            .send()
+            .await?;
+        if matches!(res.status().as_u16(), 429 | 503) {
+            backoff(ctx, &res).await;
+            continue;
+        }
+        let body: Value = res.json().await?;
+        match body["state"].as_str() {
+            Some("admitted") => break body["admission"]["token"].as_str().unwrap_or_default().to_owned(),
+            Some("soldOut") | Some("closed") => {
+                ctx.tally.sold_out_seen.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Some("waiting") => {
+                let after = body["pollAfterSeconds"].as_u64().unwrap_or(2).clamp(1, 5);
+                let jitter = rand::rng().random_range(0..1000);
+                tokio::time::sleep(Duration::from_millis(after * 1000 + jitter)).await;
+            }
+            other => bail!("unexpected queue state {other:?}: {body}"),
+        }
+    };
+    ctx.tally.admitted.fetch_add(1, Ordering::Relaxed);
+    // Hold 1–4 random seats; on conflict try other seats a few times.
+    let holds = format!("{}/v1/events/{}/holds", ctx.args.reservation_url, ctx.args.event);
+    let mut hold_id = None;
+    for _ in 0..4 {
+        let want: Vec<String> = {
+            let mut rng = rand::rng();
+            let n = rng.random_range(1..=4usize);
+            ctx.seats.choose_multiple(&mut rng, n).cloned().collect()
+        };
+        let res = ctx
+            .http
+            .post(&holds)
+            .header("authorization", &bearer)
+            .header("x-admission-token", &token)
+            .json(&serde_json::json!({ "seats": want }))
+            .send()
+            .await?;
+        match res.status().as_u16() {
+            200 | 201 => {
+                let body: Value = res.json().await?;
+                hold_id = body["holdId"].as_str().map(str::to_owned);
+                ctx.tally.held.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            409 => {
+                ctx.tally.hold_conflicts.fetch_add(1, Ordering::Relaxed);
+                let body: Value = res.json().await.unwrap_or_default();
+                if body["type"].as_str().is_some_and(|t| t.ends_with("sold-out")) {
+                    ctx.tally.sold_out_seen.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            429 | 503 => backoff(ctx, &res).await,
+            s => bail!("hold: {s} {}", res.text().await.unwrap_or_default()),
+        }
+    }
+    if let Some(hold_id) = hold_id {
+        // "Payment", then confirm with an Idempotency-Key, retrying the same key on outages.
+        let pause = rand::rng().random_range(200..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let key = uuid::Uuid::new_v4().to_string();
+        let url = format!("{}/v1/holds/{hold_id}/confirm", ctx.args.reservation_url);
+        for _ in 0..5 {
+            let res = ctx
+                .http
+                .post(&url)
+                .header("authorization", &bearer)
+                .header("idempotency-key", &key)
+                .send()
+                .await?;
+            match res.status().as_u16() {
+                200 | 201 => {
+                    let body: Value = res.json().await?;
+                    ctx.tally.confirmed.fetch_add(1, Ordering::Relaxed);
+                    let n = body["seats"].as_array().map(|s| s.len() as u64).unwrap_or(0);
+                    ctx.tally.seats_confirmed.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+                429 | 503 => backoff(ctx, &res).await,
+                409 | 410 => break,
+                s => bail!("confirm: {s} {}", res.text().await.unwrap_or_default()),
+            }
+        }
+    }
+    // Leave the active set so the next buyer is admitted sooner.
+    let _ = ctx
+        .http
+        .delete(format!("{queue}/me"))
+        .header("authorization", &bearer)
+        .send()
+        .await;
+    Ok(())
+}
+
+async fn backoff(ctx: &Ctx, res: &reqwest::Response) {
+    ctx.tally.unavailable.fetch_add(1, Ordering::Relaxed);
+    let secs = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .min(5);
+    let jitter = rand::rng().random_range(0..500);
+    tokio::time::sleep(Duration::from_millis(secs * 1000 + jitter)).await;
+}
+
+fn tev_api(client: kube::Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tiketi.gg", "v1alpha1", "TicketingEvent");
+    Api::namespaced_with(client, ns, &ApiResource::from_gvk(&gvk))
+}
+
+async fn watch(ctx: Arc<Ctx>, started: Instant) {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("no Kubernetes client: {e}");
+            return;
+        }
+    };
+    let api = tev_api(client, &ctx.args.namespace);
+    let until: Vec<&str> = ctx.args.until_phase.split(',').collect();
+    let mut seen_decisions = 0usize;
+    println!(
+        "{:>5} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
+        "t(s)", "phase", "queue", "active", "queuePods", "resvPods", "sold", "held", "avail"
+    );
+    loop {
+        let t = started.elapsed().as_secs();
+        let status = match api.get(&ctx.args.event).await {
+            Ok(o) => o.data.get("status").cloned().unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let avail: Value = match ctx
+            .http
+            .get(format!(
+                "{}/v1/events/{}/availability",
+                ctx.args.reservation_url, ctx.args.event
+            ))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let phase = status["phase"].as_str().unwrap_or("-").to_owned();
+        let pods = |c: &str| status[c]["pods"].as_str().unwrap_or("-").to_owned();
+        println!(
+            "{t:>5} {phase:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
+            status["queueDepth"].as_i64().unwrap_or(0),
+            status["activeUsers"].as_i64().unwrap_or(0),
+            pods("queue"),
+            pods("reservation"),
+            avail["sold"].as_u64().unwrap_or(0),
+            avail["held"].as_u64().unwrap_or(0),
+            avail["available"].as_u64().unwrap_or(0),
+        );
+        if let Some(decisions) = status["recentDecisions"].as_array() {
+            // Newest first: print the ones not yet shown, oldest of them first.
+            let total = decisions.len();
+            let new = decisions
+                .iter()
+                .take(total.saturating_sub(seen_decisions.min(total)))
+                .rev();
+            for d in new.take(10) {
+                println!(
+                    "      ↳ {} {}→{}: {}",
+                    d["component"].as_str().unwrap_or("?"),
+                    d["from"],
+                    d["to"],
+                    d["reason"].as_str().unwrap_or("")
+                );
+            }
+            seen_decisions = total;
+        }
+        if until.contains(&phase.as_str()) || t > ctx.args.deadline_seconds + 120 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn summary(ctx: &Ctx) -> Result<()> {
+    let t = &ctx.tally;
+    println!("\n=== rehearsal summary ===");
+    println!("buyers joined          {}", t.joined.load(Ordering::Relaxed));
+    println!("admitted               {}", t.admitted.load(Ordering::Relaxed));
+    println!(
+        "holds / conflicts      {} / {}",
+        t.held.load(Ordering::Relaxed),
+        t.hold_conflicts.load(Ordering::Relaxed)
+    );
+    println!(
+        "orders confirmed       {} ({} seats)",
+        t.confirmed.load(Ordering::Relaxed),
+        t.seats_confirmed.load(Ordering::Relaxed)
+    );
+    println!(
+        "told sold out          {}",
+        t.sold_out_seen.load(Ordering::Relaxed)
+    );
+    println!("429/503 backoffs       {}", t.unavailable.load(Ordering::Relaxed));
+    println!("buyer errors           {}", t.errors.load(Ordering::Relaxed));
+    if let Ok(url) = std::env::var("TIKETI_DEMO_DATABASE_URL") {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        let doubles: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT seat_id FROM order_lines WHERE event_id = $1 AND live \
+             GROUP BY seat_id HAVING count(*) > 1) d",
+        )
+        .bind(&ctx.args.event)
+        .fetch_one(&pool)
+        .await?;
+        let sold: i64 = sqlx::query_scalar("SELECT count(*) FROM order_lines WHERE event_id = $1 AND live")
+            .bind(&ctx.args.event)
+            .fetch_one(&pool)
+            .await?;
+        println!("seats sold (PostgreSQL) {sold}; seats sold twice: {doubles}");
+        if doubles != 0 {
+            bail!("double booking detected");
+        }
+        if sold as u64 != t.seats_confirmed.load(Ordering::Relaxed) {
+            bail!(
+                "PostgreSQL holds {sold} sold seats but buyers were told {}",
+                t.seats_confirmed.load(Ordering::Relaxed)
+            );
+        }
+    }
+    Ok(())
+}
