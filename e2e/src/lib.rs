@@ -22,7 +22,9 @@ pub fn stack_env(name: &str) -> Result<String> {
 /// A client for the local API server named by `KUBECONFIG`.
 pub async fn kube_client() -> Result<Client> {
     stack_env("KUBECONFIG")?;
-    Client::try_default().await.context("cannot build a client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .context("cannot build a client from KUBECONFIG")
 }
 
 /// A short random suffix for names that must not collide between concurrent tests.
@@ -46,18 +48,25 @@ impl TestNamespace {
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"tiketi.gg/test": "true"}}
         }))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
         // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
         let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
         wait_until("the default ServiceAccount", Duration::from_secs(30), || async {
             Ok(sa.get_opt("default").await?.is_some())
         })
         .await?;
-        Ok(Self { name, client: client.clone() })
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
     }
 
     pub async fn delete(self) -> Result<()> {
-        Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await?;
+        Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await?;
         Ok(())
     }
 }
