@@ -74,6 +74,12 @@ impl EventKeys {
         self.key("admission-fence")
     }
 
+    /// Hash `{last, credit}` of the admission rate limiter. It lives in Redis, not in the admitting
+    /// replica, so a replica that takes over the lease continues the rate instead of bursting.
+    pub fn admission_rate(&self) -> String {
+        self.key("admission-rate")
+    }
+
     /// Record of the pre-queue shuffle (seed and time) so it can be audited.
     pub fn shuffle(&self) -> String {
         self.key("shuffle")
@@ -98,6 +104,13 @@ impl EventKeys {
     /// One hold's record (JSON), expiring with the hold.
     pub fn hold(&self, hold_id: &str) -> String {
         self.key(&format!("hold:{hold_id}"))
+    }
+
+    /// Sorted set of the event's seats under a live hold, score = lock expiry (unix ms), kept by the
+    /// reservation service's hold scripts; `ZCOUNT <now> +inf` is the held count without reading
+    /// every seat key.
+    pub fn held_seats(&self) -> String {
+        self.key("held-seats")
     }
 
     /// Set of seats a user currently holds (for the per-user cap).

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Reservation benchmark (`make bench`): holds/s and confirms/s with p50/p99 under contention,
+# next to two baselines measured in the same run on the same Redis and PostgreSQL:
+#   - redis-benchmark: SET NX PX on random keys (what one seat lock costs at best);
+#   - pgbench: a single-row INSERT into a table with a unique constraint (what one booking row
+#     costs at best).
+# Needs the stack env (REDIS_URL, DATABASE_URL with CREATEDB); builds release binaries.
+# Knobs: BENCH_CLIENTS (64), BENCH_SECONDS (15), BENCH_ROWS x BENCH_PER_ROW seats (100 x 50; the
+# "spread" run uses 20x the rows),
+# BENCH_PG_CLIENTS (16 = the service's pool size).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${REDIS_URL:?run eval \"\$(e2e/stack env)\" first}"
+: "${DATABASE_URL:?run eval \"\$(e2e/stack env)\" first}"
+CLIENTS=${BENCH_CLIENTS:-64}
+DURATION=${BENCH_SECONDS:-15}
+ROWS=${BENCH_ROWS:-100}
+PER_ROW=${BENCH_PER_ROW:-50}
+PG_CLIENTS=${BENCH_PG_CLIENTS:-16}
+
+cargo build --release -q -p tiketi-reservation --bin tiketi-reservation --example bench
+BIN=target/release/tiketi-reservation
+DRIVER=target/release/examples/bench
+
+work=$(mktemp -d /tmp/tiketi-bench-resv.XXXXXX)
+suffix=$(date +%s)_$$
+pg_db="tiketi_bench_pg_$suffix"
+svc_db="tiketi_bench_svc_$suffix"
+event="bench-$suffix"
+event=${event//_/-}
+svc_pid=""
+db_url() { local base="${DATABASE_URL%%\?*}"; echo "${base%/*}/$1"; }
+cleanup() {
+  [ -n "$svc_pid" ] && kill "$svc_pid" 2>/dev/null && wait "$svc_pid" 2>/dev/null || true
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" 2>/dev/null || true
+  for l in contended spread; do
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${svc_db}_$l WITH (FORCE)" 2>/dev/null || true
+    redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$event-$l}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+hostport=${REDIS_URL#*://}; hostport=${hostport##*@}; hostport=${hostport%%/*}
+rhost=${hostport%:*}; rport=${hostport##*:}
+
+echo "== baseline 1: redis-benchmark SET NX PX (clients=$CLIENTS)"
+redis-benchmark -h "$rhost" -p "$rport" -c "$CLIENTS" -n 200000 -r 100000000 --csv \
+  SET "bench:{resv-$suffix}:seat:__rand_int__" held NX PX 5000 > "$work/redis.csv"
+cat "$work/redis.csv"
+
+echo "== baseline 2: pgbench single-row INSERT with a unique constraint (clients=$PG_CLIENTS, ${DURATION}s)"
+psql -q "$DATABASE_URL" -c "CREATE DATABASE $pg_db"
+psql -q "$(db_url "$pg_db")" -c "CREATE TABLE lines (event text NOT NULL, seat text NOT NULL, order_id bigint NOT NULL, UNIQUE (event, seat))"
+cat > "$work/insert.sql" <<'SQL'
+\set s random(1, 2000000000)
+INSERT INTO lines (event, seat, order_id) VALUES ('bench', :client_id || '-' || :s, :s) ON CONFLICT DO NOTHING;
+SQL
+(cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T "$DURATION" -f insert.sql -l --log-prefix=pgb "$(db_url "$pg_db")" > pgbench.out 2>&1)
+grep -E "^tps|latency average" "$work/pgbench.out"
+cat "$work"/pgb.* | awk '{print $3}' | sort -n > "$work/pg-lat.txt"
+
+# One service run per scenario: "contended" sells a small inventory out (most holds collide),
+# "spread" has 20x the seats so nearly every hold succeeds and confirms dominate.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export TIKETI_JWT_SECRET=bench-user-secret TIKETI_ADMISSION_SECRET=bench-admission-secret
+run_service() {
+  local label=$1 rows=$2 per_row=$3 db="${svc_db}_$1" ev="$event-$1"
+  echo "== tiketi-reservation ($label): $CLIENTS buyers, $((rows * per_row)) seats, up to ${DURATION}s"
+  psql -q "$DATABASE_URL" -c "CREATE DATABASE $db"
+  cat > "$work/event-$label.json" <<JSON
+{"eventId": "$ev", "onSaleAt": "2026-01-01T00:00:00Z",
+ "reservation": {"holdTtlSeconds": 300, "maxSeatsPerUser": 4},
+ "inventory": {"sections": [{"name": "A", "rows": $rows, "seatsPerRow": $per_row}]}}
+JSON
+  TIKETI_LISTEN="127.0.0.1:$port" TIKETI_REDIS_URL="$REDIS_URL" TIKETI_EVENT_CONFIG="$work/event-$label.json" \
+    TIKETI_DATABASE_URL="$(db_url "$db")" TIKETI_DATABASE_MAX_CONNECTIONS="$PG_CLIENTS" \
+    TIKETI_MAX_INFLIGHT=1024 TIKETI_DRAIN_DELAY=0s RUST_LOG=warn "$BIN" > "$work/service-$label.log" 2>&1 &
+  svc_pid=$!
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "service did not become ready"; cat "$work/service-$label.log"; exit 1; }
+  "$DRIVER" "http://127.0.0.1:$port" "$ev" "$rows" "$per_row" "$CLIENTS" "$DURATION" > "$work/service-$label.json"
+  cat "$work/service-$label.json"
+  psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM (SELECT seat_id FROM order_lines WHERE live GROUP BY seat_id HAVING count(*) > 1) d" > "$work/double-$label.txt"
+  kill "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=""
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$ev}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+}
+run_service contended "$ROWS" "$PER_ROW"
+run_service spread "$((ROWS * 20))" "$PER_ROW"
+
+python3 - "$work" <<'PY'
+import csv, json, sys
+work = sys.argv[1]
+rows = list(csv.reader(open(f"{work}/redis.csv")))
+r = dict(zip(rows[0], rows[1]))
+redis_rps = float(r["rps"]); redis_p50 = float(r["p50_latency_ms"]); redis_p99 = float(r["p99_latency_ms"])
+pg_tps = None
+for line in open(f"{work}/pgbench.out"):
+    if line.startswith("tps"):
+        pg_tps = float(line.split("=")[1].split()[0])
+lat = [int(x) / 1000.0 for x in open(f"{work}/pg-lat.txt").read().split()]
+pct = lambda v, p: v[round((len(v) - 1) * p)] if v else 0.0
+print()
+print(f"{'operation':52} {'per second':>11} {'p50 ms':>8} {'p99 ms':>8}")
+print(f"{'redis SET NX PX (baseline)':52} {redis_rps:11.0f} {redis_p50:8.2f} {redis_p99:8.2f}")
+print(f"{'pgbench INSERT, unique constraint (baseline)':52} {pg_tps:11.0f} {pct(lat, .5):8.2f} {pct(lat, .99):8.2f}")
+for label in ("contended", "spread"):
+    s = json.load(open(f"{work}/service-{label}.json"))
+    double = open(f"{work}/double-{label}.txt").read().strip()
+    print(f"{label} ({s['seats']} seats, {s['clients']} buyers, {s['seconds']:.1f}s):")
+    print(f"{'  POST holds, all answers (201 + 409)':52} {s['holdRequestsPerSec']:11.0f} {s['holdP50Ms']:8.2f} {s['holdP99Ms']:8.2f}")
+    print(f"{'  POST holds, 201 only':52} {s['holdsPerSec']:11.0f}")
+    print(f"{'  POST confirm, 201':52} {s['confirmsPerSec']:11.0f} {s['confirmP50Ms']:8.2f} {s['confirmP99Ms']:8.2f}")
+    print(f"  hold requests/s = {s['holdRequestsPerSec'] / redis_rps:.3f} x redis SET NX;  "
+          f"confirms/s = {s['confirmsPerSec'] / pg_tps:.3f} x pgbench INSERT")
+    print(f"  {s['confirms']} orders, {s['confirmConflicts']} confirm conflicts, {s['holdConflicts']} hold conflicts, "
+          f"{s['unavailable']} x 503, {s['otherErrors']} other errors; double-booked seats: {double}")
+PY

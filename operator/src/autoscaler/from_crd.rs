@@ -1,0 +1,259 @@
+//! Conversions between the TicketingEvent's types (`crate::crd`) and the autoscaler's plain
+//! values: the `scaling:` block into a [`Policy`], and a component's status into [`Memory`] and back.
+//!
+//! This is the only place the autoscaler knows the CRD exists; `decide` never sees it.
+
+use chrono::{DateTime, Utc};
+
+use super::{Fallback, Memory, Policy, ScaleIn, ScaleOut, Signal, Step};
+use crate::crd;
+
+/// A `scaling:` block that passed the schema but cannot be used (a duration humantime refuses,
+/// a negative number the schema should have stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Duration(#[from] crd::DurationError),
+    #[error("{field} must not be negative (got {value})")]
+    Negative { field: &'static str, value: i32 },
+    #[error("invalid scaling policy: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl PolicyError {
+    /// Bounded reason, for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Duration(_) => "InvalidDuration",
+            Self::Negative { .. } => "NegativeNumber",
+            Self::Invalid(_) => "InvalidScalingPolicy",
+        }
+    }
+}
+
+fn non_negative(field: &'static str, value: i32) -> Result<u32, PolicyError> {
+    u32::try_from(value).map_err(|_| PolicyError::Negative { field, value })
+}
+
+impl From<crd::Signal> for Signal {
+    fn from(s: crd::Signal) -> Self {
+        match s {
+            crd::Signal::QueueDepth => Self::QueueDepth,
+            crd::Signal::ActiveUsers => Self::ActiveUsers,
+            crd::Signal::Prometheus(query) => Self::Prometheus(query),
+        }
+    }
+}
+
+impl TryFrom<&crd::ScalingPolicy> for Policy {
+    type Error = PolicyError;
+
+    fn try_from(p: &crd::ScalingPolicy) -> Result<Self, PolicyError> {
+        let crd::ScalingPolicy {
+            poll_interval,
+            scale_out,
+            scale_in,
+            fallback,
+        } = p;
+        let crd::ScaleOut {
+            steps,
+            cooldown: out_cooldown,
+            max_step,
+        } = scale_out;
+        let crd::ScaleIn {
+            when,
+            remove,
+            stabilization_window,
+            cooldown: in_cooldown,
+        } = scale_in;
+        let crd::Fallback {
+            after_stale,
+            replicas,
+        } = fallback;
+
+        let steps = steps
+            .iter()
+            .map(|step| {
+                let crd::ScaleOutStep {
+                    signal: _,
+                    query: _,
+                    above,
+                    add,
+                    add_percent,
+                } = step;
+                Ok(Step {
+                    signal: step.signal().into(),
+                    above: *above,
+                    add: non_negative("scaleOut.steps[].add", *add)?,
+                    add_percent: add_percent
+                        .map(|p| non_negative("scaleOut.steps[].addPercent", p))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+
+        let policy = Policy {
+            poll_interval: crd::parse_duration("scaling.pollInterval", poll_interval)?,
+            scale_out: ScaleOut {
+                steps,
+                cooldown: crd::parse_duration("scaling.scaleOut.cooldown", out_cooldown)?,
+                max_step: max_step
+                    .map(|m| non_negative("scaling.scaleOut.maxStep", m))
+                    .transpose()?,
+            },
+            scale_in: ScaleIn {
+                signal: when.signal().into(),
+                below: when.below,
+                remove: non_negative("scaling.scaleIn.remove", *remove)?,
+                stabilization_window: crd::parse_duration(
+                    "scaling.scaleIn.stabilizationWindow",
+                    stabilization_window,
+                )?,
+                cooldown: crd::parse_duration("scaling.scaleIn.cooldown", in_cooldown)?,
+                // Not in the CRD yet: the safe default (wait for an empty queue during the sale).
+                allow_while_queued: false,
+            },
+            fallback: Fallback {
+                after_stale: crd::parse_duration("scaling.fallback.afterStale", after_stale)?,
+                replicas: non_negative("scaling.fallback.replicas", *replicas)?,
+            },
+        };
+        let problems = policy.validate();
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError::Invalid(problems))
+        }
+    }
+}
+
+impl Memory {
+    /// Rebuilds the memory from a component's status after a restart or leader change.
+    ///
+    /// `signals_observed_at` (status.signalsObservedAt) stands in for the last observation that
+    /// confirmed the stabilization run: the status records `belowSince` but not when it was last
+    /// confirmed, so a gap longer than the allowed one is only detected from this timestamp.
+    /// `stale_since` is not stored: after a restart the fallback timer starts again.
+    pub fn from_status(
+        status: Option<&crd::ComponentStatus>,
+        signals_observed_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        let Some(s) = status else { return Self::default() };
+        let below_since = s.below_since;
+        Self {
+            last_scale_out: s.last_scale_out_time,
+            last_scale_in: s.last_scale_in_time,
+            below_since,
+            below_seen_at: below_since.and(signals_observed_at.or(below_since)),
+            stale_since: None,
+        }
+    }
+
+    /// Writes the parts of the memory the status holds.
+    pub fn write_status(&self, status: &mut crd::ComponentStatus) {
+        let Self {
+            last_scale_out,
+            last_scale_in,
+            below_since,
+            below_seen_at: _,
+            stale_since: _,
+        } = self;
+        status.last_scale_out_time = *last_scale_out;
+        status.last_scale_in_time = *last_scale_in;
+        status.below_since = *below_since;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn crd_defaults_convert_to_the_domain_defaults() {
+        let p = Policy::try_from(&crd::ScalingPolicy::default()).unwrap();
+        assert_eq!(p, Policy::default());
+    }
+
+    #[test]
+    fn the_design_scaling_block_converts() {
+        let yaml = r#"
+pollInterval: 2s
+scaleOut:
+  steps:
+    - {signal: queueDepth, above: 5000, add: 2}
+    - {signal: queueDepth, above: 20000, add: 5}
+    - {signal: prometheus, query: "histogram_quantile(0.95, x)", above: 0.2, add: 2, addPercent: 50}
+  cooldown: 3m
+  maxStep: 30
+scaleIn:
+  when: {signal: activeUsers, below: 100}
+  remove: 2
+  stabilizationWindow: 10m
+  cooldown: 600s
+fallback: {afterStale: 45s, replicas: 12}
+"#;
+        let crd: crd::ScalingPolicy = serde_yaml::from_str(yaml).unwrap();
+        let p = Policy::try_from(&crd).unwrap();
+        assert_eq!(
+            p.scale_out.steps[2].signal,
+            Signal::Prometheus("histogram_quantile(0.95, x)".into())
+        );
+        assert_eq!(p.scale_out.steps[2].add_percent, Some(50));
+        assert_eq!(p.scale_out.cooldown, Duration::from_secs(180));
+        assert_eq!(p.scale_out.max_step, Some(30));
+        assert_eq!(
+            (p.scale_in.signal.clone(), p.scale_in.below, p.scale_in.remove),
+            (Signal::ActiveUsers, 100.0, 2)
+        );
+        assert_eq!(p.scale_in.stabilization_window, Duration::from_secs(600));
+        assert_eq!(
+            (p.fallback.after_stale, p.fallback.replicas),
+            (Duration::from_secs(45), 12)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field_named() {
+        let mut crd = crd::ScalingPolicy::default();
+        crd.scale_in.remove = -1;
+        let err = Policy::try_from(&crd).unwrap_err();
+        assert_eq!(err.reason(), "NegativeNumber");
+        assert!(err.to_string().contains("scaleIn.remove"), "{err}");
+
+        let mut crd = crd::ScalingPolicy::default();
+        crd.scale_out.cooldown = "soon".into();
+        let err = Policy::try_from(&crd).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+
+        let mut crd = crd::ScalingPolicy::default();
+        crd.scale_out.steps.swap(0, 1);
+        let err = Policy::try_from(&crd).unwrap_err();
+        assert_eq!(err.reason(), "InvalidScalingPolicy");
+    }
+
+    #[test]
+    fn memory_round_trips_through_status() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let m = Memory {
+            last_scale_out: Some(t(1)),
+            last_scale_in: Some(t(2)),
+            below_since: Some(t(3)),
+            below_seen_at: Some(t(9)),
+            stale_since: Some(t(4)),
+        };
+        let mut status = crd::ComponentStatus::default();
+        m.write_status(&mut status);
+        let back = Memory::from_status(Some(&status), Some(t(9)));
+        assert_eq!(
+            back,
+            Memory {
+                stale_since: None,
+                ..m
+            }
+        );
+        assert_eq!(Memory::from_status(None, Some(t(9))), Memory::default());
+    }
+}

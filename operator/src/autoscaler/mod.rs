@@ -1,0 +1,20 @@
+//! The pure scaling policy: (policy, floor, replicas, signals, last scale times, now) → decision.
+//!
+//! No Kubernetes, Redis or clock in sight: the operator's autoscaler loop reads the signals
+//! ([`crate::signals`]), calls [`decide`] per component, and applies and records the result;
+//! the simulator ([`crate::simulate`]) calls the very same function on a replayed trace.
+
+mod decide;
+pub mod format;
+mod from_crd;
+pub mod plan;
+mod policy;
+
+pub use decide::{
+    Decision, Direction, Inputs, Memory, Reason, Sample, Samples, SignalFailure, SignalHealth, decide,
+};
+pub use from_crd::PolicyError;
+pub use policy::{Fallback, Policy, ScaleIn, ScaleOut, Signal, Step};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! The pure glue between a TicketingEvent and [`decide`]: from (resource, schedule, samples, now)
+//! to one decision per component. The autoscaler loop only adds I/O around it (read signals,
+//! apply replicas, write status), so everything it decides is tested here from inline YAML.
+
+use chrono::{DateTime, Utc};
+
+use super::{Decision, Inputs, Memory, Policy, PolicyError, Samples, Signal, decide};
+use crate::crd::{Component, Phase, TicketingEvent};
+use crate::schedule::Schedule;
+
+/// One component's decision for one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub component: Component,
+    /// Replicas before the decision (status.<component>.desiredReplicas, else the floor).
+    pub current: u32,
+    pub decision: Decision,
+}
+
+impl Planned {
+    /// True when `spec.replicas` must be written.
+    pub fn changes(&self) -> bool {
+        self.decision.desired != self.current
+    }
+}
+
+fn non_negative(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// Decides one component. `None` while the schedule owns replicas outright: phase Closed (pinned
+/// at the floor) or Failed (invalid spec: nothing is scaled).
+pub fn plan_component(
+    tev: &TicketingEvent,
+    schedule: &Schedule,
+    component: Component,
+    samples: &Samples,
+    now: DateTime<Utc>,
+) -> Result<Option<Planned>, PolicyError> {
+    if schedule.pinned || schedule.phase == Phase::Failed {
+        return Ok(None);
+    }
+    let spec = &tev.spec;
+    let policy = Policy::try_from(spec.scaling(component))?;
+    let min = non_negative(spec.min_replicas(component));
+    let max = non_negative(spec.max_replicas(component)).max(min);
+    let floor = non_negative(schedule.floor(component)).max(min);
+    let status = tev.status.as_ref();
+    let component_status = status.and_then(|s| s.component(component));
+    let current = component_status
+        .and_then(|c| c.desired_replicas)
+        .map_or(floor, non_negative);
+    let memory = Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at));
+    let decision = decide(
+        &policy,
+        &Inputs {
+            floor,
+            max,
+            current,
+            on_sale: schedule.phase == Phase::OnSale,
+            samples,
+            memory: &memory,
+            now,
+        },
+    );
+    Ok(Some(Planned {
+        component,
+        current,
+        decision,
+    }))
+}
+
+/// Decides both components. A component whose policy cannot be used yields its error and does
+/// not stop the other.
+pub fn plan_event(
+    tev: &TicketingEvent,
+    schedule: &Schedule,
+    samples: &Samples,
+    now: DateTime<Utc>,
+) -> Vec<(Component, Result<Option<Planned>, PolicyError>)> {
+    Component::ALL
+        .iter()
+        .map(|&c| (c, plan_component(tev, schedule, c, samples, now)))
+        .collect()
+}
+
+/// The Prometheus queries the event's policies use (both components, without duplicates); the
+/// loop runs them when spec.prometheus is set.
+pub fn prometheus_queries(tev: &TicketingEvent) -> Vec<String> {
+    let mut out: Vec<String> = Component::ALL
+        .iter()
+        .flat_map(|&c| {
+            let p = tev.spec.scaling(c);
+            let steps = p.scale_out.steps.iter().map(|s| s.signal());
+            steps
+                .chain(std::iter::once(p.scale_in.when.signal()))
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|s| match Signal::from(s) {
+            Signal::Prometheus(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::{Reason, SignalFailure};
+    use crate::schedule;
+
+    const EVENT: &str = r#"
+apiVersion: tiketi.gg/v1alpha1
+kind: TicketingEvent
+metadata: {name: iu-2026-seoul, namespace: tickets}
+spec:
+  onSaleAt: 2026-12-01T02:00:00Z
+  inventory: {sections: [{name: A, rows: 20, seatsPerRow: 30}]}
+  prewarm: {leadTime: 30m, rampSteps: 3, queue: {replicas: 10}, reservation: {replicas: 20}}
+  queue: {image: q, minReplicas: 2, maxReplicas: 100}
+  reservation:
+    image: r
+    minReplicas: 2
+    maxReplicas: 200
+    scaling:
+      scaleOut:
+        steps:
+          - {signal: queueDepth, above: 5000, add: 2}
+          - {signal: prometheus, query: "p95_latency", above: 0.2, add: 4}
+  redis: {urlSecretRef: {name: redis, key: url}}
+  database: {secretRef: {name: db}}
+  auth: {secretRef: {name: auth}}
+"#;
+
+    fn tev() -> TicketingEvent {
+        serde_yaml::from_str(EVENT).unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn queue(v: f64, now: DateTime<Utc>) -> Samples {
+        Samples::new()
+            .ok(Signal::QueueDepth, v, now)
+            .ok(Signal::Prometheus("p95_latency".into()), 0.05, now)
+    }
+
+    #[test]
+    fn on_sale_surge_steps_out_from_the_prewarm_floor() {
+        let tev = tev();
+        let now = at("2026-12-01T02:00:02Z");
+        let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
+        assert_eq!(sched.phase, Phase::OnSale);
+        let plans = plan_event(&tev, &sched, &queue(25_000.0, now), now);
+        let q = plans[0].1.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (q.component, q.current, q.decision.desired),
+            (Component::Queue, 10, 15)
+        );
+        assert_eq!(
+            q.decision.summary("queue", q.current),
+            "ScaledOut queue 10→15: queueDepth 25,000 > 20,000"
+        );
+        let r = plans[1].1.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (r.current, r.decision.desired, r.decision.reason),
+            (20, 22, Reason::StepAbove)
+        );
+    }
+
+    #[test]
+    fn stored_status_carries_the_cooldown_across_a_restart() {
+        let mut tev = tev();
+        let now = at("2026-12-01T02:01:00Z");
+        let mut status = crate::crd::TicketingEventStatus::default();
+        let mut q = crate::crd::ComponentStatus {
+            desired_replicas: Some(15),
+            ..Default::default()
+        };
+        Memory {
+            last_scale_out: Some(at("2026-12-01T02:00:02Z")),
+            ..Memory::default()
+        }
+        .write_status(&mut q);
+        status.queue = Some(q);
+        tev.status = Some(status);
+        let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
+        let planned = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (planned.decision.desired, planned.decision.reason),
+            (15, Reason::ScaleOutCooldown)
+        );
+        assert!(!planned.changes());
+    }
+
+    #[test]
+    fn redis_down_holds_and_reports_unhealthy() {
+        let tev = tev();
+        let now = at("2026-12-01T02:10:00Z");
+        let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
+        let fail = SignalFailure {
+            reason: "Timeout",
+            message: "timed out after 1s".into(),
+        };
+        let samples = Samples::new()
+            .failed(Signal::QueueDepth, fail.clone())
+            .failed(Signal::ActiveUsers, fail);
+        let planned = plan_component(&tev, &sched, Component::Queue, &samples, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(planned.decision.desired, 10);
+        assert!(matches!(
+            planned.decision.health,
+            crate::autoscaler::SignalHealth::Unhealthy {
+                reason: "Timeout",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn closed_events_are_left_to_the_schedule() {
+        let tev = tev();
+        let now = at("2026-12-02T02:00:00Z");
+        let sched = schedule::evaluate(&tev.spec, Some(at("2026-12-01T03:00:00Z")), now).unwrap();
+        assert!(sched.pinned, "{sched:?}");
+        assert_eq!(
+            plan_component(&tev, &sched, Component::Queue, &queue(0.0, now), now).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn prometheus_queries_are_collected_once() {
+        assert_eq!(prometheus_queries(&tev()), vec!["p95_latency".to_owned()]);
+    }
+}

@@ -1,0 +1,199 @@
+//! `tiketi-operator run | crd | simulate`. Thin: parsing, logging, signals; the work is in the library.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tiketi_operator::leader::LeaderConfig;
+use tiketi_operator::runtime::{RunOptions, run};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tiketi-operator",
+    version,
+    about = "Runs ticket on-sales on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the operator (controller, leader election, /metrics /healthz /readyz).
+    Run(RunArgs),
+    /// Print the TicketingEvent CustomResourceDefinition as YAML (what crds/ holds).
+    Crd,
+    /// Replay a queue-depth trace through the scaling policy and a KEDA + HPA model.
+    Simulate(tiketi_operator::simulate::SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "TIKETI_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "TIKETI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader on a Lease so several replicas are safe (only the leader writes).
+    #[arg(long, env = "TIKETI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace from POD_NAMESPACE, else "default").
+    #[arg(long, env = "TIKETI_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "TIKETI_LEASE_NAME", default_value = "tiketi-operator")]
+    lease_name: String,
+    /// This replica's identity (default: POD_NAME, else host name and process id).
+    #[arg(long, env = "TIKETI_IDENTITY")]
+    identity: Option<String>,
+    /// Log format (default: json when stderr is not a terminal).
+    #[arg(long, env = "TIKETI_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn default_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "tiketi".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli { command } = Cli::parse();
+    match command {
+        Command::Crd => {
+            let yaml = serde_yaml::to_string(&tiketi_operator::crd::crd()).context("serializing the CRD")?;
+            print!("{yaml}");
+            Ok(())
+        }
+        Command::Simulate(args) => tiketi_operator::simulate::run(args),
+        Command::Run(args) => run_operator(args).await,
+    }
+}
+
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        namespace,
+        metrics_addr,
+        leader_election,
+        lease_namespace,
+        lease_name,
+        identity,
+        log_format,
+    } = args;
+    init_logging(log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (KUBECONFIG?)")?;
+    let identity = identity.unwrap_or_else(default_identity);
+    let leader = leader_election.then(|| {
+        let ns = lease_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        LeaderConfig::new(ns, lease_name, identity.clone())
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop_tx.send_replace(true);
+    });
+    run(
+        client,
+        RunOptions {
+            namespace,
+            metrics_addr: Some(metrics_addr),
+            leader,
+            identity,
+        },
+        stop_rx,
+    )
+    .await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tiketi-operator",
+            "run",
+            "--namespace",
+            "tickets",
+            "--leader-election",
+            "false",
+            "--log-format",
+            "text",
+        ]);
+        match cli {
+            Ok(Cli {
+                command: Command::Run(a),
+            }) => {
+                assert_eq!(a.namespace.as_deref(), Some("tickets"));
+                assert!(!a.leader_election);
+                assert_eq!(a.metrics_addr.port(), 9090);
+            }
+            other => panic!("unexpected parse: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The operator's Prometheus metrics (names in one place). Labels are bounded: namespace and
+//! event come from TicketingEvents that exist (series are removed when one is deleted); component,
+//! phase, direction and reason are fixed sets.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::crd::{Component, Phase};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub namespace: String,
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub namespace: String,
+    pub event: String,
+    pub component: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub event: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub namespace: String,
+    pub event: String,
+    pub component: &'static str,
+    pub direction: Direction,
+    /// A fixed kind (schedule, scaleOut, scaleIn, fallback, …), never free text.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    up,
+    down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+/// Every metric the operator core exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciliations: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub phase: Family<PhaseLabels, Gauge>,
+    pub desired_replicas: Family<ComponentLabels, Gauge>,
+    pub ready_replicas: Family<ComponentLabels, Gauge>,
+    pub scaling_decisions: Family<DecisionLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `tiketi_operator` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            reconciliations: Counter::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            phase: Family::default(),
+            desired_replicas: Family::default(),
+            ready_replicas: Family::default(),
+            scaling_decisions: Family::default(),
+            leader: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tiketi_operator");
+        r.register(
+            "reconciliations",
+            "Reconciliations of TicketingEvents",
+            m.reconciliations.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciliations by error kind",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconciliation",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "event_phase",
+            "1 for the current phase of each event, 0 for the others",
+            m.phase.clone(),
+        );
+        r.register(
+            "desired_replicas",
+            "Replicas the operator asks for, per event and component",
+            m.desired_replicas.clone(),
+        );
+        r.register(
+            "ready_replicas",
+            "Ready replicas per event and component",
+            m.ready_replicas.clone(),
+        );
+        r.register(
+            "scaling_decisions",
+            "Replica changes by component, direction and reason kind",
+            m.scaling_decisions.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
+        );
+        m
+    }
+
+    /// Starts a timer that records the reconcile duration when dropped.
+    pub fn reconcile_timer(&self) -> ReconcileTimer {
+        self.reconciliations.inc();
+        ReconcileTimer {
+            start: Instant::now(),
+            histogram: self.reconcile_duration.clone(),
+        }
+    }
+
+    pub fn set_phase(&self, namespace: &str, event: &str, phase: Phase) {
+        for p in [
+            Phase::Scheduled,
+            Phase::PreWarming,
+            Phase::OnSale,
+            Phase::SoldOut,
+            Phase::Closing,
+            Phase::Closed,
+            Phase::Failed,
+        ] {
+            let labels = PhaseLabels {
+                namespace: namespace.into(),
+                event: event.into(),
+                phase: p.as_str(),
+            };
+            self.phase.get_or_create(&labels).set(i64::from(p == phase));
+        }
+    }
+
+    pub fn set_replicas(&self, namespace: &str, event: &str, c: Component, desired: i32, ready: i32) {
+        let labels = ComponentLabels {
+            namespace: namespace.into(),
+            event: event.into(),
+            component: c.as_str(),
+        };
+        self.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(desired));
+        self.ready_replicas.get_or_create(&labels).set(i64::from(ready));
+    }
+
+    /// Drops every series of a deleted event.
+    pub fn forget_event(&self, namespace: &str, event: &str) {
+        for p in [
+            Phase::Scheduled,
+            Phase::PreWarming,
+            Phase::OnSale,
+            Phase::SoldOut,
+            Phase::Closing,
+            Phase::Closed,
+            Phase::Failed,
+        ] {
+            self.phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                event: event.into(),
+                phase: p.as_str(),
+            });
+        }
+        for c in Component::ALL {
+            let labels = ComponentLabels {
+                namespace: namespace.into(),
+                event: event.into(),
+                component: c.as_str(),
+            };
+            self.desired_replicas.remove(&labels);
+            self.ready_replicas.remove(&labels);
+        }
+    }
+}
+
+/// Records the elapsed time into the reconcile histogram on drop.
+pub struct ReconcileTimer {
+    start: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_bounded_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.set_phase("ns", "ev", Phase::PreWarming);
+        m.set_replicas("ns", "ev", Component::Queue, 5, 3);
+        drop(m.reconcile_timer());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="PreWarming"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="OnSale"} 0"#));
+        assert!(
+            out.contains(
+                r#"tiketi_operator_desired_replicas{namespace="ns",event="ev",component="queue"} 5"#
+            )
+        );
+        assert!(out.contains("tiketi_operator_reconcile_duration_seconds_count 1"));
+        m.forget_event("ns", "ev");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(!out.contains(r#"event="ev""#));
+    }
+}

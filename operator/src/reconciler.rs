@@ -1,0 +1,782 @@
+//! The TicketingEvent reconciler, as a pipeline: gather (Secrets, existing Deployments) →
+//! validate (pure) → schedule (pure) → build children (pure) → apply (server-side apply, one field
+//! manager) → replicas (through the scaler) → orphan clean-up → status. A finalizer deletes the
+//! children explicitly and forgets the event's metric series.
+//!
+//! Only the leader writes: a follower's reconcile returns at once, and every event is reconciled
+//! again when leadership is gained.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::children::{self, Children, EVENT_LABEL, component_name};
+use crate::crd::{Component, ComponentStatus, Phase, TicketingEvent, TicketingEventStatus, secret_keys};
+use crate::events::{EventPublisher, EventType};
+use crate::field_managers;
+use crate::leader::LeaderState;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::scaler::{ScaleReason, Scaler};
+use crate::schedule::{self, Schedule};
+use crate::status::{apply_status, condition, reasons, types};
+
+/// Finalizer on every TicketingEvent the operator has seen.
+pub const FINALIZER: &str = "tiketi.gg/cleanup";
+/// Re-check of a spec that refers to a missing Secret (Secrets are not watched).
+pub const MISSING_SECRET_RETRY: Duration = Duration::from_secs(15);
+
+/// Shared state of the reconciler (and, later, the autoscaler).
+pub struct Context {
+    pub client: Client,
+    pub events: EventPublisher,
+    pub metrics: Metrics,
+    pub scaler: Scaler,
+    pub leader: LeaderState,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, events: EventPublisher, metrics: Metrics, leader: LeaderState) -> Self {
+        let scaler = Scaler::new(client.clone(), events.clone(), metrics.clone());
+        Self {
+            client,
+            events,
+            metrics,
+            scaler,
+            leader,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let Ok(mut f) = self.failures.lock() else {
+            return Duration::from_secs(5);
+        };
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kube API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building children: {0}")]
+    Build(#[from] children::BuildError),
+    #[error("schedule: {0}")]
+    Schedule(#[from] schedule::ScheduleError),
+    #[error("scaling: {0}")]
+    Scale(#[from] crate::scaler::ScaleError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("TicketingEvent has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A fixed label per variant, for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Build(_) => "build",
+            Self::Schedule(_) => "schedule",
+            Self::Scale(e) => e.metric_label(),
+            Self::Finalizer(_) => "finalizer",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+// === validate (pure) ===
+
+/// Secret contents as far as validation needs them: `None` = the Secret does not exist.
+pub type SecretData = BTreeMap<String, Option<BTreeMap<String, Vec<u8>>>>;
+
+/// Why a spec cannot be deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// reasons::INVALID_SPEC or reasons::MISSING_SECRET.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The Secrets a spec refers to, with the keys each must hold.
+pub fn required_secrets(tev: &TicketingEvent) -> BTreeMap<String, BTreeSet<String>> {
+    let s = &tev.spec;
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    m.entry(s.redis.url_secret_ref.name.clone())
+        .or_default()
+        .insert(s.redis.url_secret_ref.key.clone());
+    m.entry(s.database.secret_ref.name.clone())
+        .or_default()
+        .insert(secret_keys::DATABASE_URL.into());
+    let auth = m.entry(s.auth.secret_ref.name.clone()).or_default();
+    auth.insert(secret_keys::JWT_SECRET.into());
+    auth.insert(secret_keys::ADMISSION_SECRET.into());
+    m
+}
+
+/// What only the operator can judge: Secrets and their keys, and the semantic checks of the
+/// event configuration and schedule (repeated here even where CEL already refuses, so an object
+/// stored before a rule existed is still caught).
+pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invalid> {
+    let invalid = |message: String| Invalid {
+        reason: reasons::INVALID_SPEC,
+        message,
+    };
+    let mut missing = Vec::new();
+    for (name, keys) in required_secrets(tev) {
+        match secrets.get(&name).and_then(Option::as_ref) {
+            None => missing.push(format!("Secret {name:?} does not exist")),
+            Some(data) => {
+                for key in keys.iter().filter(|k| !data.contains_key(k.as_str())) {
+                    missing.push(format!("Secret {name:?} has no key {key:?}"));
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Invalid {
+            reason: reasons::MISSING_SECRET,
+            message: missing.join("; "),
+        });
+    }
+    let r = &tev.spec.redis.url_secret_ref;
+    if tev.spec.redis.tls {
+        let url = secrets
+            .get(&r.name)
+            .and_then(Option::as_ref)
+            .and_then(|d| d.get(&r.key));
+        if !url.is_some_and(|u| u.starts_with(b"rediss://")) {
+            return Err(invalid(format!(
+                "spec.redis.tls is true but the URL in Secret {:?} key {:?} does not start with rediss://",
+                r.name, r.key
+            )));
+        }
+    }
+    if let Some(end) = tev.spec.sale_ends_at
+        && end <= tev.spec.on_sale_at
+    {
+        return Err(invalid("spec.saleEndsAt must be after spec.onSaleAt".into()));
+    }
+    for c in Component::ALL {
+        let (min, max) = (tev.spec.min_replicas(c), tev.spec.max_replicas(c));
+        if min > max {
+            return Err(invalid(format!(
+                "spec.{c}.minReplicas ({min}) exceeds maxReplicas ({max})"
+            )));
+        }
+        if let Some(p) = tev.spec.prewarm_replicas(c)
+            && p > max
+        {
+            return Err(invalid(format!(
+                "spec.prewarm.{c}.replicas ({p}) exceeds spec.{c}.maxReplicas ({max})"
+            )));
+        }
+    }
+    children::event_config(tev).map_err(|e| invalid(e.to_string()))?;
+    schedule::evaluate(&tev.spec, None, tev.spec.on_sale_at).map_err(|e| invalid(e.to_string()))?;
+    Ok(())
+}
+
+// === reconcile ===
+
+/// Entry point for the Controller.
+pub async fn reconcile(tev: Arc<TicketingEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() {
+        // Gaining leadership re-triggers every object (see `run`).
+        return Ok(Action::await_change());
+    }
+    let _timer = ctx.metrics.reconcile_timer();
+    let ns = tev.namespace().ok_or(Error::NoNamespace)?;
+    tracing::debug!(namespace = %ns, event = %tev.name_any(), "reconciling");
+    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{}", tev.name_any());
+    let action = finalizer(&api, FINALIZER, tev, |event| async {
+        match event {
+            Finalizer::Apply(tev) => apply(tev, &ctx).await,
+            Finalizer::Cleanup(tev) => cleanup(tev, &ctx).await,
+        }
+    })
+    .await;
+    let action = match action {
+        Ok(a) => a,
+        // The object went away between clean-up and the finalizer's removal: nothing left to do.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+            Action::await_change()
+        }
+        Err(e) => return Err(Error::Finalizer(Box::new(e))),
+    };
+    ctx.reset_backoff(&key);
+    Ok(action)
+}
+
+/// Errors become one Warning Event and a requeue with exponential backoff.
+pub fn error_policy(tev: Arc<TicketingEvent>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            error: err.metric_label(),
+        })
+        .inc();
+    let key = format!("{}/{}", tev.namespace().unwrap_or_default(), tev.name_any());
+    let backoff = ctx.backoff(&key);
+    tracing::warn!(event = %key, error = %err, ?backoff, "reconcile failed");
+    let note = format!("{err}");
+    let events = ctx.events.clone();
+    tokio::spawn(async move {
+        events
+            .publish(
+                &tev,
+                EventType::Warning,
+                reasons::RECONCILE_ERROR,
+                "Reconcile",
+                note,
+            )
+            .await;
+    });
+    Action::requeue(backoff)
+}
+
+async fn gather_secrets(client: &Client, ns: &str, tev: &TicketingEvent) -> Result<SecretData, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut out = SecretData::new();
+    for name in required_secrets(tev).into_keys() {
+        let data = api.get_opt(&name).await?.map(|s| {
+            let mut d: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in s.string_data.unwrap_or_default() {
+                d.insert(k, v.into_bytes());
+            }
+            d
+        });
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
+async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error> {
+    let ns = tev.namespace().ok_or(Error::NoNamespace)?;
+    let name = tev.name_any();
+    let now = Utc::now();
+    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // gather
+    let secrets = gather_secrets(&ctx.client, &ns, &tev).await?;
+    let mut existing: BTreeMap<Component, Option<Deployment>> = BTreeMap::new();
+    for c in Component::ALL {
+        existing.insert(c, deployments.get_opt(&component_name(&name, c)).await?);
+    }
+
+    // validate
+    if let Err(invalid) = validate(&tev, &secrets) {
+        return write_invalid(&tev, ctx, &api, &invalid, now).await;
+    }
+
+    // schedule and build
+    let status = tev.status.clone().unwrap_or_default();
+    let sched = schedule::evaluate(&tev.spec, status.sold_out_at, now)?;
+    let targets: BTreeMap<Component, i32> = Component::ALL
+        .into_iter()
+        .map(|c| {
+            let desired = status.component(c).and_then(|s| s.desired_replicas);
+            (
+                c,
+                sched.replicas(c, tev.spec.min_replicas(c), tev.spec.max_replicas(c), desired),
+            )
+        })
+        .collect();
+    let create: BTreeMap<Component, i32> = targets
+        .iter()
+        .filter(|(c, _)| existing.get(c).is_some_and(Option::is_none))
+        .map(|(c, r)| (*c, *r))
+        .collect();
+    let children = children::build(&tev, &create)?;
+
+    // apply
+    let applied = apply_children(&ctx.client, &ns, &children).await?;
+    if !create.is_empty() {
+        let note = format!(
+            "created {}",
+            create
+                .iter()
+                .map(|(c, r)| format!("{c} with {r} replicas"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        ctx.events
+            .publish(&tev, EventType::Normal, reasons::CREATED, "Deploy", note)
+            .await;
+    }
+
+    // replicas, through the scaler (its own field manager)
+    for c in Component::ALL {
+        let target = targets[&c];
+        if let Some(Some(d)) = existing.get(&c) {
+            let actual = d.spec.as_ref().and_then(|s| s.replicas);
+            let recorded = status.component(c).and_then(|s| s.desired_replicas);
+            if recorded.is_some() && actual != recorded {
+                let note = format!(
+                    "spec.replicas of Deployment {} was set to {} outside the operator; restoring {target}",
+                    component_name(&name, c),
+                    actual.unwrap_or(1)
+                );
+                ctx.events
+                    .publish(
+                        &tev,
+                        EventType::Warning,
+                        reasons::REPLICAS_OVERRIDDEN,
+                        "Scale",
+                        note,
+                    )
+                    .await;
+            }
+        }
+        let kind = if sched.pinned { "closed" } else { "schedule" };
+        ctx.scaler
+            .apply_replicas(&tev, c, target, &ScaleReason::new(kind, sched.reason.clone()))
+            .await?;
+    }
+
+    // clean up children that are no longer desired
+    delete_orphans(ctx, &tev, &ns, &children).await?;
+
+    // status
+    let ready: BTreeMap<Component, i32> = applied
+        .iter()
+        .map(|(c, d)| (*c, d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)))
+        .collect();
+    let updated: BTreeMap<Component, bool> = applied
+        .iter()
+        .map(|(c, d)| {
+            let st = d.status.as_ref();
+            let gen_seen = st.and_then(|s| s.observed_generation) >= d.metadata.generation;
+            let up = st.and_then(|s| s.updated_replicas).unwrap_or(0) >= targets[c];
+            (*c, gen_seen && up)
+        })
+        .collect();
+    write_status(&tev, ctx, &api, &sched, &targets, &ready, &updated, now).await?;
+    for c in Component::ALL {
+        ctx.metrics.set_replicas(&ns, &name, c, targets[&c], ready[&c]);
+    }
+    ctx.metrics.set_phase(&ns, &name, sched.phase);
+
+    Ok(requeue_at(sched.next_boundary, now))
+}
+
+/// Requeue exactly at the next schedule boundary (a few ms after, so `now` is past it).
+pub fn requeue_at(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
+    match next {
+        Some(t) => {
+            let wait = (t - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(20);
+            Action::requeue(wait)
+        }
+        None => Action::await_change(),
+    }
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let mut body = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(field_managers::OPERATOR).force(),
+        &Patch::Apply(body),
+    )
+    .await
+}
+
+/// Applies every child; returns the Deployments as the API server stored them.
+async fn apply_children(
+    client: &Client,
+    ns: &str,
+    ch: &Children,
+) -> Result<Vec<(Component, Deployment)>, Error> {
+    use futures::future::try_join_all;
+    // ConfigMap, Services and PDBs together; Deployments after them (pods mount the ConfigMap).
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let svcs = Api::<Service>::namespaced(client.clone(), ns);
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    futures::try_join!(
+        ssa(&cms, &ch.config_map),
+        try_join_all(ch.services.iter().map(|s| ssa(&svcs, s))),
+        try_join_all(ch.pdbs.iter().map(|p| ssa(&pdbs, p))),
+    )?;
+    let api = Api::<Deployment>::namespaced(client.clone(), ns);
+    let applied = try_join_all(ch.deployments.iter().map(|(_, d)| ssa(&api, d))).await?;
+    Ok(ch.deployments.iter().map(|(c, _)| *c).zip(applied).collect())
+}
+
+/// Deletes children of `tev` (by label and owner uid) whose names are no longer desired.
+async fn delete_orphans(ctx: &Context, tev: &TicketingEvent, ns: &str, ch: &Children) -> Result<(), Error> {
+    let uid = tev.uid().unwrap_or_default();
+    let name = tev.name_any();
+    let lp = ListParams::default().labels(&format!("{EVENT_LABEL}={name}"));
+    let keep = |objs: Vec<Option<String>>| objs.into_iter().flatten().collect::<BTreeSet<String>>();
+    let keep_cm = keep(vec![ch.config_map.metadata.name.clone()]);
+    let keep_svc = keep(ch.services.iter().map(|s| s.metadata.name.clone()).collect());
+    let keep_pdb = keep(ch.pdbs.iter().map(|p| p.metadata.name.clone()).collect());
+    let keep_deploy = keep(
+        ch.deployments
+            .iter()
+            .map(|(_, d)| d.metadata.name.clone())
+            .collect(),
+    );
+    futures::try_join!(
+        delete_orphans_of::<ConfigMap>(ctx, tev, ns, &lp, &uid, &keep_cm),
+        delete_orphans_of::<Service>(ctx, tev, ns, &lp, &uid, &keep_svc),
+        delete_orphans_of::<PodDisruptionBudget>(ctx, tev, ns, &lp, &uid, &keep_pdb),
+        delete_orphans_of::<Deployment>(ctx, tev, ns, &lp, &uid, &keep_deploy),
+    )?;
+    Ok(())
+}
+
+async fn delete_orphans_of<K>(
+    ctx: &Context,
+    tev: &TicketingEvent,
+    ns: &str,
+    lp: &ListParams,
+    uid: &str,
+    keep: &BTreeSet<String>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    for obj in api.list(lp).await?.items {
+        let owned = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid && o.controller == Some(true));
+        let child = obj.name_any();
+        if owned && !keep.contains(&child) {
+            api.delete(&child, &DeleteParams::background()).await?;
+            let note = format!("deleted {} {child}: no longer part of the event", K::kind(&()));
+            ctx.events
+                .publish(tev, EventType::Normal, reasons::ORPHAN_DELETED, "Cleanup", note)
+                .await;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_status(
+    tev: &TicketingEvent,
+    ctx: &Context,
+    api: &Api<TicketingEvent>,
+    sched: &Schedule,
+    targets: &BTreeMap<Component, i32>,
+    ready: &BTreeMap<Component, i32>,
+    updated: &BTreeMap<Component, bool>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let gen_ = tev.metadata.generation;
+    let old = tev.status.clone().unwrap_or_default();
+    let existing = old.conditions.clone().unwrap_or_default();
+    let all_ready = Component::ALL.iter().all(|c| ready[c] >= targets[c]);
+    let settled = all_ready && Component::ALL.iter().all(|c| updated[c]);
+    let summary = Component::ALL
+        .iter()
+        .map(|c| format!("{c} {}/{} ready", ready[c], targets[c]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ready_reason = if all_ready {
+        reasons::AVAILABLE
+    } else {
+        reasons::PODS_NOT_READY
+    };
+    let conditions = vec![
+        condition(
+            &existing,
+            types::READY,
+            all_ready,
+            ready_reason,
+            summary.clone(),
+            gen_,
+            now,
+        ),
+        condition(
+            &existing,
+            types::PROGRESSING,
+            !settled,
+            if settled {
+                reasons::COMPLETE
+            } else {
+                reasons::SCALING
+            },
+            format!("{}: {summary}", sched.reason),
+            gen_,
+            now,
+        ),
+        condition(
+            &existing,
+            types::INVALID_SPEC,
+            false,
+            reasons::VALID_SPEC,
+            "the spec is valid",
+            gen_,
+            now,
+        ),
+    ];
+    let component = |c: Component| ComponentStatus {
+        ready_replicas: Some(ready[&c]),
+        pods: Some(format!("{}/{}", ready[&c], targets[&c])),
+        ..Default::default()
+    };
+    let status = TicketingEventStatus {
+        phase: Some(sched.phase),
+        observed_generation: gen_,
+        conditions: Some(conditions),
+        next_transition_at: sched.next_boundary,
+        queue: Some(component(Component::Queue)),
+        reservation: Some(component(Component::Reservation)),
+        ..Default::default()
+    };
+    let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
+    apply_status(api, tev, field_managers::OPERATOR, value).await?;
+    if old.phase != Some(sched.phase) {
+        let from = old.phase.map_or("none", Phase::as_str);
+        let note = format!("{from} → {}: {}", sched.phase, sched.reason);
+        tracing::info!(event = %tev.name_any(), from, to = %sched.phase, "phase changed");
+        ctx.events
+            .publish(tev, EventType::Normal, reasons::PHASE_CHANGED, "Schedule", note)
+            .await;
+    }
+    Ok(())
+}
+
+async fn write_invalid(
+    tev: &TicketingEvent,
+    ctx: &Context,
+    api: &Api<TicketingEvent>,
+    invalid: &Invalid,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let gen_ = tev.metadata.generation;
+    let old = tev.status.clone().unwrap_or_default();
+    let existing = old.conditions.clone().unwrap_or_default();
+    let already = old.phase == Some(Phase::Failed)
+        && crate::status::find(tev, types::INVALID_SPEC).is_some_and(|c| {
+            c.status == "True" && c.message == invalid.message && c.observed_generation == gen_
+        });
+    let status = TicketingEventStatus {
+        phase: Some(Phase::Failed),
+        observed_generation: gen_,
+        conditions: Some(vec![
+            condition(
+                &existing,
+                types::READY,
+                false,
+                reasons::INVALID_SPEC,
+                invalid.message.clone(),
+                gen_,
+                now,
+            ),
+            condition(
+                &existing,
+                types::PROGRESSING,
+                false,
+                reasons::INVALID_SPEC,
+                "waiting for a valid spec",
+                gen_,
+                now,
+            ),
+            condition(
+                &existing,
+                types::INVALID_SPEC,
+                true,
+                invalid.reason,
+                invalid.message.clone(),
+                gen_,
+                now,
+            ),
+        ]),
+        ..Default::default()
+    };
+    let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
+    apply_status(api, tev, field_managers::OPERATOR, value).await?;
+    if !already {
+        tracing::warn!(event = %tev.name_any(), reason = invalid.reason, message = %invalid.message, "invalid spec");
+        ctx.events
+            .publish(
+                tev,
+                EventType::Warning,
+                reasons::INVALID_SPEC,
+                "Validate",
+                invalid.message.clone(),
+            )
+            .await;
+    }
+    ctx.metrics.set_phase(
+        &tev.namespace().unwrap_or_default(),
+        &tev.name_any(),
+        Phase::Failed,
+    );
+    Ok(if invalid.reason == reasons::MISSING_SECRET {
+        Action::requeue(MISSING_SECRET_RETRY)
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Deletion: remove the children now (owner references would too, but only once the garbage
+/// collector gets to them) and forget the event's metrics.
+async fn cleanup(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error> {
+    let ns = tev.namespace().ok_or(Error::NoNamespace)?;
+    let name = tev.name_any();
+    let empty = Children {
+        config_map: ConfigMap::default(),
+        deployments: vec![],
+        services: vec![],
+        pdbs: vec![],
+    };
+    delete_orphans(ctx, &tev, &ns, &empty).await?;
+    ctx.metrics.forget_event(&ns, &name);
+    ctx.events
+        .publish(
+            &tev,
+            EventType::Normal,
+            reasons::CLEANED_UP,
+            "Cleanup",
+            "deleted every child".into(),
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const TEV: &str = r#"
+apiVersion: tiketi.gg/v1alpha1
+kind: TicketingEvent
+metadata: {name: e, namespace: n, uid: u1}
+spec:
+  onSaleAt: 2026-12-01T02:00:00Z
+  inventory: {sections: [{name: A, rows: 1, seatsPerRow: 1}]}
+  queue: {image: q}
+  reservation: {image: r}
+  redis: {urlSecretRef: {name: redis, key: url}, tls: true}
+  database: {secretRef: {name: db}}
+  auth: {secretRef: {name: auth}}
+"#;
+
+    fn tev() -> TicketingEvent {
+        serde_yaml::from_str(TEV).unwrap()
+    }
+
+    fn secrets() -> SecretData {
+        let s = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        BTreeMap::from([
+            ("redis".into(), s(&[("url", "rediss://u:p@host:6379")])),
+            ("db".into(), s(&[("url", "postgres://x")])),
+            ("auth".into(), s(&[("jwtSecret", "a"), ("admissionSecret", "b")])),
+        ])
+    }
+
+    #[test]
+    fn valid_spec_with_its_secrets_passes() {
+        validate(&tev(), &secrets()).unwrap();
+    }
+
+    #[test]
+    fn missing_secret_or_key_is_named() {
+        let mut s = secrets();
+        s.insert("db".into(), None);
+        let err = validate(&tev(), &s).unwrap_err();
+        assert_eq!(err.reason, reasons::MISSING_SECRET);
+        assert!(
+            err.message.contains(r#"Secret "db" does not exist"#),
+            "{}",
+            err.message
+        );
+        let mut s = secrets();
+        s.get_mut("auth")
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .remove("admissionSecret");
+        let err = validate(&tev(), &s).unwrap_err();
+        assert!(
+            err.message.contains(r#"has no key "admissionSecret""#),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn semantic_problems_are_invalid_spec() {
+        let mut s = secrets();
+        s.insert(
+            "redis".into(),
+            Some(BTreeMap::from([("url".into(), b"redis://plain".to_vec())])),
+        );
+        let err = validate(&tev(), &s).unwrap_err();
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert!(err.message.contains("rediss://"));
+        let mut t = tev();
+        t.spec.sale_ends_at = Some(t.spec.on_sale_at);
+        assert!(
+            validate(&t, &secrets())
+                .unwrap_err()
+                .message
+                .contains("saleEndsAt")
+        );
+        let mut t = tev();
+        t.spec.reservation.hold_ttl = "99999999999999999999h".into();
+        assert!(validate(&t, &secrets()).unwrap_err().message.contains("holdTtl"));
+    }
+
+    #[test]
+    fn requeue_lands_just_after_the_boundary() {
+        let now = Utc::now();
+        let a = requeue_at(Some(now + chrono::TimeDelta::seconds(10)), now);
+        assert_eq!(a, Action::requeue(Duration::from_millis(10_020)));
+        assert_eq!(
+            requeue_at(Some(now - chrono::TimeDelta::seconds(1)), now),
+            Action::requeue(Duration::from_millis(20))
+        );
+        assert_eq!(requeue_at(None, now), Action::await_change());
+    }
+}

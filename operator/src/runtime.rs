@@ -1,0 +1,180 @@
+//! Wires the operator together: leader election, the Controller with its watches, and the
+//! metrics/health server, all stopping on one shutdown signal. `main` and the cluster tests call
+//! [`run`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::crd::TicketingEvent;
+use crate::events::EventPublisher;
+use crate::leader::{self, LeaderConfig, LeaderState};
+use crate::metrics::Metrics;
+use crate::reconciler::{self, Context};
+use crate::server::{self, Readiness};
+
+/// Label every child carries; the child watches select on it.
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by=tiketi-operator";
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Watch one namespace, or all when `None`.
+    pub namespace: Option<String>,
+    /// Serve /metrics, /healthz, /readyz here; `None` = no server (tests).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Leader election; `None` = always leader (a single replica).
+    pub leader: Option<LeaderConfig>,
+    /// This replica's identity (Events' reportingInstance).
+    pub identity: String,
+}
+
+/// A shutdown signal: resolves once `rx` turns true (or its sender is gone).
+pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the operator until `shutdown` turns true.
+pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let RunOptions {
+        namespace,
+        metrics_addr,
+        leader: leader_cfg,
+        identity,
+    } = opts;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+
+    let (leader_state, election) = match leader_cfg {
+        Some(cfg) => {
+            let (state, fut) = leader::elect(client.clone(), cfg, shutdown_signal(shutdown.clone()));
+            (state, Some(tokio::spawn(fut)))
+        }
+        None => (LeaderState::always(), None),
+    };
+    {
+        // Mirror leadership into the metric.
+        let mut rx = leader_state.subscribe();
+        let gauge = metrics.leader.clone();
+        tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*rx.borrow_and_update() == Some(true)));
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let events = EventPublisher::new(client.clone(), "tiketi-operator", identity);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        events,
+        metrics.clone(),
+        leader_state.clone(),
+    ));
+
+    let ns = namespace.as_deref();
+    let children = watcher::Config::default().labels(MANAGED_BY);
+    // Every time this replica becomes leader, reconcile everything.
+    let mut became_leader = leader_state.subscribe();
+    let leader_gained = async_stream_from_watch(&mut became_leader);
+    let controller = Controller::new(
+        api::<TicketingEvent>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<Deployment>(&client, ns), children.clone())
+    .owns(api::<Service>(&client, ns), children.clone())
+    .owns(api::<ConfigMap>(&client, ns), children.clone())
+    .owns(api::<PodDisruptionBudget>(&client, ns), children)
+    .reconcile_all_on(leader_gained)
+    .graceful_shutdown_on(shutdown_signal(shutdown.clone()));
+
+    let synced = Arc::new(AtomicBool::new(false));
+    {
+        let store = controller.store();
+        let synced = synced.clone();
+        tokio::spawn(async move {
+            // Re-poll with a timeout: the store's readiness is a oneshot channel that wakes only
+            // its latest poller, and the Controller's applier polls it too, so a single await here
+            // could sleep forever even after the initial list arrived.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                    Ok(Ok(())) => {
+                        synced.store(true, Ordering::Release);
+                        tracing::info!("initial TicketingEvent watch synced");
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+    let server = metrics_addr.map(|addr| {
+        let app = server::router(
+            Arc::new(registry),
+            Readiness {
+                watches_synced: synced,
+                leader: leader_state,
+            },
+        );
+        tokio::spawn(server::serve(addr, app, shutdown_signal(shutdown.clone())))
+    });
+
+    controller
+        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                // Reconcile errors are already reported by error_policy; these are watch/queue errors.
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    if let Some(h) = server {
+        h.await??;
+    }
+    if let Some(h) = election {
+        h.await?;
+    }
+    Ok(())
+}
+
+/// A stream that yields once each time the watched leadership turns true.
+fn async_stream_from_watch(
+    rx: &mut watch::Receiver<Option<bool>>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let rx = rx.clone();
+    futures::stream::unfold((rx, false), |(mut rx, mut was)| async move {
+        loop {
+            let now = *rx.borrow_and_update() == Some(true);
+            if now && !was {
+                return Some(((), (rx, true)));
+            }
+            was = now;
+            rx.changed().await.ok()?;
+        }
+    })
+}

@@ -1,0 +1,272 @@
+//! The one writer of a component Deployment's `spec.replicas`. It server-side applies only that
+//! field under its own field manager ([`crate::field_managers::SCALER`]), so the reconciler's
+//! apply of the rest of the Deployment never touches replicas, and a `kubectl scale` shows up in
+//! `managedFields` and is reported (Event `ReplicasOverridden`) instead of being fought silently.
+//!
+//! The reconciler calls it with the schedule's answer; the autoscaler calls it with its decisions.
+//! Each change becomes an Event ("ScaledOut reservation 4→6: queueDepth 8000 > 5000"), a line in
+//! `status.recentDecisions`, the `lastScale*` fields of the component's status, a log line and a
+//! metric.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::children::component_name;
+use crate::crd::{Component, ScalingDecisionRecord, TicketingEvent};
+use crate::events::{EventPublisher, EventType, bounded};
+use crate::field_managers;
+use crate::metrics::{DecisionLabels, Direction, Metrics};
+use crate::status::{merge_status, reasons};
+
+/// How many decisions `status.recentDecisions` keeps (newest first).
+pub const RECENT_DECISIONS: usize = 20;
+
+/// Why replicas change: a fixed `kind` for metrics and a free-text message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleReason {
+    /// Bounded label: `schedule`, `scaleOut`, `scaleIn`, `fallback`, `closed`, …
+    pub kind: &'static str,
+    /// Shown in the Event and status, e.g. "queueDepth 8,000 > 5,000".
+    pub message: String,
+}
+
+impl ScaleReason {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A replica change that was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleChange {
+    pub from: i32,
+    pub to: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error("Deployment {0} does not exist yet")]
+    NoDeployment(String),
+    #[error("TicketingEvent has no namespace")]
+    NoNamespace,
+    #[error("kube API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl ScaleError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoDeployment(_) => "no_deployment",
+            Self::NoNamespace => "no_namespace",
+            Self::Kube(_) => "kube",
+        }
+    }
+}
+
+/// Writes replicas; cheap to clone.
+#[derive(Clone)]
+pub struct Scaler {
+    client: Client,
+    events: EventPublisher,
+    metrics: Metrics,
+}
+
+impl Scaler {
+    pub fn new(client: Client, events: EventPublisher, metrics: Metrics) -> Self {
+        Self {
+            client,
+            events,
+            metrics,
+        }
+    }
+
+    /// Sets `spec.replicas` of `component`'s Deployment to `desired` and records the change.
+    /// Idempotent: when nothing changes it re-asserts ownership of the field and returns `None`
+    /// (no Event, no status write).
+    pub async fn apply_replicas(
+        &self,
+        tev: &TicketingEvent,
+        component: Component,
+        desired: i32,
+        reason: &ScaleReason,
+    ) -> Result<Option<ScaleChange>, ScaleError> {
+        let ns = tev.namespace().ok_or(ScaleError::NoNamespace)?;
+        let name = tev.name_any();
+        let deploy_name = component_name(&name, component);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+        let current = deployments
+            .get_opt(&deploy_name)
+            .await?
+            .ok_or_else(|| ScaleError::NoDeployment(deploy_name.clone()))?;
+        let from = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let body = serde_json::json!({
+            "apiVersion": Deployment::api_version(&()),
+            "kind": Deployment::kind(&()),
+            "metadata": {"name": deploy_name},
+            "spec": {"replicas": desired},
+        });
+        deployments
+            .patch(
+                &deploy_name,
+                &PatchParams::apply(field_managers::SCALER).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+
+        let status_desired = tev
+            .status
+            .as_ref()
+            .and_then(|s| s.component(component))
+            .and_then(|c| c.desired_replicas);
+        if from == desired && status_desired == Some(desired) {
+            return Ok(None);
+        }
+        let api: Api<TicketingEvent> = Api::namespaced(self.client.clone(), &ns);
+        if from == desired {
+            // First record of replicas set at creation: status only, nothing changed on the cluster.
+            merge_status(
+                &api,
+                &name,
+                serde_json::json!({ component.as_str(): {"desiredReplicas": desired} }),
+            )
+            .await?;
+            return Ok(None);
+        }
+
+        let now = Utc::now();
+        let change = ScaleChange { from, to: desired };
+        let (event_reason, direction) = if desired > from {
+            (reasons::SCALED_OUT, Direction::up)
+        } else {
+            (reasons::SCALED_IN, Direction::down)
+        };
+        let note = format!("{event_reason} {component} {from}→{desired}: {}", reason.message);
+        // Compose recentDecisions from the freshest status: another component's decision may
+        // have landed since `tev` was read.
+        let fresh = api.get_status(&name).await?;
+        merge_status(
+            &api,
+            &name,
+            status_patch(&fresh, component, change, &reason.message, now),
+        )
+        .await?;
+        tracing::info!(namespace = %ns, event = %name, %component, from, to = desired, reason = %reason.message, "scaled");
+        self.metrics
+            .scaling_decisions
+            .get_or_create(&DecisionLabels {
+                namespace: ns.clone(),
+                event: name.clone(),
+                component: component.as_str(),
+                direction,
+                reason: reason.kind,
+            })
+            .inc();
+        self.events
+            .publish(tev, EventType::Normal, event_reason, "Scale", note)
+            .await;
+        Ok(Some(change))
+    }
+}
+
+/// The status merge patch of one applied change.
+fn status_patch(
+    tev: &TicketingEvent,
+    component: Component,
+    change: ScaleChange,
+    message: &str,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
+    let mut decisions = tev
+        .status
+        .as_ref()
+        .and_then(|s| s.recent_decisions.clone())
+        .unwrap_or_default();
+    decisions.insert(
+        0,
+        ScalingDecisionRecord {
+            time: now,
+            component: component.as_str().into(),
+            from: change.from,
+            to: change.to,
+            reason: bounded(message, 1024),
+        },
+    );
+    decisions.truncate(RECENT_DECISIONS);
+    let direction_field = if change.to > change.from {
+        "lastScaleOutTime"
+    } else {
+        "lastScaleInTime"
+    };
+    serde_json::json!({
+        component.as_str(): {
+            "desiredReplicas": change.to,
+            "lastScaleTime": now,
+            direction_field: now,
+            "lastScaleReason": bounded(message, 1024),
+        },
+        "recentDecisions": decisions,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_newest_first_and_bounded() {
+        let mut tev: TicketingEvent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tiketi.gg/v1alpha1", "kind": "TicketingEvent",
+            "metadata": {"name": "e", "namespace": "n"},
+            "spec": {"onSaleAt": "2026-12-01T02:00:00Z", "inventory": {"sections": [{"name": "A", "rows": 1, "seatsPerRow": 1}]},
+                     "queue": {"image": "q"}, "reservation": {"image": "r"},
+                     "redis": {"urlSecretRef": {"name": "r", "key": "url"}}, "database": {"secretRef": {"name": "d"}},
+                     "auth": {"secretRef": {"name": "a"}}}
+        }))
+        .unwrap();
+        let now = Utc::now();
+        for i in 0..25 {
+            let patch = status_patch(
+                &tev,
+                Component::Queue,
+                ScaleChange { from: i, to: i + 1 },
+                "x",
+                now,
+            );
+            let mut status = tev.status.clone().unwrap_or_default();
+            status.recent_decisions = serde_json::from_value(patch["recentDecisions"].clone()).unwrap();
+            tev.status = Some(status);
+        }
+        let d = tev.status.unwrap().recent_decisions.unwrap();
+        assert_eq!(d.len(), RECENT_DECISIONS);
+        assert_eq!((d[0].from, d[0].to), (24, 25));
+        let patch = status_patch(
+            &tev_fixture(),
+            Component::Reservation,
+            ScaleChange { from: 6, to: 4 },
+            "y",
+            now,
+        );
+        assert!(patch["reservation"].get("lastScaleInTime").is_some());
+        assert!(patch["reservation"].get("lastScaleOutTime").is_none());
+        assert_eq!(patch["reservation"]["desiredReplicas"], 4);
+    }
+
+    fn tev_fixture() -> TicketingEvent {
+        TicketingEvent::new(
+            "e",
+            serde_json::from_value(serde_json::json!({
+                "onSaleAt": "2026-12-01T02:00:00Z", "inventory": {"sections": [{"name": "A", "rows": 1, "seatsPerRow": 1}]},
+                "queue": {"image": "q"}, "reservation": {"image": "r"},
+                "redis": {"urlSecretRef": {"name": "r", "key": "url"}}, "database": {"secretRef": {"name": "d"}},
+                "auth": {"secretRef": {"name": "a"}}
+            }))
+            .unwrap(),
+        )
+    }
+}

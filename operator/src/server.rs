@@ -1,0 +1,128 @@
+//! One axum server for `/metrics` (Prometheus text), `/healthz` (the process is up) and `/readyz`
+//! (initial watches synced and leader state known — kubert's notion of "initialized").
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+use crate::leader::LeaderState;
+
+/// What `/readyz` looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub watches_synced: Arc<AtomicBool>,
+    pub leader: LeaderState,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.watches_synced.load(Ordering::Acquire) && self.leader.known()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, readiness })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "encoding failed".into(),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let r = &state.readiness;
+    if r.is_ready() {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        let why = format!(
+            "not ready: watches synced={}, leader state known={}",
+            r.watches_synced.load(Ordering::Acquire),
+            r.leader.known()
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readyz_follows_watches_and_leader_state() {
+        let mut registry = Registry::default();
+        let _m = crate::metrics::Metrics::register(&mut registry);
+        let synced = Arc::new(AtomicBool::new(false));
+        let readiness = Readiness {
+            watches_synced: synced.clone(),
+            leader: LeaderState::always(),
+        };
+        let app = router(Arc::new(registry), readiness);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        synced.store(true, Ordering::Release);
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        let m = get("/metrics").await;
+        assert!(
+            m.starts_with("HTTP/1.1 200") && m.contains("tiketi_operator_reconciliations_total"),
+            "{m}"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Shared helpers of the reconciler's cluster tests: CRD install, an in-process operator scoped to
+//! one namespace, the Secrets an event needs, and waiting on a TicketingEvent's status.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use tiketi_e2e::wait_until;
+use tiketi_operator::crd::TicketingEvent;
+use tiketi_operator::leader::LeaderConfig;
+use tiketi_operator::runtime::{RunOptions, run};
+use tokio::sync::watch;
+
+/// Applies the generated CRD and waits until it is Established.
+pub async fn install_crd(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = tiketi_operator::crd::crd();
+    let name = crd.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply("tiketi-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    wait_until("the CRD to be Established", Duration::from_secs(30), || async {
+        let crd = api.get(&name).await?;
+        Ok(crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True"))
+    })
+    .await
+}
+
+/// An operator running in this process, watching one namespace.
+pub struct Operator {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Operator {
+    pub fn start(client: &Client, ns: &str) -> Self {
+        Self::start_with(client, ns, None)
+    }
+
+    pub fn start_with(client: &Client, ns: &str, leader: Option<LeaderConfig>) -> Self {
+        tiketi_shared::telemetry::init("warn,tiketi_operator=info");
+        let (stop, rx) = watch::channel(false);
+        let opts = RunOptions {
+            namespace: Some(ns.to_string()),
+            metrics_addr: None,
+            leader,
+            identity: tiketi_e2e::unique("test-operator"),
+        };
+        let handle = tokio::spawn(run(client.clone(), opts, rx));
+        Self { stop, handle }
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(20), self.handle).await???;
+        Ok(())
+    }
+}
+
+/// Ends a test cleanly: deletes every TicketingEvent while the operator still runs (so its
+/// finalizer is honoured), stops the operator, strips any finalizer left (a failed run) and
+/// deletes the namespace.
+pub async fn teardown(client: &Client, ns: tiketi_e2e::TestNamespace, op: Operator) -> Result<()> {
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    api.delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
+        .await?;
+    let gone = wait_until(
+        "every TicketingEvent to be deleted",
+        Duration::from_secs(20),
+        || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
+    )
+    .await;
+    op.stop().await?;
+    strip_finalizers(client, &ns.name).await?;
+    ns.delete().await?;
+    gone
+}
+
+/// Removes the operator's finalizer from every TicketingEvent in `ns` (for a namespace whose
+/// operator is gone).
+pub async fn strip_finalizers(client: &Client, ns: &str) -> Result<()> {
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), ns);
+    for t in api.list(&ListParams::default()).await?.items {
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        api.patch(&t.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The three Secrets the standard test event refers to.
+pub async fn create_secrets(client: &Client, ns: &str) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (name, data) in [
+        (
+            "tiketi-redis",
+            serde_json::json!({"url": "redis://127.0.0.1:6379"}),
+        ),
+        (
+            "tiketi-db",
+            serde_json::json!({"url": "postgres://tiketi:pw@127.0.0.1:5432/tiketi"}),
+        ),
+        (
+            "tiketi-auth",
+            serde_json::json!({"jwtSecret": "test-jwt-key", "admissionSecret": "test-admission-key"}),
+        ),
+    ] {
+        let s: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}, "stringData": data
+        }))?;
+        api.create(&PostParams::default(), &s).await?;
+    }
+    Ok(())
+}
+
+/// A TicketingEvent with the standard Secrets; `edit` adjusts the JSON before creation.
+pub fn event(
+    name: &str,
+    on_sale_at: DateTime<Utc>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> TicketingEvent {
+    let mut v = serde_json::json!({
+        "apiVersion": "tiketi.gg/v1alpha1",
+        "kind": "TicketingEvent",
+        "metadata": {"name": name},
+        "spec": {
+            "onSaleAt": on_sale_at,
+            "inventory": {"sections": [{"name": "A", "rows": 10, "seatsPerRow": 20}]},
+            "queue": {"image": "tiketi/queue:test", "minReplicas": 1, "maxReplicas": 10},
+            "reservation": {"image": "tiketi/reservation:test", "minReplicas": 1, "maxReplicas": 10},
+            "redis": {"urlSecretRef": {"name": "tiketi-redis", "key": "url"}},
+            "database": {"secretRef": {"name": "tiketi-db"}},
+            "auth": {"secretRef": {"name": "tiketi-auth"}}
+        }
+    });
+    edit(&mut v);
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until `check` holds for the named TicketingEvent.
+pub async fn wait_tev(
+    api: &Api<TicketingEvent>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&TicketingEvent) -> bool,
+) -> Result<TicketingEvent> {
+    let last = std::sync::Mutex::new(None::<TicketingEvent>);
+    let res = wait_until(what, timeout, || {
+        let api = api.clone();
+        let name = name.to_string();
+        let check = &check;
+        let last = &last;
+        async move {
+            let tev = api.get(&name).await?;
+            let ok = check(&tev);
+            *last.lock().unwrap() = Some(tev);
+            Ok(ok)
+        }
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    match res {
+        Ok(()) => Ok(last.unwrap()),
+        Err(e) => Err(e.context(format!("last seen status: {:?}", last.and_then(|t| t.status)))),
+    }
+}
+
+pub fn condition_is(tev: &TicketingEvent, type_: &str, status: &str) -> bool {
+    tiketi_operator::status::find(tev, type_).is_some_and(|c| c.status == status)
+}
+
+pub fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// Events regarding the named object, as (type, reason, note).
+pub async fn events_of(client: &Client, ns: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,365 @@
+//! The signal reader against real Redis: the shared one from the local stack (REDIS_URL) with
+//! unique event ids, private redis-server processes for fault injection and cluster mode, and the
+//! stack's Prometheus (PROMETHEUS_URL).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tiketi_operator::autoscaler::Signal;
+use tiketi_operator::signals::{self, PrometheusSignals, SignalError, SignalReader};
+use tiketi_shared::keys::EventKeys;
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL")
+        .expect("REDIS_URL must point at the local stack's Redis (eval \"$(e2e/stack env)\")")
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xff_ffff_ffff)
+}
+
+async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, events: &[String]) {
+    for e in events {
+        let k = EventKeys::new(e);
+        let _: () = conn
+            .del(&[k.queue(), k.active(), k.sold_out(), k.counts()])
+            .await
+            .unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server child process of this test, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl PrivateRedis {
+    fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("tiketi-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn one_tick_reads_every_events_signals() {
+    let url = redis_url();
+    let mut conn = plain(&url).await;
+    let events: Vec<String> = (0..3).map(|i| unique(&format!("sig{i}"))).collect();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (a, b) = (EventKeys::new(&events[0]), EventKeys::new(&events[1]));
+    let members: Vec<(i64, String)> = (0..8_000).map(|i| (i, format!("u{i}"))).collect();
+    for chunk in members.chunks(1_000) {
+        let _: () = conn.zadd_multiple(a.queue(), chunk).await.unwrap();
+    }
+    // Active: 3 live admissions, 2 expired ones that must not count.
+    let active = [
+        (now_ms + 60_000, "x1"),
+        (now_ms + 60_000, "x2"),
+        (now_ms + 600_000, "x3"),
+        (now_ms - 1_000, "old1"),
+        (now_ms - 60_000, "old2"),
+    ];
+    let _: () = conn.zadd_multiple(a.active(), &active).await.unwrap();
+    let _: () = conn.set(b.sold_out(), "1").await.unwrap();
+    let _: () = conn
+        .hset_multiple(
+            b.counts(),
+            &[
+                ("sold", "600"),
+                ("held", "0"),
+                ("available", "0"),
+                ("total", "600"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let mut reader = SignalReader::connect(&url, false, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let before = chrono::Utc::now();
+    let tick = reader.read(&events).await;
+    assert_eq!(
+        tick.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+        events,
+        "one entry per event, in order"
+    );
+    let s0 = tick[0].1.as_ref().unwrap();
+    assert_eq!((s0.queue_depth, s0.active_users, s0.sold_out), (8_000, 3, false));
+    assert!(s0.observed_at >= before && s0.observed_at <= chrono::Utc::now());
+    let s1 = tick[1].1.as_ref().unwrap();
+    assert_eq!((s1.queue_depth, s1.sold_out), (0, true));
+    assert_eq!(
+        (s1.counts.sold, s1.counts.available, s1.counts.total),
+        (Some(600), Some(0), Some(600))
+    );
+    assert!(s1.sold_out_and_drained());
+    let s2 = tick[2].1.as_ref().unwrap();
+    assert_eq!(
+        (s2.queue_depth, s2.active_users, s2.sold_out, s2.counts),
+        (0, 0, false, Default::default())
+    );
+
+    // The samples the autoscaler gets.
+    let samples = signals::samples(&tick[0].1);
+    assert!(matches!(samples.get(&Signal::QueueDepth), Some(Ok(s)) if s.value == 8_000.0));
+    assert!(matches!(samples.get(&Signal::ActiveUsers), Some(Ok(s)) if s.value == 3.0));
+    cleanup(&mut conn, &events).await;
+}
+
+#[tokio::test]
+async fn a_broken_key_fails_only_its_event() {
+    let url = redis_url();
+    let mut conn = plain(&url).await;
+    let events = vec![unique("ok"), unique("broken")];
+    let _: () = conn
+        .zadd(EventKeys::new(&events[0]).queue(), "u", 1)
+        .await
+        .unwrap();
+    let _: () = conn
+        .set(EventKeys::new(&events[1]).queue(), "not a sorted set")
+        .await
+        .unwrap();
+    let mut reader = SignalReader::connect(&url, false, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let tick = reader.read(&events).await;
+    assert_eq!(tick[0].1.as_ref().unwrap().queue_depth, 1);
+    let err = tick[1].1.clone().unwrap_err();
+    assert_eq!(err.reason(), "RedisError");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    cleanup(&mut conn, &events).await;
+}
+
+#[tokio::test]
+async fn a_paused_redis_times_out_per_tick_and_recovers() {
+    let redis = PrivateRedis::start(&[]);
+    let event = unique("pause");
+    let mut conn = plain(&redis.url()).await;
+    let _: () = conn.zadd(EventKeys::new(&event).queue(), "u", 1).await.unwrap();
+    let timeout = Duration::from_millis(300);
+    let mut reader = SignalReader::connect(&redis.url(), false, timeout).await.unwrap();
+    let events = vec![event.clone()];
+    assert_eq!(reader.read(&events).await[0].1.as_ref().unwrap().queue_depth, 1);
+
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let tick = reader.read(&events).await;
+    let took = started.elapsed();
+    let err = tick[0].1.clone().unwrap_err();
+    assert!(
+        matches!(err, SignalError::Timeout(_) | SignalError::Redis(_)),
+        "{err:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "a tick must be bounded by the timeout, took {took:?}"
+    );
+
+    redis.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = &reader.read(&events).await[0].1 {
+            assert_eq!(s.queue_depth, 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader did not recover after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_is_down_at_start_is_reported_per_tick_not_at_connect() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut reader = SignalReader::connect(&url, false, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let tick = reader.read(&["e".to_owned()]).await;
+    assert!(tick[0].1.is_err());
+    assert!(reader.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn cluster_mode_groups_per_slot_and_reads_every_event() {
+    let nodes: Vec<PrivateRedis> = (0..3)
+        .map(|_| PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Wait until every node agrees the cluster is ok.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let events: Vec<String> = (0..40).map(|i| unique(&format!("cl{i}"))).collect();
+    let client = redis::cluster::ClusterClient::new(vec![nodes[0].url()]).unwrap();
+    let mut writer = client.get_async_connection().await.unwrap();
+    for (i, e) in events.iter().enumerate() {
+        let members: Vec<(i64, String)> = (0..=i as i64).map(|m| (m, format!("u{m}"))).collect();
+        let _: () = writer
+            .zadd_multiple(EventKeys::new(e).queue(), &members)
+            .await
+            .unwrap();
+    }
+    let slots: std::collections::BTreeSet<u16> = events.iter().map(|e| signals::slot_of(e)).collect();
+    assert!(
+        slots.len() > 3,
+        "events should spread over slots on several nodes"
+    );
+
+    let mut reader = SignalReader::connect(&nodes[1].url(), true, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let tick = reader.read(&events).await;
+    for (i, (e, r)) in tick.iter().enumerate() {
+        assert_eq!(e, &events[i]);
+        assert_eq!(r.as_ref().unwrap().queue_depth, i as u64 + 1, "{e}");
+    }
+    reader.ping().await.unwrap();
+}
+
+fn prometheus_url() -> String {
+    std::env::var("PROMETHEUS_URL")
+        .expect("PROMETHEUS_URL must point at the local stack's Prometheus (eval \"$(e2e/stack env)\")")
+}
+
+#[tokio::test]
+async fn prometheus_instant_queries() {
+    let prom = PrometheusSignals::new(&prometheus_url(), Duration::from_secs(3)).unwrap();
+    let (v, _) = prom.query("vector(0.25)").await.unwrap();
+    assert_eq!(v, 0.25);
+    let (v, _) = prom.query("scalar(vector(7))").await.unwrap();
+    assert_eq!(v, 7.0);
+    // The largest value of a vector result.
+    let (v, _) = prom
+        .query("vector(1) or label_replace(vector(3), \"x\", \"y\", \"\", \"\")")
+        .await
+        .unwrap();
+    assert_eq!(v, 3.0);
+    // No series: no data (NaN), not an error.
+    let (v, _) = prom.query("tiketi_metric_that_does_not_exist_xyz").await.unwrap();
+    assert!(v.is_nan());
+    let err = prom.query("sum(").await.unwrap_err();
+    assert_eq!(err.reason(), "PrometheusError");
+
+    let mut samples = tiketi_operator::autoscaler::Samples::new();
+    prom.read_into(&["vector(2)".to_owned()], &mut samples).await;
+    assert!(matches!(samples.get(&Signal::Prometheus("vector(2)".into())), Some(Ok(s)) if s.value == 2.0));
+
+    let down = PrometheusSignals::new(
+        &format!("http://127.0.0.1:{}", free_port()),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert!(down.query("vector(1)").await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

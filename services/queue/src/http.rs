@@ -1,0 +1,696 @@
+//! The HTTP surface: routes, handlers, identity, rate limits, request metrics and the OpenAPI
+//! document generated from the handlers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, TimeZone, Utc};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::registry::Registry;
+use tiketi_shared::config::EventConfig;
+use tiketi_shared::keys::EventKeys;
+use tiketi_shared::problem::Problem;
+use tiketi_shared::token::{AdmissionKeys, UserVerifier};
+use tokio::sync::watch;
+use utoipa::OpenApi;
+
+use crate::api::{Admission, EtaRange, QueueStats, QueueStatus, State};
+use crate::eta::eta;
+use crate::events::Events;
+use crate::hub::{Fix, Hub, Snapshot};
+use crate::metrics::{Metrics, ReasonLabel, RequestLabels, RequestTimer};
+use crate::store::{Observed, Standing, Store, StoreError, StreamFix};
+
+/// Everything a handler needs; shared behind an `Arc`.
+pub struct App {
+    pub store: Store,
+    pub events: Events,
+    pub verifier: UserVerifier,
+    pub admission_keys: AdmissionKeys,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub hub: Hub,
+    pub draining: AtomicBool,
+    /// Flips to true when the process stops: open streams end so the drain can finish.
+    pub stop: watch::Receiver<bool>,
+    pub per_user: DefaultKeyedRateLimiter<String>,
+    pub per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    pub trust_forwarded_for: bool,
+    pub max_streams: usize,
+}
+
+pub type Shared = Arc<App>;
+
+pub fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> DefaultKeyedRateLimiter<K> {
+    let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(per_second.max(1).saturating_mul(2)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+}
+
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    metrics: &Metrics,
+    scope: &'static str,
+) -> Result<(), Problem> {
+    limiter.check_key(key).map_err(|not_until| {
+        metrics
+            .rate_limited
+            .get_or_create(&ReasonLabel { reason: scope })
+            .inc();
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        Problem::rate_limited(wait.as_secs_f64().ceil().max(1.0) as u64).with("scope", scope)
+    })
+}
+
+fn unavailable(app: &App, e: StoreError) -> Problem {
+    app.metrics
+        .redis_errors
+        .get_or_create(&ReasonLabel { reason: e.reason() })
+        .inc();
+    tracing::warn!(error = %e, "redis call failed");
+    Problem::unavailable(format!(
+        "the waiting room's store is unavailable ({}); retry shortly",
+        e.reason()
+    ))
+}
+
+fn event_config(app: &App, event: &str) -> Result<Arc<EventConfig>, Problem> {
+    app.events.get(event).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-event",
+            format!("no event {event:?} is served here"),
+        )
+    })
+}
+
+fn not_in_queue(event: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-in-queue",
+        format!(
+            "you are not in the queue of {event:?}: never joined, left, or dropped after missing heartbeats; join again"
+        ),
+    )
+}
+
+/// The verified user id of the request (bearer JWT `sub`), after the per-user rate limit.
+pub struct User(pub String);
+
+impl FromRequestParts<Shared> for User {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let user = app.verifier.verify_bearer(header).map_err(|e| {
+            Problem::unauthorized(format!("a valid bearer user token is required: {e}"))
+                .with("reason", e.reason())
+        })?;
+        check(&app.per_user, &user, &app.metrics, "user")?;
+        Ok(User(user))
+    }
+}
+
+// === status views ===
+
+fn millis_to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Builds the wire status from a standing. None when the user is not in line.
+fn view(
+    app: &App,
+    cfg: &EventConfig,
+    user: &str,
+    standing: &Standing,
+    now_ms: i64,
+    rate: Option<f64>,
+) -> Result<Option<QueueStatus>, Problem> {
+    let until = ((cfg.on_sale_at.timestamp_millis() - now_ms).max(0) as u64).div_ceil(1000);
+    let configured = cfg.queue.rate_per_second;
+    let mut s = QueueStatus {
+        event_id: cfg.event_id.clone(),
+        state: State::Waiting,
+        position: None,
+        pre_queue: false,
+        pre_queue_size: None,
+        eta_seconds: None,
+        eta_range: None,
+        on_sale_at: cfg.on_sale_at,
+        admission: None,
+        poll_after_seconds: 2,
+    };
+    match *standing {
+        Standing::Waiting { rank, .. } => {
+            let e = eta(rank + 1, rate, configured, until);
+            s.position = Some(rank + 1);
+            s.eta_seconds = Some(e.eta_seconds);
+            s.eta_range = Some(EtaRange {
+                min_seconds: e.eta_min_seconds,
+                max_seconds: e.eta_max_seconds,
+            });
+        }
+        Standing::PreQueue { size } => {
+            // After the draw the place is uniform in 1..=size.
+            let mid = eta(size.div_ceil(2).max(1), None, configured, until);
+            let lo = eta(1, None, configured, until);
+            let hi = eta(size.max(1), None, configured, until);
+            s.pre_queue = true;
+            s.pre_queue_size = Some(size);
+            s.eta_seconds = Some(mid.eta_seconds);
+            s.eta_range = Some(EtaRange {
+                min_seconds: lo.eta_min_seconds,
+                max_seconds: hi.eta_max_seconds,
+            });
+            s.poll_after_seconds = until.clamp(2, 30);
+        }
+        Standing::Admitted { expires_ms } => {
+            let token = app
+                .admission_keys
+                .issue(&cfg.event_id, user, now_ms, expires_ms)
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "token", e.to_string()))?;
+            s.state = State::Admitted;
+            s.admission = Some(Admission {
+                token,
+                expires_at: millis_to_time(expires_ms),
+                expires_at_ms: expires_ms,
+            });
+            s.poll_after_seconds = 30;
+        }
+        Standing::SoldOut => s.state = State::SoldOut,
+        Standing::Closed => s.state = State::Closed,
+        Standing::Absent => return Ok(None),
+    }
+    // Polling is the heartbeat: never suggest waiting so long that the place is lost.
+    s.poll_after_seconds = s
+        .poll_after_seconds
+        .min((cfg.queue.heartbeat_timeout_seconds / 3).max(1));
+    Ok(Some(s))
+}
+
+fn sale_ends_ms(cfg: &EventConfig) -> Option<i64> {
+    cfg.sale_ends_at.map(|t| t.timestamp_millis())
+}
+
+// === handlers ===
+
+/// Join the event's waiting room. Idempotent: a repeat returns the same place (200).
+#[utoipa::path(post, path = "/v1/events/{event}/queue", tag = "queue",
+    params(("event" = String, Path, description = "event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "joined", body = QueueStatus),
+        (status = 200, description = "already in line (or admitted): the same place", body = QueueStatus),
+        (status = 401, description = "no valid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sold out (`type` …/sold-out) or sale closed (…/closed); `state` says which", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn join(
+    AxState(app): AxState<Shared>,
+    Path(event): Path<String>,
+    User(user): User,
+) -> Result<Response, Problem> {
+    let cfg = event_config(&app, &event)?;
+    let keys = EventKeys::new(&event);
+    let obs = app
+        .store
+        .status(
+            &keys,
+            &user,
+            cfg.on_sale_at.timestamp_millis(),
+            sale_ends_ms(&cfg),
+            true,
+        )
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    let result = match (&obs.standing, obs.created) {
+        (Standing::Waiting { .. }, true) => "new",
+        (Standing::PreQueue { .. }, true) => "prequeue",
+        (Standing::Admitted { .. }, _) => "admitted",
+        (Standing::SoldOut, _) => "sold_out",
+        (Standing::Closed, _) => "closed",
+        _ => "repeat",
+    };
+    app.metrics
+        .joins
+        .get_or_create(&crate::metrics::JoinLabels {
+            event: event.clone(),
+            result,
+        })
+        .inc();
+    match obs.standing {
+        Standing::SoldOut => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "sold-out",
+                format!("{event} is sold out; the queue is closed"),
+            )
+            .with("state", State::SoldOut));
+        }
+        Standing::Closed => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "closed",
+                format!("the sale of {event} has ended"),
+            )
+            .with("state", State::Closed));
+        }
+        _ => {}
+    }
+    let Observed {
+        standing,
+        created,
+        now_ms,
+        admitted_total: _,
+    } = obs;
+    let status = view(&app, &cfg, &user, &standing, now_ms, app.hub.rate(&event))?
+        .ok_or_else(|| not_in_queue(&event))?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(status)).into_response())
+}
+
+/// Your standing: position and ETA while waiting, the admission token once admitted. Polling
+/// this (or holding the stream open) is the heartbeat that keeps your place.
+#[utoipa::path(get, path = "/v1/events/{event}/queue/me", tag = "queue",
+    params(("event" = String, Path, description = "event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "your standing", body = QueueStatus),
+        (status = 401, description = "no valid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown event, or not in line", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn me(
+    AxState(app): AxState<Shared>,
+    Path(event): Path<String>,
+    User(user): User,
+) -> Result<Json<QueueStatus>, Problem> {
+    let cfg = event_config(&app, &event)?;
+    let obs = app
+        .store
+        .status(
+            &EventKeys::new(&event),
+            &user,
+            cfg.on_sale_at.timestamp_millis(),
+            sale_ends_ms(&cfg),
+            false,
+        )
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    let status = view(&app, &cfg, &user, &obs.standing, obs.now_ms, app.hub.rate(&event))?;
+    status.map(Json).ok_or_else(|| not_in_queue(&event))
+}
+
+/// Leave the line (or give back an admission). Idempotent.
+#[utoipa::path(delete, path = "/v1/events/{event}/queue/me", tag = "queue",
+    params(("event" = String, Path, description = "event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "not in line any more"),
+        (status = 401, description = "no valid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn leave(
+    AxState(app): AxState<Shared>,
+    Path(event): Path<String>,
+    User(user): User,
+) -> Result<StatusCode, Problem> {
+    event_config(&app, &event)?;
+    app.store
+        .leave(&EventKeys::new(&event), &user)
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Event counters: queue depth, active users, admissions, the pre-queue shuffle record.
+#[utoipa::path(get, path = "/v1/events/{event}/queue/stats", tag = "queue",
+    params(("event" = String, Path, description = "event id")),
+    responses(
+        (status = 200, description = "counters", body = QueueStats),
+        (status = 404, description = "unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn stats(
+    AxState(app): AxState<Shared>,
+    Path(event): Path<String>,
+) -> Result<Json<QueueStats>, Problem> {
+    let cfg = event_config(&app, &event)?;
+    let keys = EventKeys::new(&event);
+    let now_ms = Utc::now().timestamp_millis();
+    let (c, _) = app
+        .store
+        .tick(&keys, &[], now_ms)
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    let shuffle = app
+        .store
+        .shuffle_record(&keys)
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    Ok(Json(QueueStats {
+        event_id: event.clone(),
+        on_sale_at: cfg.on_sale_at,
+        sale_ends_at: cfg.sale_ends_at,
+        queue_depth: c.depth,
+        pre_queue_depth: c.prequeue,
+        active_users: c.active,
+        admitted_total: c.admitted_total,
+        sold_out: c.sold_out,
+        rate_per_second: cfg.queue.rate_per_second,
+        max_active: cfg.queue.max_active,
+        measured_rate_per_second: app.hub.rate(&event),
+        shuffle,
+    }))
+}
+
+/// Server-sent events with your standing: `position` events while waiting (pushed when it
+/// changes), then one final `admitted` (with the token), `soldOut`, `closed` or `gone` event.
+/// An open stream is a heartbeat. When the server drains, the stream ends; reconnect.
+#[utoipa::path(get, path = "/v1/events/{event}/queue/me/stream", tag = "queue",
+    params(("event" = String, Path, description = "event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "event stream; each `data` is a QueueStatus (or a Problem for `gone`)", content_type = "text/event-stream", body = String),
+        (status = 401, description = "no valid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown event, or not in line", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate limited; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store unavailable or too many streams", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn stream(
+    AxState(app): AxState<Shared>,
+    Path(event): Path<String>,
+    User(user): User,
+) -> Result<Response, Problem> {
+    let cfg = event_config(&app, &event)?;
+    if app.hub.open_streams() >= app.max_streams {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-streams",
+            "this replica holds its maximum of streams; poll /queue/me instead",
+        )
+        .retry_after(5));
+    }
+    let obs = app
+        .store
+        .status(
+            &EventKeys::new(&event),
+            &user,
+            cfg.on_sale_at.timestamp_millis(),
+            sale_ends_ms(&cfg),
+            false,
+        )
+        .await
+        .map_err(|e| unavailable(&app, e))?;
+    let standing = match obs.standing {
+        Standing::Waiting { rank, .. } => StreamFix::Waiting { rank },
+        Standing::PreQueue { .. } => StreamFix::PreQueue,
+        Standing::Admitted { expires_ms } => StreamFix::Admitted { expires_ms },
+        Standing::Absent => return Err(not_in_queue(&event)),
+        // Sold out / closed: one event and the end.
+        Standing::SoldOut | Standing::Closed => StreamFix::Absent,
+    };
+    let terminal_now =
+        matches!(obs.standing, Standing::SoldOut | Standing::Closed).then(|| obs.standing.clone());
+    let snapshots = app.hub.subscribe(&event);
+    let (slot, guard) = app.hub.register(
+        &event,
+        &user,
+        Fix {
+            standing,
+            admitted_total_at: obs.admitted_total,
+            at_ms: obs.now_ms,
+        },
+    );
+    let fixes = slot.subscribe();
+    let state = StreamState {
+        app: app.clone(),
+        event,
+        user,
+        slot,
+        _guard: guard,
+        snapshots,
+        fixes,
+        stop: app.stop.clone(),
+        last: None,
+        first: true,
+        done: false,
+        terminal_now,
+    };
+    let body = futures::stream::unfold(state, next_event);
+    Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
+}
+
+struct StreamState {
+    app: Shared,
+    event: String,
+    user: String,
+    slot: Arc<crate::hub::StreamSlot>,
+    _guard: crate::hub::StreamGuard,
+    snapshots: watch::Receiver<Snapshot>,
+    fixes: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    last: Option<QueueStatus>,
+    first: bool,
+    done: bool,
+    terminal_now: Option<Standing>,
+}
+
+async fn next_event(
+    mut st: StreamState,
+) -> Option<(Result<SseEvent, std::convert::Infallible>, StreamState)> {
+    loop {
+        if st.done {
+            return None;
+        }
+        if !st.first {
+            tokio::select! {
+                r = st.snapshots.changed() => if r.is_err() { return None },
+                r = st.fixes.changed() => if r.is_err() { return None },
+                _ = st.stop.changed() => return None,
+            }
+        }
+        let first = std::mem::replace(&mut st.first, false);
+        let cfg = st.app.events.get(&st.event)?;
+        let snap = st.snapshots.borrow_and_update().clone();
+        st.fixes.borrow_and_update();
+        let now_ms = Utc::now().timestamp_millis();
+        let fix = st.slot.fix();
+        let ended = sale_ends_ms(&cfg).is_some_and(|end| now_ms >= end);
+        let standing = match (&st.terminal_now, &fix.standing) {
+            (Some(t), _) => t.clone(),
+            (None, StreamFix::Admitted { expires_ms }) => Standing::Admitted {
+                expires_ms: *expires_ms,
+            },
+            _ if snap.counters.sold_out && snap.tick > 0 => Standing::SoldOut,
+            _ if ended => Standing::Closed,
+            (None, StreamFix::Waiting { .. }) => {
+                let position = fix.position(snap.counters.admitted_total).unwrap_or(1);
+                Standing::Waiting {
+                    rank: position - 1,
+                    score: 0,
+                }
+            }
+            (None, StreamFix::PreQueue) => Standing::PreQueue {
+                size: snap.counters.prequeue,
+            },
+            (None, StreamFix::Absent) => Standing::Absent,
+        };
+        let mut event = match view(&st.app, &cfg, &st.user, &standing, now_ms, snap.rate) {
+            Ok(Some(status)) => {
+                if st.last.as_ref() == Some(&status) {
+                    continue;
+                }
+                let name = match status.state {
+                    State::Waiting => "position",
+                    State::Admitted => "admitted",
+                    State::SoldOut => "soldOut",
+                    State::Closed => "closed",
+                };
+                st.done = status.state != State::Waiting;
+                let ev = SseEvent::default()
+                    .event(name)
+                    .json_data(&status)
+                    .unwrap_or_default();
+                st.last = Some(status);
+                ev
+            }
+            Ok(None) => {
+                st.done = true;
+                SseEvent::default()
+                    .event("gone")
+                    .json_data(not_in_queue(&st.event))
+                    .unwrap_or_default()
+            }
+            Err(problem) => {
+                st.done = true;
+                SseEvent::default()
+                    .event("error")
+                    .json_data(problem)
+                    .unwrap_or_default()
+            }
+        };
+        if first {
+            event = event.retry(std::time::Duration::from_secs(2));
+        }
+        return Some((Ok(event), st));
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "the process is up")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Redis reachable and not draining"),
+    (status = 503, description = "draining or Redis unreachable", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn readyz(AxState(app): AxState<Shared>) -> Result<&'static str, Problem> {
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down").retry_after(1),
+        );
+    }
+    app.store.ping().await.map_err(|e| unavailable(&app, e))?;
+    Ok("ready")
+}
+
+async fn metrics(AxState(app): AxState<Shared>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &app.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn fallback() -> Problem {
+    Problem::not_found("no such route")
+}
+
+// === middleware ===
+
+/// Client address: the TCP peer, or the first X-Forwarded-For entry behind a trusted proxy.
+fn client_ip(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+    if app.trust_forwarded_for
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    peer.map(|p| p.ip())
+}
+
+async fn per_ip_limit(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    if let Some(ip) = client_ip(&app, req.headers(), peer)
+        && let Err(p) = check(&app.per_ip, &ip, &app.metrics, "address")
+    {
+        return p.into_response();
+    }
+    next.run(req).await
+}
+
+async fn track(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
+    let mut timer = RequestTimer::start(&app.metrics.requests);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    timer.set(RequestLabels {
+        method,
+        route,
+        status: res.status().as_u16(),
+    });
+    res
+}
+
+pub fn router(app: Shared) -> Router {
+    let api = Router::new()
+        .route("/v1/events/{event}/queue", post(join))
+        .route("/v1/events/{event}/queue/me", get(me).delete(leave))
+        .route("/v1/events/{event}/queue/me/stream", get(stream))
+        .route("/v1/events/{event}/queue/stats", get(stats))
+        .route_layer(from_fn_with_state(app.clone(), per_ip_limit))
+        .route_layer(from_fn_with_state(app.clone(), track))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
+    let ops = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi));
+    api.merge(ops).fallback(fallback).with_state(app)
+}
+
+// === OpenAPI ===
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tiketi-queue", description = "tiketi's waiting room: join, fair order, live position, admission tokens"),
+    paths(join, me, leave, stream, stats, healthz, readyz),
+    components(schemas(QueueStatus, QueueStats, State, EtaRange, Admission, Problem, crate::store::ShuffleRecord)),
+    modifiers(&BearerAuth),
+    tags((name = "queue", description = "the waiting room"), (name = "ops", description = "probes"))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,50 @@
+//! `tiketi-queue`: the waiting-room service binary.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use tiketi_queue::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::GenTokens {
+            secret,
+            count,
+            prefix,
+            ttl_seconds,
+        }) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            tiketi_queue::bench::tokens(&secret, count, &prefix, ttl_seconds, &mut out)
+        }
+        Some(Command::BenchEmpty { listen }) => {
+            tiketi_queue::bench::empty(listen, tiketi_queue::server::signal()).await
+        }
+        Some(Command::BenchStreams {
+            addr,
+            event,
+            tokens,
+            count,
+            hold_seconds,
+        }) => {
+            let text = std::fs::read_to_string(&tokens)?;
+            let tokens: Vec<String> = text.lines().map(str::to_owned).collect();
+            let started = std::time::Instant::now();
+            let (open, failed) = tiketi_queue::bench::streams(addr, &event, &tokens, count).await;
+            // Printed before the hold, so the caller can measure while the streams are open.
+            println!(
+                "{}",
+                serde_json::json!({"opened": open.len(), "failed": failed, "seconds": started.elapsed().as_secs_f64()})
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(hold_seconds)).await;
+            drop(open);
+            Ok(())
+        }
+        None => {
+            tiketi_shared::telemetry::init("info,tower_http=warn");
+            let listener = tokio::net::TcpListener::bind(cli.serve.listen).await?;
+            tiketi_queue::server::serve(cli.serve, listener, tiketi_queue::server::signal()).await
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Wiring: builds the app from the arguments, starts the background tasks (config reload, stream
+//! ticker, admission loop, limiter cleanup) and serves until `shutdown` resolves, then drains:
+//! /readyz turns 503, after the drain delay the listener closes and in-flight requests finish,
+//! streams end (clients reconnect elsewhere), the admission lease is released.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tiketi_shared::token::{AdmissionKeys, UserVerifier};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admission::{self, AdmissionSettings};
+use crate::cli::ServeArgs;
+use crate::events::Events;
+use crate::http::{App, limiter, router};
+use crate::hub::{Hub, HubSettings};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ServeArgs {
+        listen: _,
+        redis_url,
+        jwt_secret,
+        admission_secret,
+        event_config,
+        redis_timeout_ms,
+        admission,
+        admission_tick_ms,
+        lease_ttl_ms,
+        rate_limit_user,
+        rate_limit_ip,
+        trust_forwarded_for,
+        stream_tick_ms,
+        stream_refresh_budget,
+        max_streams,
+        drain_delay_ms,
+        shutdown_timeout_ms,
+        replica_id,
+    } = args;
+    let jwt_secret = jwt_secret
+        .filter(|s| !s.is_empty())
+        .context("TIKETI_JWT_SECRET (--jwt-secret) is required")?;
+    let admission_secret = admission_secret
+        .filter(|s| !s.is_empty())
+        .context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
+    let store =
+        Store::new(&redis_url, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
+    let events = Events::default();
+    if let Some(path) = &event_config {
+        events.reload(path);
+    } else {
+        tracing::warn!("TIKETI_EVENT_CONFIG is not set: no events are served");
+    }
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let hub = Hub::new(metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        store: store.clone(),
+        events: events.clone(),
+        verifier: UserVerifier::new(jwt_secret.as_bytes()),
+        admission_keys: AdmissionKeys::new(admission_secret.as_bytes()),
+        metrics: metrics.clone(),
+        registry,
+        hub: hub.clone(),
+        draining: AtomicBool::new(false),
+        stop: stop_rx.clone(),
+        per_user: limiter(rate_limit_user),
+        per_ip: limiter(rate_limit_ip),
+        trust_forwarded_for,
+        max_streams,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(path) = event_config {
+        let watcher = events.clone().watch(path, Duration::from_secs(2));
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tokio::select! { _ = watcher => {}, _ = stop.changed() => {} }
+        });
+    }
+    let hub_settings = HubSettings {
+        tick: Duration::from_millis(stream_tick_ms.max(50)),
+        refresh_budget: stream_refresh_budget,
+        refresh_after: Duration::from_secs(5),
+        touch_every: Duration::from_secs(5),
+    };
+    tasks.spawn(hub.run(store.clone(), events.clone(), hub_settings, stop_rx.clone()));
+    if admission {
+        let holder = replica_id.unwrap_or_else(default_replica_id);
+        tracing::info!(holder, "competing for admission leases");
+        let settings = AdmissionSettings {
+            holder,
+            tick: Duration::from_millis(admission_tick_ms.max(10)),
+            lease_ttl: Duration::from_millis(lease_ttl_ms.max(500)),
+            sweep_every: Duration::from_secs(1),
+        };
+        tasks.spawn(admission::run(
+            store.clone(),
+            events.clone(),
+            metrics.clone(),
+            settings,
+            stop_rx.clone(),
+        ));
+    }
+    {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! { _ = every.tick() => {}, _ = stop.changed() => return }
+                app.per_user.retain_recent();
+                app.per_ip.retain_recent();
+                app.per_user.shrink_to_fit();
+                app.per_ip.shrink_to_fit();
+            }
+        });
+    }
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "tiketi-queue listening");
+    let drain_app = app.clone();
+    let drain_delay = Duration::from_millis(drain_delay_ms);
+    let drained = async move {
+        shutdown.await;
+        drain_app.draining.store(true, Ordering::Relaxed);
+        tracing::info!(?drain_delay, "draining: readyz is now 503");
+        tokio::time::sleep(drain_delay).await;
+        let _ = stop_tx.send(true);
+        tracing::info!("closing the listener; finishing in-flight requests");
+    };
+    let mut stopped = stop_rx.clone();
+    let server = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(drained);
+    let shutdown_timeout = Duration::from_millis(shutdown_timeout_ms);
+    let forced = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    tokio::select! {
+        r = server => r.context("http server")?,
+        _ = forced => tracing::warn!("in-flight requests did not finish in time; exiting anyway"),
+    }
+    // Let the admission loop release its leases so another replica takes over at once.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "queue".into());
+    format!("{host}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = term.recv() => {}, _ = ctrl_c => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

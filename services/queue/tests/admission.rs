@@ -1,0 +1,283 @@
+//! Admission: the rate over 10 s, the maxActive bound, and exactly one admitting replica among
+//! three processes with hand-over when the leader is killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+use tiketi_queue::store::Store;
+
+/// Puts `n` users straight into the queue (after on-sale, so FIFO) through the store.
+async fn fill(url: &str, event: &str, n: usize) {
+    let store = Store::new(url, Duration::from_secs(2)).unwrap();
+    let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    for i in 0..n {
+        store
+            .status(&keys(event), &format!("user-{i:05}"), past, None, true)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn admits_rate_times_ten_in_ten_seconds() {
+    let url = redis_url();
+    let event = unique_event("rate");
+    let mut spec = EventSpec::new(&event);
+    spec.rate_per_second = 20;
+    spec.token_ttl_seconds = 600;
+    fill(&url, &event, 400).await;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    wait_for("first admission", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let k = k.clone();
+        async move { c.zcard::<_, u64>(k.active()).await.unwrap() > 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(10_600)).await;
+    // Each admission's instant is its expiry minus the token TTL (both from Redis TIME).
+    let scores: Vec<(String, f64)> = c.zrange_withscores(k.active(), 0, -1).await.unwrap();
+    let ttl_ms = 600_000.0;
+    let first = scores
+        .iter()
+        .map(|(_, s)| s - ttl_ms)
+        .fold(f64::INFINITY, f64::min);
+    let in_window = scores
+        .iter()
+        .filter(|(_, s)| s - ttl_ms < first + 10_000.0)
+        .count() as i64;
+    assert!(
+        (in_window - 200).abs() <= 1,
+        "admitted {in_window} in 10 s at 20/s"
+    );
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn never_more_than_max_active_and_expiry_frees_slots() {
+    let url = redis_url();
+    let event = unique_event("maxact");
+    let mut spec = EventSpec::new(&event);
+    spec.rate_per_second = 100;
+    spec.max_active = 7;
+    spec.token_ttl_seconds = 1;
+    fill(&url, &event, 60).await;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut peak = 0;
+    loop {
+        let now = chrono::Utc::now().timestamp_millis();
+        let (card, live, total): (u64, u64, Option<u64>) = redis::pipe()
+            .atomic()
+            .zcard(k.active())
+            .zcount(k.active(), now, "+inf")
+            .get(k.admitted_total())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(live <= 7, "{live} active users with maxActive 7");
+        assert!(card <= 7 + 7, "expired members are cleaned up ({card})");
+        peak = peak.max(live);
+        if total.unwrap_or(0) >= 21 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired admissions did not free slots"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peak, 7, "the active set fills up to maxActive");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(url: &str, config: &std::path::Path, id: &str) -> Proc {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_tiketi-queue"))
+        .env("TIKETI_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIKETI_REDIS_URL", url)
+        .env("TIKETI_JWT_SECRET", JWT_SECRET)
+        .env("TIKETI_ADMISSION_SECRET", ADMISSION_SECRET)
+        .env("TIKETI_EVENT_CONFIG", config)
+        .env("TIKETI_LEASE_TTL_MS", "2000")
+        .env("TIKETI_REPLICA_ID", id)
+        .env("TIKETI_DRAIN_DELAY_MS", "300")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn is_leader(client: &reqwest::Client, base: &str, event: &str) -> bool {
+    let needle = format!("tiketi_queue_admission_leader{{event=\"{event}\"}} 1");
+    match client.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.map(|t| t.contains(&needle)).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_of_three_processes_admits_and_a_kill_hands_over() {
+    let url = redis_url();
+    let event = unique_event("lease");
+    let mut spec = EventSpec::new(&event);
+    spec.rate_per_second = 10;
+    fill(&url, &event, 300).await;
+    let config = spec.write();
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| spawn(&url, &config, &format!("replica-{i}")))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+
+    let leader_of = |procs: &Vec<Proc>| {
+        let client = client.clone();
+        let bases: Vec<String> = procs.iter().map(|p| p.base.clone()).collect();
+        let event = event.clone();
+        async move {
+            let mut leaders = Vec::new();
+            for (i, b) in bases.iter().enumerate() {
+                if is_leader(&client, b, &event).await {
+                    leaders.push(i);
+                }
+            }
+            leaders
+        }
+    };
+    wait_for("one leader", Duration::from_secs(15), || {
+        let f = leader_of(&procs);
+        async move { f.await.len() == 1 }
+    })
+    .await;
+    // Stable for a while: never two, admissions progressing.
+    let before: u64 = c
+        .get::<_, Option<u64>>(k.admitted_total())
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    for _ in 0..10 {
+        assert_eq!(leader_of(&procs).await.len(), 1, "exactly one replica admits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder: String = c.get(k.admission_lease()).await.unwrap();
+    let leader = leader_of(&procs).await[0];
+    assert_eq!(holder, format!("replica-{leader}"));
+    let after: u64 = c
+        .get::<_, Option<u64>>(k.admitted_total())
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(after > before, "the leader admits");
+    let fence_before: u64 = c.get(k.admission_fence()).await.unwrap();
+
+    // SIGKILL the leader: no release, the lease must expire and another replica take over.
+    let mut dead = procs.remove(leader);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    wait_for("another replica takes the lease", Duration::from_secs(10), || {
+        let f = leader_of(&procs);
+        async move { f.await.len() == 1 }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "hand-over took {took:?}");
+    let fence_after: u64 = c.get(k.admission_fence()).await.unwrap();
+    assert!(fence_after > fence_before, "a new term has a new fence");
+    let total_then: u64 = c
+        .get::<_, Option<u64>>(k.admitted_total())
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    wait_for("admissions continue", Duration::from_secs(5), || {
+        let mut c = c.clone();
+        let k = k.clone();
+        async move {
+            c.get::<_, Option<u64>>(k.admitted_total())
+                .await
+                .unwrap()
+                .unwrap_or(0)
+                > total_then
+        }
+    })
+    .await;
+    drop(procs);
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_releases_the_lease() {
+    let url = redis_url();
+    let event = unique_event("drain");
+    let config = EventSpec::new(&event).write();
+    let mut p = spawn(&url, &config, "drainer");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    wait_for("leader", Duration::from_secs(10), || {
+        is_leader(&client, &p.base, &event)
+    })
+    .await;
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // During the drain delay the process still answers, but not ready.
+    let r = client.get(format!("{}/readyz", p.base)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let mut c = redis(&url).await;
+    let holder: Option<String> = c.get(keys(&event).admission_lease()).await.unwrap();
+    assert_eq!(
+        holder, None,
+        "the lease is released on shutdown, not left to expire"
+    );
+    cleanup(&url, &event).await;
+}

@@ -1,0 +1,340 @@
+//! Join, position, ETA, leave, heartbeats, sold out, auth, rate limits and the ops endpoints,
+//! against real Redis (REDIS_URL) with the service in process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn join_is_idempotent() {
+    let url = redis_url();
+    let event = unique_event("idem");
+    let spec = EventSpec::new(&event);
+    let mut a = args(&url, Some(spec.write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+
+    for u in ["alice", "bob"] {
+        assert_eq!(api.join(u).await.status(), 201);
+    }
+    let first = api.join("alice").await;
+    assert_eq!(first.status(), 200, "a repeat join is not a new join");
+    let body: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(body["state"], "waiting");
+    assert_eq!(body["position"], 1);
+    let again: serde_json::Value = api.join("bob").await.json().await.unwrap();
+    assert_eq!(again["position"], 2);
+
+    let mut c = redis(&url).await;
+    let depth: u64 = c.zcard(keys(&event).queue()).await.unwrap();
+    assert_eq!(depth, 2, "repeat joins add nobody");
+    assert_eq!(api.stats().await["queueDepth"], 2);
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn fifo_after_on_sale() {
+    let url = redis_url();
+    let event = unique_event("fifo");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    let users: Vec<String> = (0..25).map(|i| format!("fifo-{:02}", 24 - i)).collect();
+    for (i, u) in users.iter().enumerate() {
+        let r = api.join(u).await;
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["position"], i as u64 + 1, "{u}");
+    }
+    let mut c = redis(&url).await;
+    let order: Vec<String> = c.zrange(keys(&event).queue(), 0, -1).await.unwrap();
+    assert_eq!(order, users, "the queue is in join order, not name order");
+    for (i, u) in users.iter().enumerate() {
+        assert_eq!(api.me_json(u).await["position"], i as u64 + 1);
+    }
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn position_and_eta_stay_correct_while_others_leave() {
+    let url = redis_url();
+    let event = unique_event("leave");
+    let mut spec = EventSpec::new(&event);
+    spec.rate_per_second = 2;
+    let mut a = args(&url, Some(spec.write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    for i in 1..=10 {
+        assert_eq!(api.join(&format!("u{i}")).await.status(), 201);
+    }
+    let me = api.me_json("u7").await;
+    assert_eq!(me["position"], 7);
+    // No admission history: the ETA uses the configured 2 users/s.
+    assert_eq!(me["etaSeconds"], 4);
+    assert_eq!(me["etaRange"]["minSeconds"], 4);
+    assert_eq!(me["etaRange"]["maxSeconds"], 6);
+
+    for u in ["u2", "u4"] {
+        assert_eq!(api.leave(u).await.status(), 204);
+    }
+    assert_eq!(api.leave("u4").await.status(), 204, "leaving twice is fine");
+    let me = api.me_json("u7").await;
+    assert_eq!(me["position"], 5);
+    assert_eq!(me["etaSeconds"], 3);
+    assert_eq!(api.leave("u9").await.status(), 204);
+    assert_eq!(
+        api.me_json("u7").await["position"],
+        5,
+        "someone behind leaving changes nothing"
+    );
+    assert_eq!(api.me_json("u10").await["position"], 7);
+    assert_eq!(api.me("u2").await.status(), 404, "a user who left is not in line");
+    assert_eq!(api.join("u2").await.status(), 201);
+    assert_eq!(
+        api.me_json("u2").await["position"],
+        8,
+        "rejoining goes to the back"
+    );
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn users_who_stop_polling_lose_their_place() {
+    let url = redis_url();
+    let event = unique_event("hb");
+    let mut spec = EventSpec::new(&event);
+    // Before the on-sale: nobody is admitted, so only the heartbeat sweep removes people.
+    spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    spec.heartbeat_timeout_seconds = 2;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let api = Api::new(&server.base, &event);
+    for u in ["polling", "silent"] {
+        let r = api.join(u).await;
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["preQueue"], true);
+        assert!(body.get("position").is_none(), "pre-queue has no position yet");
+    }
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert_eq!(
+            api.me("polling").await.status(),
+            200,
+            "a polling user keeps the place"
+        );
+        let silent: Option<f64> = c.zscore(k.prequeue(), "silent").await.unwrap();
+        if silent.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent user was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(api.me("silent").await.status(), 404);
+    let polling: Option<f64> = c.zscore(k.prequeue(), "polling").await.unwrap();
+    assert!(polling.is_some());
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn sold_out_answers_joins_and_tells_waiting_users() {
+    let url = redis_url();
+    let event = unique_event("soldout");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    assert_eq!(api.join("early").await.status(), 201);
+    let mut c = redis(&url).await;
+    let _: () = c.set(keys(&event).sold_out(), "1").await.unwrap();
+    let r = api.join("late").await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://tiketi.gg/problems/sold-out");
+    assert_eq!(p["state"], "soldOut");
+    assert_eq!(api.me_json("early").await["state"], "soldOut");
+    let depth: u64 = c.zcard(keys(&event).queue()).await.unwrap();
+    assert_eq!(
+        depth, 1,
+        "sold out keeps the line (nothing lost) but admits nobody"
+    );
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn errors_are_problems_and_limits_apply() {
+    let url = redis_url();
+    let event = unique_event("errors");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    a.rate_limit_user = 2;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    let c = &api.client;
+
+    let r = c
+        .post(server.url(&format!("/v1/events/{event}/queue")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let forged = tiketi_shared::token::sign_user_token(
+        b"not-the-secret",
+        "mallory",
+        chrono::Utc::now().timestamp() + 60,
+    )
+    .unwrap();
+    let r = c
+        .post(server.url(&format!("/v1/events/{event}/queue")))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let expired = tiketi_shared::token::sign_user_token(
+        JWT_SECRET.as_bytes(),
+        "old",
+        chrono::Utc::now().timestamp() - 600,
+    )
+    .unwrap();
+    let r = c
+        .post(server.url(&format!("/v1/events/{event}/queue")))
+        .bearer_auth(expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "expired");
+
+    let r = Api::new(&server.base, "no-such-event").join("alice").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["type"],
+        "https://tiketi.gg/problems/unknown-event"
+    );
+
+    // Per-user bucket: 2/s with a burst of 4.
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = api.me("greedy").await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the per-user limit never applied");
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["scope"], "user");
+    assert_eq!(
+        api.join("patient").await.status(),
+        201,
+        "other users are not limited"
+    );
+    server.stop().await;
+
+    // Per-address bucket.
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    a.rate_limit_ip = 3;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(api.me(&format!("user-{i}")).await.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn ops_endpoints_work_with_only_the_contract_settings() {
+    let url = redis_url();
+    let event = unique_event("ops");
+    let server = Server::start(args(&url, Some(EventSpec::new(&event).write()))).await;
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    wait_for("ready", Duration::from_secs(5), || {
+        let c = c.clone();
+        let u = server.url("/readyz");
+        async move { c.get(u).send().await.map(|r| r.status() == 200).unwrap_or(false) }
+    })
+    .await;
+    let doc: serde_json::Value = c
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/events/{event}/queue",
+        "/v1/events/{event}/queue/me",
+        "/v1/events/{event}/queue/me/stream",
+        "/v1/events/{event}/queue/stats",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(doc["components"]["schemas"].get("QueueStatus").is_some());
+    Api::new(&server.base, &event).join("metered").await;
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "tiketi_queue_joins_total",
+        "tiketi_queue_http_request_duration_seconds_bucket",
+        "tiketi_queue_sse_streams",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}");
+    }
+    wait_for("depth gauge", Duration::from_secs(5), || {
+        let c = c.clone();
+        let u = server.url("/metrics");
+        let needle = format!("tiketi_queue_admission_leader{{event=\"{event}\"}} 1");
+        async move {
+            c.get(u)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains(&needle)
+        }
+    })
+    .await;
+    server.stop().await;
+    cleanup(&url, &event).await;
+}

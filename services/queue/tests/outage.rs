@@ -1,0 +1,151 @@
+//! Redis paused mid-run (a private redis-server, SIGSTOP then SIGCONT): requests get 503 with
+//! Retry-After quickly instead of hanging, and afterwards every waiting user is still in place —
+//! including across the heartbeat timeout, which the outage would otherwise have broken.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct PrivateRedis {
+    child: Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tiketi-queue-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the outage test");
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
+    let redis_srv = PrivateRedis::start();
+    let event = unique_event("outage");
+    let mut spec = EventSpec::new(&event);
+    // Waiting in the pre-queue: admission does not move anyone, only the heartbeat sweep could.
+    spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    spec.heartbeat_timeout_seconds = 3;
+    let mut a = args(&redis_srv.url, Some(spec.write()));
+    a.redis_timeout_ms = 500;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    wait_for("redis up", Duration::from_secs(10), || {
+        let api = &api;
+        async move {
+            api.client
+                .get(format!("{}/readyz", api.base))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        }
+    })
+    .await;
+    let users: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    for u in &users {
+        assert_eq!(api.join(u).await.status(), 201);
+    }
+    // Everybody keeps polling, as browsers would, throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let api = Api::new(&server.base, &event);
+        let users = users.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for u in &users {
+                    let _ = api.me(u).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    redis_srv.signal("-STOP");
+    let started = Instant::now();
+    let r = api.join("during-outage").await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(took < Duration::from_secs(2), "the 503 took {took:?}");
+    let r = api.me("w0").await;
+    assert_eq!(r.status(), 503);
+    let ready = api
+        .client
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while Redis is away");
+    // Longer than the heartbeat timeout: nobody could heartbeat meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis_srv.signal("-CONT");
+
+    wait_for("recovery", Duration::from_secs(10), || {
+        let api = &api;
+        async move { api.me("w0").await.status() == 200 }
+    })
+    .await;
+    // Give the sweep time to run several times after recovery.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.await.unwrap();
+    let stats = api.stats().await;
+    assert_eq!(stats["preQueueDepth"], 20, "{stats}");
+    for u in &users {
+        let me = api.me_json(u).await;
+        assert_eq!(me["state"], "waiting", "{u}: {me}");
+        assert_eq!(me["preQueue"], true);
+    }
+    assert_eq!(api.join("after-outage").await.status(), 201);
+    server.stop().await;
+}

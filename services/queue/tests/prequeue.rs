@@ -1,0 +1,147 @@
+//! The pre-queue: joins before the on-sale instant are shuffled (seeded, recorded, reproducible)
+//! into the queue in front of everyone who joins later.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+use tiketi_queue::shuffle::shuffle;
+use tiketi_queue::store::{ShuffleOutcome, Store};
+
+async fn prequeue_with(store: &Store, event: &str, users: &[String], seed: u64) -> Vec<String> {
+    let k = keys(event);
+    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    for u in users {
+        store.status(&k, u, future, None, true).await.unwrap();
+    }
+    let fence = store
+        .lease(&k, "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let members = store.prequeue_members(&k).await.unwrap();
+    let order = shuffle(&members, seed);
+    let past = chrono::Utc::now().timestamp_millis() - 1;
+    let outcome = store
+        .apply_shuffle(&k, "test-holder", fence, seed, past, &order)
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShuffleOutcome::Moved(users.len() as u64));
+    order
+}
+
+#[tokio::test]
+async fn shuffle_is_a_recorded_reproducible_permutation_in_front_of_later_joiners() {
+    let url = redis_url();
+    let store = Store::new(&url, Duration::from_secs(1)).unwrap();
+    let users: Vec<String> = (0..40).map(|i| format!("early-{i:02}")).collect();
+    let (e1, e2) = (unique_event("shuf-a"), unique_event("shuf-b"));
+
+    let order1 = prequeue_with(&store, &e1, &users, 1111).await;
+    let order2 = prequeue_with(&store, &e2, &users, 2222).await;
+    let mut c = redis(&url).await;
+    let q1: Vec<String> = c.zrange(keys(&e1).queue(), 0, -1).await.unwrap();
+    let q2: Vec<String> = c.zrange(keys(&e2).queue(), 0, -1).await.unwrap();
+    assert_eq!(q1, order1, "the queue holds the shuffled order");
+    assert_eq!(q2, order2);
+    let mut sorted = q1.clone();
+    sorted.sort();
+    assert_eq!(sorted, users, "a permutation: nobody lost, nobody added");
+    assert_ne!(q1, q2, "different seeds give different orders");
+    assert_ne!(q1, users, "the order is not the join order");
+
+    // Audit: the recorded seed and the member set reproduce the order.
+    let record = store.shuffle_record(&keys(&e1)).await.unwrap().unwrap();
+    assert_eq!(record.seed, 1111);
+    assert_eq!(record.count, 40);
+    assert_eq!(shuffle(&users, record.seed), q1);
+
+    // Later joiners are FIFO behind the whole pre-queue, and the pre-queue is gone.
+    let past = chrono::Utc::now().timestamp_millis() - 1;
+    for u in ["late-1", "late-0"] {
+        store.status(&keys(&e1), u, past, None, true).await.unwrap();
+    }
+    let q: Vec<String> = c.zrange(keys(&e1).queue(), 0, -1).await.unwrap();
+    assert_eq!(&q[40..], &["late-1".to_owned(), "late-0".to_owned()]);
+    let pre: u64 = c.zcard(keys(&e1).prequeue()).await.unwrap();
+    assert_eq!(pre, 0);
+    // The shuffle happens once.
+    let fence = store
+        .lease(&keys(&e1), "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .apply_shuffle(&keys(&e1), "test-holder", fence, 5, past, &[])
+        .await
+        .unwrap();
+    assert_eq!(again, ShuffleOutcome::AlreadyDone);
+    // A stale fence cannot shuffle.
+    let e3 = unique_event("shuf-c");
+    let k3 = keys(&e3);
+    let f3 = store
+        .lease(&k3, "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = store
+        .apply_shuffle(&k3, "test-holder", f3 + 1, 5, past, &[])
+        .await
+        .unwrap();
+    assert_eq!(stale, ShuffleOutcome::NotLeader);
+    for e in [e1, e2, e3] {
+        cleanup(&url, &e).await;
+    }
+}
+
+#[tokio::test]
+async fn the_service_shuffles_at_on_sale_and_admits_in_that_order() {
+    let url = redis_url();
+    let event = unique_event("onsale");
+    let mut spec = EventSpec::new(&event);
+    spec.on_sale_at = chrono::Utc::now() + chrono::Duration::milliseconds(2500);
+    spec.rate_per_second = 4;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let api = Api::new(&server.base, &event);
+    let users: Vec<String> = (0..12).map(|i| format!("fan-{i:02}")).collect();
+    for u in &users {
+        let body: serde_json::Value = api.join(u).await.json().await.unwrap();
+        assert_eq!(body["preQueue"], true, "{body}");
+    }
+    wait_for("the on-sale shuffle", Duration::from_secs(10), || {
+        let api = &api;
+        async move { api.stats().await.get("shuffle").is_some() }
+    })
+    .await;
+    let late = api.join("late").await;
+    assert_eq!(late.status(), 201);
+    let seed = api.stats().await["shuffle"]["seed"].as_u64().unwrap();
+    let expected = shuffle(&users, seed);
+
+    // Admission pops from the head, one user per tick at 4/s: the admission order (by expiry)
+    // followed by who still waits is the full line.
+    wait_for("a few admissions", Duration::from_secs(10), || {
+        let api = &api;
+        async move { api.stats().await["admittedTotal"].as_u64().unwrap() >= 3 }
+    })
+    .await;
+    let mut c = redis(&url).await;
+    let (admitted, waiting): (Vec<String>, Vec<String>) = redis::pipe()
+        .atomic()
+        .zrange(keys(&event).active(), 0, -1)
+        .zrange(keys(&event).queue(), 0, -1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let line: Vec<String> = admitted.into_iter().chain(waiting).collect();
+    let mut want = expected.clone();
+    want.push("late".into());
+    assert_eq!(line, want);
+    let pos: serde_json::Value = api.me_json("late").await;
+    assert_eq!(pos["state"], "waiting");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}

@@ -1,0 +1,474 @@
+//! The HTTP surface: routes, request framing, the OpenAPI document, health and metrics endpoints.
+//! Handlers only translate between HTTP and [`AppState`] operations.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use tiketi_shared::problem::Problem;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::domain::{Counts, SeatStatus};
+use crate::metrics::RouteLabels;
+use crate::model::{Availability, Health, Hold, HoldRequest, Order, Seat, SeatMap};
+use crate::service::{Answer, AppState};
+
+pub const ADMISSION_HEADER: &str = "x-admission-token";
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Largest request body accepted (a hold names a handful of seats).
+const BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tiketi reservation",
+        description = "Seat holds (Redis) and orders (PostgreSQL) for ticket on-sales. Errors are \
+                       application/problem+json (RFC 9457); outages answer 503 with Retry-After."
+    ),
+    paths(seat_map, availability, create_hold, release_hold, confirm_hold, get_order, healthz, readyz),
+    components(schemas(HoldRequest, Hold, Order, Seat, SeatMap, Availability, Counts, SeatStatus, Health, Problem)),
+    modifiers(&BearerAuth),
+    tags((name = "reservation", description = "Seats, holds and orders"), (name = "ops", description = "Probes"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let api = Router::new()
+        .route("/v1/events/{event}/seats", get(seat_map))
+        .route("/v1/events/{event}/availability", get(availability))
+        .route("/v1/events/{event}/holds", post(create_hold))
+        .route("/v1/holds/{hold}", delete(release_hold))
+        .route("/v1/holds/{hold}/confirm", post(confirm_hold))
+        .route("/v1/orders/{order}", get(get_order))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_inflight))
+        .layer(TraceLayer::new_for_http())
+        // A backstop only: every Redis and PostgreSQL call has its own, shorter bound.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ));
+    let ops = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi));
+    api.merge(ops)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
+        .with_state(state)
+}
+
+async fn record_latency(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let res = next.run(req).await;
+    if let Some(route) = route {
+        let status_class = match res.status().as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        state
+            .metrics
+            .request_duration
+            .get_or_create(&RouteLabels {
+                method,
+                route,
+                status_class,
+            })
+            .observe(start.elapsed().as_secs_f64());
+    }
+    res
+}
+
+async fn limit_inflight(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match state.admit().await {
+        Ok(_permit) => next.run(req).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    let status = rejection.status();
+    let slug = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid-body",
+        _ => "malformed-body",
+    };
+    Problem::new(status, slug, rejection.body_text())
+}
+
+fn answer(a: Answer) -> Response {
+    let Answer {
+        status,
+        body,
+        replayed,
+    } = a;
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut res = (status, bytes).into_response();
+    let ct = if status.is_success() {
+        "application/json"
+    } else {
+        tiketi_shared::problem::CONTENT_TYPE
+    };
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    if replayed {
+        res.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    res
+}
+
+/// The seat map: every seat with its status, plus counts. Cached for about a second.
+#[utoipa::path(
+    get, path = "/v1/events/{event}/seats", tag = "reservation",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Seat map", body = SeatMap),
+        (status = 404, description = "Unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn seat_map(
+    State(state): State<Arc<AppState>>,
+    Path(event): Path<String>,
+) -> Result<Json<SeatMap>, Problem> {
+    state.seat_map(&event).await.map(Json)
+}
+
+/// Sold / held / available counts. Cached for about a second; also published to Redis.
+#[utoipa::path(
+    get, path = "/v1/events/{event}/availability", tag = "reservation",
+    params(("event" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Availability counts", body = Availability),
+        (status = 404, description = "Unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn availability(
+    State(state): State<Arc<AppState>>,
+    Path(event): Path<String>,
+) -> Result<Json<Availability>, Problem> {
+    state.availability(&event).await.map(Json)
+}
+
+/// Hold seats, all or none, for `holdTtlSeconds`. Needs the user's bearer token and an admission
+/// token the queue issued to that user for this event.
+#[utoipa::path(
+    post, path = "/v1/events/{event}/holds", tag = "reservation",
+    params(
+        ("event" = String, Path, description = "Event id"),
+        ("X-Admission-Token" = String, Header, description = "Admission token from the waiting room"),
+    ),
+    request_body = HoldRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Seats held", body = Hold),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing, forged, expired or someone else's admission token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Seats taken (listed in `seats`) or per-user seat limit reached", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown seats or too many seats", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_hold(
+    State(state): State<Arc<AppState>>,
+    Path(event): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<HoldRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Hold>), Problem> {
+    // Authenticate before looking at the body, so a bad token is never masked by a bad body.
+    if state.initialized.load(Ordering::Acquire) {
+        state
+            .users
+            .verify_bearer(header(&headers, "authorization"))
+            .map_err(|e| {
+                Problem::unauthorized(format!("a valid bearer user token is required: {e}"))
+                    .with("reason", e.reason())
+            })?;
+    }
+    let Json(req) = body.map_err(json_problem)?;
+    // Run to completion even if the client goes away: a hold cancelled between its Redis and
+    // PostgreSQL steps would strand its locks until the TTL.
+    let authorization = header(&headers, "authorization").map(str::to_owned);
+    let admission = header(&headers, ADMISSION_HEADER).map(str::to_owned);
+    let hold = tokio::spawn(async move {
+        state
+            .hold(&event, authorization.as_deref(), admission.as_deref(), &req.seats)
+            .await
+    })
+    .await
+    .map_err(|_| Problem::unavailable("the hold was interrupted; retry"))??;
+    Ok((StatusCode::CREATED, Json(hold)))
+}
+
+/// Release a hold: its seats become available at once. Releasing twice is fine.
+#[utoipa::path(
+    delete, path = "/v1/holds/{hold}", tag = "reservation",
+    params(("hold" = String, Path, description = "Hold id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Released"),
+        (status = 401, description = "Missing or invalid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's hold", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The hold is already an order", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn release_hold(
+    State(state): State<Arc<AppState>>,
+    Path(hold): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    let authorization = header(&headers, "authorization").map(str::to_owned);
+    tokio::spawn(async move { state.release(&hold, authorization.as_deref()).await })
+        .await
+        .map_err(|_| Problem::unavailable("the release was interrupted; retry"))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Confirm a hold into an order, in one PostgreSQL transaction. `Idempotency-Key` is required:
+/// a retry with the same key gets the same answer (header `Idempotent-Replayed: true`); the same
+/// key for a different hold is 422. A hold whose Redis lock lapsed is still confirmed if its seats
+/// are free in PostgreSQL.
+#[utoipa::path(
+    post, path = "/v1/holds/{hold}/confirm", tag = "reservation",
+    params(
+        ("hold" = String, Path, description = "Hold id (UUID)"),
+        ("Idempotency-Key" = String, Header, description = "Client-chosen key, 1-255 visible ASCII characters"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Order created (or replayed)", body = Order),
+        (status = 400, description = "Missing or invalid Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's hold", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Seats sold to someone else (listed), hold released or already an order", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused for a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn confirm_hold(
+    State(state): State<Arc<AppState>>,
+    Path(hold): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let a = state
+        .confirm(
+            &hold,
+            header(&headers, "authorization"),
+            header(&headers, IDEMPOTENCY_HEADER),
+        )
+        .await?;
+    Ok(answer(a))
+}
+
+/// An order of the calling user.
+#[utoipa::path(
+    get, path = "/v1/orders/{order}", tag = "reservation",
+    params(("order" = String, Path, description = "Order id (UUID)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 401, description = "Missing or invalid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order for this user", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_order(
+    State(state): State<Arc<AppState>>,
+    Path(order): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Order>, Problem> {
+    state
+        .order(&order, header(&headers, "authorization"))
+        .await
+        .map(Json)
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Up", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        problems: vec![],
+    })
+}
+
+/// Readiness: migrations applied, inventory loaded, Redis and PostgreSQL reachable, not draining.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready; `problems` says why", body = Health),
+    )
+)]
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let problems = state.readiness().await;
+    if problems.is_empty() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready".into(),
+                problems,
+            }),
+        )
+            .into_response()
+    } else {
+        let mut res = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not-ready".into(),
+                problems,
+            }),
+        )
+            .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.refresh_pool_gauges();
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics-encoding",
+            "could not encode metrics",
+        )
+        .into_response();
+    }
+    let mut res = body.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}
+
+/// The OpenAPI document, plus OpenAPI links (a hold's id feeds confirm and release, an order's
+/// id feeds the order read) that clients and Schemathesis' stateful phase follow. The links are
+/// added as JSON because utoipa 5 serialises `Link.operationId` in snake case.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let links = [
+        (
+            "/v1/events/{event}/holds",
+            "ConfirmHold",
+            "confirm_hold",
+            "hold",
+            "$response.body#/holdId",
+        ),
+        (
+            "/v1/events/{event}/holds",
+            "ReleaseHold",
+            "release_hold",
+            "hold",
+            "$response.body#/holdId",
+        ),
+        (
+            "/v1/holds/{hold}/confirm",
+            "GetOrder",
+            "get_order",
+            "order",
+            "$response.body#/orderId",
+        ),
+    ];
+    for (path, name, operation, param, expr) in links {
+        if let Some(response) =
+            doc.pointer_mut(&format!("/paths/{}/post/responses/201", path.replace('/', "~1")))
+            && let Some(response) = response.as_object_mut()
+        {
+            let entry = response.entry("links").or_insert_with(|| serde_json::json!({}));
+            entry[name] = serde_json::json!({"operationId": operation, "parameters": {param: expr}});
+        }
+    }
+    doc
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such route")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_documents_every_route_with_links() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/events/{event}/seats",
+            "/v1/events/{event}/availability",
+            "/v1/events/{event}/holds",
+            "/v1/holds/{hold}",
+            "/v1/holds/{hold}/confirm",
+            "/v1/orders/{order}",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing: {:?}", paths.keys());
+        }
+        let hold = &doc["paths"]["/v1/events/{event}/holds"]["post"];
+        assert_eq!(
+            hold["responses"]["201"]["links"]["ConfirmHold"]["operationId"], "confirm_hold",
+            "{}",
+            hold["responses"]["201"]
+        );
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+}

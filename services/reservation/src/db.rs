@@ -1,0 +1,682 @@
+//! PostgreSQL: migrations, inventory, hold mirror, orders and idempotency records. PostgreSQL is
+//! the truth: the partial unique index on live (event, seat) bookings decides every race. Every
+//! call is bounded by a timeout; connections that meet a read-only server (an Aurora failover
+//! demoted our writer) or a broken socket are closed instead of returned to the pool, so the pool
+//! reconnects to the new writer by itself.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row};
+use tiketi_shared::config::{EventConfig, SeatSpec};
+use uuid::Uuid;
+
+use crate::domain;
+use crate::model::{Hold, Order};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const UNIQUE_VIOLATION: &str = "23505";
+const READ_ONLY_TRANSACTION: &str = "25006";
+const ONE_BOOKING_PER_SEAT: &str = "order_lines_one_live_booking_per_seat";
+const ONE_ORDER_PER_HOLD: &str = "orders_hold_id_key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("postgres did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("postgres error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Sqlx(_) => "sqlx",
+            Self::Migrate(_) => "migrate",
+        }
+    }
+}
+
+/// Whether the connection that produced this error should be thrown away.
+fn poisons_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().as_deref() == Some(READ_ONLY_TRANSACTION),
+        _ => false,
+    }
+}
+
+fn constraint_violated(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            Some(db.constraint().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// One seat row loaded from the `seats` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatRow {
+    pub id: String,
+    pub section: String,
+    pub row: Option<u32>,
+    pub number: u32,
+    pub price_tier: Option<String>,
+}
+
+/// Result of loading an event's inventory.
+#[derive(Debug, Clone)]
+pub struct InventoryLoad {
+    /// The inventory now stored, in seat-map order.
+    pub seats: Vec<SeatRow>,
+    /// Non-empty when the configured inventory was refused: the sold seats it would remove.
+    pub refused: Vec<String>,
+}
+
+/// A hold as PostgreSQL mirrors it.
+#[derive(Debug, Clone)]
+pub struct HoldRow {
+    pub hold: Hold,
+    pub status: String,
+}
+
+/// A stored idempotent answer.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub fingerprint: String,
+    pub status: Option<u16>,
+    pub body: Option<serde_json::Value>,
+}
+
+/// What a confirm transaction decided.
+#[derive(Debug)]
+pub enum ConfirmOutcome {
+    Created(Order),
+    /// These seats are already booked by a live order.
+    SeatsTaken(Vec<String>),
+    /// The hold already became this order (under another Idempotency-Key).
+    AlreadyConfirmed(Option<Uuid>),
+    /// The hold was released before it could be confirmed.
+    NotHeld(String),
+    /// Another request with the same key committed first: replay its record.
+    KeyInUse,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    writer: PgPool,
+    reader: PgPool,
+    has_reader: bool,
+    timeout: Duration,
+}
+
+fn pool(url: &str, max: u32, timeout: Duration, writer: bool) -> Result<PgPool, DbError> {
+    let opts = PgConnectOptions::from_str(url)?
+        .application_name("tiketi-reservation")
+        .options([("statement_timeout", format!("{}", timeout.as_millis().max(1)))]);
+    let options = PgPoolOptions::new()
+        .max_connections(max.max(1))
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .idle_timeout(Duration::from_secs(60))
+        // Aurora moves its endpoints' DNS on failover; recycling connections follows it.
+        .max_lifetime(Duration::from_secs(300))
+        .test_before_acquire(true);
+    let options = if writer {
+        options.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(conn)
+                    .await?;
+                if in_recovery {
+                    return Err(sqlx::Error::Protocol(
+                        "writer URL points at a read-only server (failover in progress?)".into(),
+                    ));
+                }
+                Ok(())
+            })
+        })
+    } else {
+        options
+    };
+    Ok(options.connect_lazy_with(opts))
+}
+
+impl Db {
+    /// Builds lazily connecting pools: nothing blocks on PostgreSQL here.
+    pub fn new(
+        writer_url: &str,
+        reader_url: Option<&str>,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let writer = pool(writer_url, max_connections, timeout, true)?;
+        let (reader, has_reader) = match reader_url {
+            Some(url) => (pool(url, max_connections, timeout, false)?, true),
+            None => (writer.clone(), false),
+        };
+        Ok(Self {
+            writer,
+            reader,
+            has_reader,
+            timeout,
+        })
+    }
+
+    pub fn writer(&self) -> &PgPool {
+        &self.writer
+    }
+
+    /// (pool name, size, idle) for the pool-usage gauges.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32)> {
+        let mut v = vec![("writer", self.writer.size(), self.writer.num_idle() as u32)];
+        if self.has_reader {
+            v.push(("reader", self.reader.size(), self.reader.num_idle() as u32));
+        }
+        v
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, DbError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(DbError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, DbError> {
+        self.bounded(self.writer.acquire()).await
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.writer))
+            .await?;
+        if self.has_reader {
+            self.bounded(sqlx::query("SELECT 1").execute(&self.reader))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the embedded migrations. sqlx's migrator takes a session-level PostgreSQL advisory
+    /// lock (keyed on the database name) around the whole run, so replicas starting together
+    /// apply each migration exactly once; the others wait and then find nothing to do.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Loads one event's inventory idempotently and returns the seats in their stable order.
+    /// Runs under a per-event transaction-level advisory lock so replicas do not interleave. A
+    /// configuration that would remove a sold seat is not applied: the stored inventory stays and
+    /// [`InventoryLoad::refused`] names the sold seats the change would have removed.
+    pub async fn load_inventory(&self, cfg: &EventConfig) -> Result<InventoryLoad, DbError> {
+        let seats: Vec<SeatSpec> = cfg.inventory.seats().collect();
+        let config_json = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+        let event = cfg.event_id.clone();
+        let fut = async {
+            let mut tx = self.writer.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tiketi-inventory:' || $1))")
+                .bind(&event)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO events (event_id, config, total_seats) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&event)
+            .bind(&config_json)
+            .bind(seats.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+            let booked: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT seat_id FROM order_lines WHERE event_id = $1")
+                    .bind(&event)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let gone = domain::removed_sold_seats(&seats, &booked);
+            if !gone.is_empty() {
+                tx.rollback().await?;
+                return Ok(Err(gone));
+            }
+            let ids: Vec<String> = seats.iter().map(|s| s.id.clone()).collect();
+            let sections: Vec<String> = seats.iter().map(|s| s.section.clone()).collect();
+            let rows: Vec<Option<i32>> = seats.iter().map(|s| s.row.map(|r| r as i32)).collect();
+            let numbers: Vec<i32> = seats.iter().map(|s| s.number as i32).collect();
+            let tiers: Vec<Option<String>> = seats.iter().map(|s| s.price_tier.clone()).collect();
+            let positions: Vec<i32> = (0..seats.len() as i32).collect();
+            sqlx::query(
+                "INSERT INTO seats (event_id, seat_id, section, row_number, seat_number, price_tier, position) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::int[]) \
+                 ON CONFLICT (event_id, seat_id) DO UPDATE SET position = EXCLUDED.position \
+                 WHERE seats.position IS DISTINCT FROM EXCLUDED.position",
+            )
+            .bind(&event)
+            .bind(&ids)
+            .bind(&sections)
+            .bind(&rows)
+            .bind(&numbers)
+            .bind(&tiers)
+            .bind(&positions)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM seats WHERE event_id = $1 AND NOT (seat_id = ANY($2))")
+                .bind(&event)
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE events SET config = $2, total_seats = $3, updated_at = now() \
+                 WHERE event_id = $1 AND (config IS DISTINCT FROM $2 OR total_seats <> $3)",
+            )
+            .bind(&event)
+            .bind(&config_json)
+            .bind(seats.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        };
+        // Loading a large inventory may take longer than one request's budget.
+        let applied = match tokio::time::timeout(self.timeout * 10, fut).await {
+            Ok(r) => r.map_err(DbError::Sqlx)?,
+            Err(_) => return Err(DbError::Timeout(self.timeout * 10)),
+        };
+        let seats = self.stored_seats(&event).await?;
+        Ok(InventoryLoad {
+            seats,
+            refused: applied.err().unwrap_or_default(),
+        })
+    }
+
+    /// The inventory as stored (used when a new configuration was refused).
+    pub async fn stored_seats(&self, event: &str) -> Result<Vec<SeatRow>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT seat_id, section, row_number, seat_number, price_tier FROM seats \
+                     WHERE event_id = $1 ORDER BY position, seat_id",
+                )
+                .bind(event)
+                .fetch_all(&self.writer),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(SeatRow {
+                    id: r.try_get("seat_id")?,
+                    section: r.try_get("section")?,
+                    row: r.try_get::<Option<i32>, _>("row_number")?.map(|v| v as u32),
+                    number: r.try_get::<i32, _>("seat_number")? as u32,
+                    price_tier: r.try_get("price_tier")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Seats of the event with a live booking. Lag-tolerant: uses the reader when configured.
+    pub async fn sold_seats(&self, event: &str) -> Result<Vec<String>, DbError> {
+        self.bounded(
+            sqlx::query_scalar("SELECT seat_id FROM order_lines WHERE event_id = $1 AND live")
+                .bind(event)
+                .fetch_all(&self.reader),
+        )
+        .await
+    }
+
+    /// Number of seats of the event with a live booking (lag-tolerant: reader when configured).
+    pub async fn sold_count(&self, event: &str) -> Result<u64, DbError> {
+        let n: i64 = self
+            .bounded(
+                sqlx::query_scalar("SELECT count(*) FROM order_lines WHERE event_id = $1 AND live")
+                    .bind(event)
+                    .fetch_one(&self.reader),
+            )
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Mirrors a hold in PostgreSQL unless one of its seats is already sold; returns the sold
+    /// seats (empty = inserted). One round trip.
+    pub async fn insert_hold_unless_sold(&self, hold: &Hold) -> Result<Vec<String>, DbError> {
+        self.bounded(
+            sqlx::query_scalar(
+                "WITH sold AS (SELECT seat_id FROM order_lines \
+                               WHERE event_id = $2 AND live AND seat_id = ANY($4)), \
+                      ins AS (INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at) \
+                              SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM sold) \
+                              RETURNING hold_id) \
+                 SELECT seat_id FROM sold",
+            )
+            .bind(hold.hold_id)
+            .bind(&hold.event_id)
+            .bind(&hold.user_id)
+            .bind(&hold.seats)
+            .bind(hold.expires_at)
+            .fetch_all(&self.writer),
+        )
+        .await
+    }
+
+    pub async fn get_hold(&self, id: Uuid) -> Result<Option<HoldRow>, DbError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT hold_id, event_id, user_id, seat_ids, expires_at, status FROM holds \
+                     WHERE hold_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.writer),
+            )
+            .await?;
+        row.map(|r| -> Result<HoldRow, sqlx::Error> {
+            Ok(HoldRow {
+                hold: Hold {
+                    hold_id: r.try_get("hold_id")?,
+                    event_id: r.try_get("event_id")?,
+                    user_id: r.try_get("user_id")?,
+                    seats: r.try_get("seat_ids")?,
+                    expires_at: r.try_get("expires_at")?,
+                },
+                status: r.try_get("status")?,
+            })
+        })
+        .transpose()
+        .map_err(DbError::from)
+    }
+
+    /// Marks a held hold released; returns false when it was not in state `held`.
+    pub async fn release_hold(&self, id: Uuid) -> Result<bool, DbError> {
+        let done = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE holds SET status = 'released', released_at = now() \
+                     WHERE hold_id = $1 AND status = 'held'",
+                )
+                .bind(id)
+                .execute(&self.writer),
+            )
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The idempotency record for (user, key) and the hold, in one round trip.
+    pub async fn confirm_context(
+        &self,
+        user: &str,
+        key: &str,
+        hold: Uuid,
+    ) -> Result<(Option<StoredResponse>, Option<HoldRow>), DbError> {
+        let r = self
+            .bounded(
+                sqlx::query(
+                    "SELECT i.fingerprint, i.status_code, i.response, \
+                            h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
+                     FROM (SELECT 1) AS one \
+                     LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
+                     LEFT JOIN holds h ON h.hold_id = $3",
+                )
+                .bind(user)
+                .bind(key)
+                .bind(hold)
+                .fetch_one(&self.writer),
+            )
+            .await?;
+        let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
+            let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
+                Some(fingerprint) => Some(StoredResponse {
+                    fingerprint,
+                    status: r.try_get::<Option<i16>, _>("status_code")?.map(|s| s as u16),
+                    body: r.try_get("response")?,
+                }),
+                None => None,
+            };
+            let hold = match r.try_get::<Option<Uuid>, _>("hold_id")? {
+                Some(hold_id) => Some(HoldRow {
+                    hold: Hold {
+                        hold_id,
+                        event_id: r.try_get("event_id")?,
+                        user_id: r.try_get("user_id")?,
+                        seats: r.try_get("seat_ids")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                    status: r.try_get("status")?,
+                }),
+                None => None,
+            };
+            Ok((stored, hold))
+        };
+        decode().map_err(DbError::from)
+    }
+
+    pub async fn idempotency_record(&self, user: &str, key: &str) -> Result<Option<StoredResponse>, DbError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT fingerprint, status_code, response FROM idempotency_keys \
+                     WHERE user_id = $1 AND idempotency_key = $2",
+                )
+                .bind(user)
+                .bind(key)
+                .fetch_optional(&self.writer),
+            )
+            .await?;
+        row.map(|r| -> Result<StoredResponse, sqlx::Error> {
+            Ok(StoredResponse {
+                fingerprint: r.try_get("fingerprint")?,
+                status: r.try_get::<Option<i16>, _>("status_code")?.map(|s| s as u16),
+                body: r.try_get("response")?,
+            })
+        })
+        .transpose()
+        .map_err(DbError::from)
+    }
+
+    /// Stores a final non-2xx answer (e.g. 409) for a key, unless one is stored already.
+    pub async fn store_response(
+        &self,
+        user: &str,
+        key: &str,
+        fingerprint: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query(
+                "INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint, status_code, response) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(user)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(status as i16)
+            .bind(body)
+            .execute(&self.writer),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The confirm transaction: claim the idempotency key, flip the hold to confirmed, insert the
+    /// order and its lines, store the answer — all or nothing. The partial unique index decides
+    /// which of two racing orders for a seat wins.
+    pub async fn confirm(
+        &self,
+        hold: &Hold,
+        user: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<ConfirmOutcome, DbError> {
+        let mut conn = self.acquire().await?;
+        let order_id = Uuid::now_v7();
+        let result = tokio::time::timeout(
+            self.timeout,
+            confirm_tx(&mut conn, hold, order_id, user, key, fingerprint),
+        )
+        .await;
+        match result {
+            Err(_) => {
+                conn.close_on_drop();
+                Err(DbError::Timeout(self.timeout))
+            }
+            Ok(Err(e)) => {
+                if poisons_connection(&e) {
+                    conn.close_on_drop();
+                }
+                match constraint_violated(&e).as_deref() {
+                    Some(ONE_BOOKING_PER_SEAT) => {
+                        drop(conn);
+                        let sold = self.sold_among(&hold.event_id, &hold.seats).await?;
+                        Ok(ConfirmOutcome::SeatsTaken(sold))
+                    }
+                    Some(ONE_ORDER_PER_HOLD) => {
+                        drop(conn);
+                        Ok(ConfirmOutcome::AlreadyConfirmed(
+                            self.order_of_hold(hold.hold_id).await?,
+                        ))
+                    }
+                    _ => Err(DbError::Sqlx(e)),
+                }
+            }
+            Ok(Ok(outcome)) => Ok(outcome),
+        }
+    }
+
+    async fn sold_among(&self, event: &str, seats: &[String]) -> Result<Vec<String>, DbError> {
+        self.bounded(
+            sqlx::query_scalar(
+                "SELECT seat_id FROM order_lines WHERE event_id = $1 AND live AND seat_id = ANY($2) \
+                 ORDER BY seat_id",
+            )
+            .bind(event)
+            .bind(seats)
+            .fetch_all(&self.writer),
+        )
+        .await
+    }
+
+    async fn order_of_hold(&self, hold: Uuid) -> Result<Option<Uuid>, DbError> {
+        self.bounded(
+            sqlx::query_scalar("SELECT order_id FROM orders WHERE hold_id = $1")
+                .bind(hold)
+                .fetch_optional(&self.writer),
+        )
+        .await
+    }
+
+    /// An order by id. Tries the reader first (lag-tolerant) and falls back to the writer so a
+    /// just-confirmed order is always found.
+    pub async fn get_order(&self, id: Uuid) -> Result<Option<Order>, DbError> {
+        if self.has_reader
+            && let Some(o) = self.get_order_from(&self.reader, id).await?
+        {
+            return Ok(Some(o));
+        }
+        self.get_order_from(&self.writer, id).await
+    }
+
+    async fn get_order_from(&self, pool: &PgPool, id: Uuid) -> Result<Option<Order>, DbError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT o.order_id, o.event_id, o.hold_id, o.user_id, o.status, o.created_at, \
+                            array_agg(l.seat_id ORDER BY l.seat_id) AS seats \
+                     FROM orders o JOIN order_lines l USING (order_id) WHERE o.order_id = $1 \
+                     GROUP BY o.order_id",
+                )
+                .bind(id)
+                .fetch_optional(pool),
+            )
+            .await?;
+        row.map(|r| -> Result<Order, sqlx::Error> {
+            Ok(Order {
+                order_id: r.try_get("order_id")?,
+                event_id: r.try_get("event_id")?,
+                hold_id: r.try_get("hold_id")?,
+                user_id: r.try_get("user_id")?,
+                seats: r.try_get("seats")?,
+                status: r.try_get("status")?,
+                created_at: r.try_get::<DateTime<Utc>, _>("created_at")?,
+            })
+        })
+        .transpose()
+        .map_err(DbError::from)
+    }
+}
+
+async fn confirm_tx(
+    conn: &mut PoolConnection<Postgres>,
+    hold: &Hold,
+    order_id: Uuid,
+    user: &str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<ConfirmOutcome, sqlx::Error> {
+    // PostgreSQL keeps microseconds; truncate first so the stored answer equals the live one.
+    let now = Utc::now();
+    let created_at = DateTime::<Utc>::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let mut seats = hold.seats.clone();
+    seats.sort();
+    let order = Order {
+        order_id,
+        event_id: hold.event_id.clone(),
+        hold_id: hold.hold_id,
+        user_id: user.to_owned(),
+        seats,
+        status: "confirmed".into(),
+        created_at,
+    };
+    let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
+    let mut tx = conn.begin().await?;
+    // One statement, three round trips in all (BEGIN, this, COMMIT): claim the key with its
+    // answer, flip the hold, insert the order and its lines. Any unique violation aborts it.
+    let (claimed, confirmed, lines): (i64, i64, i64) = sqlx::query_as(
+        "WITH idem AS ( \
+             INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint, status_code, response) \
+             VALUES ($1, $2, $3, 201, $4) ON CONFLICT DO NOTHING RETURNING 1), \
+         h AS (UPDATE holds SET status = 'confirmed' WHERE hold_id = $5 AND status = 'held' RETURNING hold_id), \
+         o AS (INSERT INTO orders (order_id, event_id, user_id, hold_id, created_at) \
+               SELECT $6, $7, $1, hold_id, $8 FROM h RETURNING order_id), \
+         l AS (INSERT INTO order_lines (order_id, event_id, seat_id) \
+               SELECT o.order_id, $7, s FROM o, unnest($9::text[]) AS s RETURNING 1) \
+         SELECT (SELECT count(*) FROM idem), (SELECT count(*) FROM h), (SELECT count(*) FROM l)",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(fingerprint)
+    .bind(&body)
+    .bind(hold.hold_id)
+    .bind(order_id)
+    .bind(&hold.event_id)
+    .bind(created_at)
+    .bind(&hold.seats)
+    .fetch_one(&mut *tx)
+    .await?;
+    if claimed == 1 && confirmed == 1 && lines == hold.seats.len() as i64 {
+        tx.commit().await?;
+        return Ok(ConfirmOutcome::Created(order));
+    }
+    tx.rollback().await?;
+    if claimed == 0 {
+        return Ok(ConfirmOutcome::KeyInUse);
+    }
+    let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT h.status, o.order_id FROM holds h LEFT JOIN orders o USING (hold_id) WHERE h.hold_id = $1",
+    )
+    .bind(hold.hold_id)
+    .fetch_optional(&mut **conn)
+    .await?;
+    Ok(match row {
+        Some((status, order)) if status == "confirmed" => ConfirmOutcome::AlreadyConfirmed(order),
+        Some((status, _)) => ConfirmOutcome::NotHeld(status),
+        None => ConfirmOutcome::NotHeld("missing".into()),
+    })
+}

@@ -1,0 +1,293 @@
+//! Seat locks and hold records in Redis. A hold is one Lua script over every requested seat key, so
+//! it takes all seats or none; locks carry the hold TTL (`PX`). Every call is bounded by a timeout:
+//! a slow or absent Redis becomes an error the handler turns into 503, never a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tiketi_shared::keys::EventKeys;
+
+use crate::domain::{HoldOutcome, SOLD_MARKER};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from the hold script")]
+    BadReply,
+}
+
+/// Reply codes of [`HOLD_SCRIPT`].
+const HOLD_OK: i64 = 1;
+const HOLD_TAKEN: i64 = 0;
+const HOLD_OVER_CAP: i64 = 2;
+
+/// KEYS: hold record, user's held-seat set, the event's held-seat index, then one lock key per
+/// seat. ARGV: hold id, ttl ms, now ms, per-user cap, hold record JSON, then the seat ids (same
+/// order). Both sets are sorted sets scored by expiry, so lapsed holds drop out by themselves.
+const HOLD_SCRIPT: &str = r#"
+local n = #KEYS - 3
+local ttl = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local taken = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i + 3]) == 1 then
+    taken[#taken + 1] = ARGV[5 + i]
+  end
+end
+if #taken > 0 then
+  return {0, taken}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local current = redis.call('ZCARD', KEYS[2])
+if current + n > cap then
+  return {2, {tostring(current)}}
+end
+for i = 1, n do
+  redis.call('SET', KEYS[i + 3], ARGV[1], 'PX', ttl)
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[5 + i])
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[5 + i])
+end
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return {1, {}}
+"#;
+
+/// KEYS: hold record, user's held-seat set, held-seat index, then the seat lock keys. ARGV: hold
+/// id, then seat ids. Deletes only locks still owned by this hold (a lapsed lock may already be
+/// someone else's).
+const RELEASE_SCRIPT: &str = r#"
+local n = #KEYS - 3
+local freed = 0
+for i = 1, n do
+  if redis.call('GET', KEYS[i + 3]) == ARGV[1] then
+    redis.call('DEL', KEYS[i + 3])
+    redis.call('ZREM', KEYS[3], ARGV[1 + i])
+    freed = freed + 1
+  end
+  redis.call('ZREM', KEYS[2], ARGV[1 + i])
+end
+redis.call('DEL', KEYS[1])
+return freed
+"#;
+
+/// KEYS: hold record, user's held-seat set, held-seat index, then the seat lock keys. ARGV: seat
+/// ids. After a confirmed order: seats become sold markers without TTL, the hold is gone.
+const SOLD_SCRIPT: &str = r#"
+local n = #KEYS - 3
+for i = 1, n do
+  redis.call('SET', KEYS[i + 3], 'sold')
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('ZREM', KEYS[3], ARGV[i])
+end
+redis.call('DEL', KEYS[1])
+return n
+"#;
+
+#[derive(Clone)]
+pub struct HoldStore {
+    conn: ConnectionManager,
+    timeout: Duration,
+    hold: Script,
+    release: Script,
+    sold: Script,
+}
+
+impl HoldStore {
+    /// Builds a lazily connecting, self-reconnecting client: creating it never blocks on Redis.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            timeout,
+            hold: Script::new(HOLD_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+            sold: Script::new(SOLD_SCRIPT),
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, RedisError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RedisError::Timeout(self.timeout)),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut c = self.conn.clone();
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut c)).await?;
+        Ok(())
+    }
+
+    /// Runs the all-or-nothing hold script.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hold(
+        &self,
+        keys: &EventKeys,
+        hold_id: &str,
+        user: &str,
+        seats: &[String],
+        ttl: Duration,
+        now_ms: i64,
+        cap: u32,
+        record_json: &str,
+    ) -> Result<HoldOutcome, RedisError> {
+        let mut inv = self.hold.prepare_invoke();
+        inv.key(keys.hold(hold_id))
+            .key(keys.user_holds(user))
+            .key(keys.held_seats());
+        for s in seats {
+            inv.key(keys.seat_hold(s));
+        }
+        inv.arg(hold_id)
+            .arg(ttl.as_millis() as u64)
+            .arg(now_ms)
+            .arg(cap)
+            .arg(record_json);
+        for s in seats {
+            inv.arg(s.as_str());
+        }
+        let mut c = self.conn.clone();
+        let (code, list): (i64, Vec<String>) = self.bounded(inv.invoke_async(&mut c)).await?;
+        match code {
+            HOLD_OK => Ok(HoldOutcome::Held),
+            HOLD_TAKEN => Ok(HoldOutcome::Taken(list)),
+            HOLD_OVER_CAP => {
+                let current = list
+                    .first()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(RedisError::BadReply)?;
+                Ok(HoldOutcome::OverCap { current })
+            }
+            _ => Err(RedisError::BadReply),
+        }
+    }
+
+    /// Frees the seats this hold still owns and drops its record. Returns how many locks it freed.
+    pub async fn release(
+        &self,
+        keys: &EventKeys,
+        hold_id: &str,
+        user: &str,
+        seats: &[String],
+    ) -> Result<u64, RedisError> {
+        let mut inv = self.release.prepare_invoke();
+        inv.key(keys.hold(hold_id))
+            .key(keys.user_holds(user))
+            .key(keys.held_seats());
+        for s in seats {
+            inv.key(keys.seat_hold(s));
+        }
+        inv.arg(hold_id);
+        for s in seats {
+            inv.arg(s.as_str());
+        }
+        let mut c = self.conn.clone();
+        self.bounded(inv.invoke_async(&mut c)).await
+    }
+
+    /// Marks seats sold (no TTL) and removes the hold after its order committed.
+    pub async fn mark_sold(
+        &self,
+        keys: &EventKeys,
+        hold_id: &str,
+        user: &str,
+        seats: &[String],
+    ) -> Result<(), RedisError> {
+        let mut inv = self.sold.prepare_invoke();
+        inv.key(keys.hold(hold_id))
+            .key(keys.user_holds(user))
+            .key(keys.held_seats());
+        for s in seats {
+            inv.key(keys.seat_hold(s));
+        }
+        for s in seats {
+            inv.arg(s.as_str());
+        }
+        let mut c = self.conn.clone();
+        let _: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
+        Ok(())
+    }
+
+    /// Sold markers for seats PostgreSQL knows are sold but Redis forgot (after a flush).
+    pub async fn restore_sold_markers(&self, keys: &EventKeys, seats: &[String]) -> Result<(), RedisError> {
+        if seats.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for s in seats {
+            pipe.set(keys.seat_hold(s), SOLD_MARKER).ignore();
+        }
+        pipe.zrem(keys.held_seats(), seats).ignore();
+        let mut c = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut c)).await
+    }
+
+    /// Lock values of the given seats (`None` = free), in order. Batched to bound reply sizes.
+    pub async fn seat_values(
+        &self,
+        keys: &EventKeys,
+        seats: &[String],
+    ) -> Result<Vec<Option<String>>, RedisError> {
+        let mut out = Vec::with_capacity(seats.len());
+        for chunk in seats.chunks(2000) {
+            let ks: Vec<String> = chunk.iter().map(|s| keys.seat_hold(s)).collect();
+            let mut c = self.conn.clone();
+            let vals: Vec<Option<String>> = self.bounded(c.mget(ks)).await?;
+            out.extend(vals);
+        }
+        Ok(out)
+    }
+
+    /// Seats under a live hold, from the held-seat index (lapsed entries pruned first).
+    pub async fn held_count(&self, keys: &EventKeys, now_ms: i64) -> Result<u64, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(keys.held_seats(), "-inf", now_ms).ignore();
+        pipe.zcount(keys.held_seats(), now_ms + 1, "+inf");
+        let mut c = self.conn.clone();
+        let (n,): (u64,) = self.bounded(pipe.query_async(&mut c)).await?;
+        Ok(n)
+    }
+
+    /// Publishes availability counts where the operator and the queue read them, and sets or
+    /// clears the sold-out flag.
+    pub async fn publish_counts(
+        &self,
+        keys: &EventKeys,
+        counts: &crate::domain::Counts,
+        now_ms: i64,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
+            keys.counts(),
+            &[
+                ("sold", counts.sold.to_string()),
+                ("held", counts.held.to_string()),
+                ("available", counts.available.to_string()),
+                ("total", counts.total.to_string()),
+                ("updatedAt", now_ms.to_string()),
+            ],
+        )
+        .ignore();
+        if counts.sold_out() {
+            pipe.set(keys.sold_out(), "1").ignore();
+        } else {
+            pipe.del(keys.sold_out()).ignore();
+        }
+        let mut c = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut c)).await
+    }
+}

@@ -1,0 +1,176 @@
+//! Wiring: build the state from [`Settings`], start serving at once (health before readiness),
+//! initialise the database in the background with retries, keep counts published, and drain on
+//! shutdown: readiness drops first, then the listener closes, then in-flight requests finish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tiketi_shared::token::{AdmissionKeys, UserVerifier};
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::redis_store::HoldStore;
+use crate::service::AppState;
+use crate::settings::Settings;
+
+/// Builds the shared state. Reads and validates the event configuration (a broken file is a
+/// start-up error, not a half-working service); opens no connection yet.
+pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
+    let Settings {
+        listen: _,
+        redis_url,
+        jwt_secret,
+        admission_secret,
+        event_config,
+        database_url,
+        database_read_url,
+        database_max_connections,
+        redis_timeout,
+        database_timeout,
+        read_cache_ttl,
+        max_inflight,
+        drain_delay: _,
+        shutdown_timeout: _,
+    } = settings;
+    let configs: BTreeMap<_, _> = tiketi_shared::config::load(event_config)
+        .with_context(|| format!("loading TIKETI_EVENT_CONFIG {}", event_config.display()))?;
+    if configs.is_empty() {
+        tracing::warn!(path = %event_config.display(), "no event configured; only probes will answer usefully");
+    }
+    let db = Db::new(
+        database_url,
+        database_read_url.as_deref(),
+        *database_max_connections,
+        *database_timeout,
+    )
+    .context("TIKETI_DATABASE_URL / TIKETI_DATABASE_READ_URL")?;
+    let redis = HoldStore::new(redis_url, *redis_timeout).context("TIKETI_REDIS_URL")?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    Ok(Arc::new(AppState {
+        db,
+        redis,
+        users: UserVerifier::new(jwt_secret.as_bytes()),
+        admission: AdmissionKeys::new(admission_secret.as_bytes()),
+        metrics,
+        registry,
+        configs,
+        events: RwLock::new(HashMap::new()),
+        initialized: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        cache_ttl: *read_cache_ttl,
+        max_connections: *database_max_connections,
+        inflight: tokio::sync::Semaphore::new((*max_inflight).max(1)),
+        inflight_wait: *redis_timeout,
+    }))
+}
+
+/// Retries initialisation until it succeeds (PostgreSQL may come up after us).
+async fn initialize_until_done(state: Arc<AppState>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match state.initialize().await {
+            Ok(()) => {
+                tracing::info!("migrations applied and inventory loaded; ready");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "initialisation failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn publish_counts_forever(state: Arc<AppState>) {
+    let period = state.cache_ttl.max(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.initialized.load(Ordering::Acquire) {
+            state.publish_all_counts().await;
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(&settings)?;
+    let init = tokio::spawn(initialize_until_done(state.clone()));
+    let publisher = tokio::spawn(publish_counts_forever(state.clone()));
+    let request_timeout = (settings.database_timeout * 3).max(Duration::from_secs(5));
+    let app = crate::api::router(state.clone(), request_timeout);
+    let drain_delay = settings.drain_delay;
+    let draining = state.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!(?drain_delay, "shutdown requested: not ready any more, draining");
+        draining.draining.store(true, Ordering::Release);
+        tokio::time::sleep(drain_delay).await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let mut server_task = tokio::spawn(async move { server.await });
+    // Bound the drain: once the listener is closed, in-flight requests get `shutdown_timeout`.
+    let result = tokio::select! {
+        r = &mut server_task => r.context("server task")?.context("http server"),
+        _ = async {
+            // Wait until draining starts, then give in-flight requests their budget.
+            while !state.draining.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(drain_delay + settings.shutdown_timeout).await;
+        } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown timeout; exiting");
+            server_task.abort();
+            Ok(())
+        }
+    };
+    init.abort();
+    publisher.abort();
+    result
+}
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    tracing::info!(listen = %settings.listen, "tiketi-reservation listening");
+    serve(settings, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,816 @@
+//! The reservation operations (hold, release, confirm, reads) over the Redis and PostgreSQL
+//! stores, independent of HTTP framing. Every failure comes back as a [`Problem`] naming it;
+//! dependency failures become 503 with Retry-After and are counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use prometheus_client::registry::Registry;
+use tiketi_shared::config::{EventConfig, ReservationSettings};
+use tiketi_shared::keys::EventKeys;
+use tiketi_shared::problem::Problem;
+use tiketi_shared::token::{AdmissionKeys, UserVerifier};
+use tokio::sync::{Mutex, RwLock};
+use uuid::Uuid;
+
+use crate::db::{ConfirmOutcome, Db, DbError, SeatRow};
+use crate::domain::{self, Counts, HoldOutcome, HoldRequestError, SeatStatus};
+use crate::metrics::{
+    ConflictLabels, DependencyLabels, EventLabels, Metrics, OutcomeLabels, PoolLabels, SeatLabels,
+};
+use crate::model::{Availability, Hold, Order, Seat, SeatMap};
+use crate::redis_store::{HoldStore, RedisError};
+
+/// A cached view of one event's seats.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: Instant,
+    pub as_of: DateTime<Utc>,
+    pub statuses: Vec<SeatStatus>,
+    pub counts: Counts,
+}
+
+/// One configured event: its keys, rules, inventory and seat-map cache.
+pub struct EventState {
+    pub id: String,
+    pub keys: EventKeys,
+    pub rules: ReservationSettings,
+    pub seats: Vec<SeatRow>,
+    pub seat_ids: Vec<String>,
+    pub index: HashMap<String, usize>,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    counts: Mutex<Option<(Instant, DateTime<Utc>, Counts)>>,
+}
+
+impl EventState {
+    pub fn new(cfg: &EventConfig, seats: Vec<SeatRow>) -> Self {
+        let seat_ids: Vec<String> = seats.iter().map(|s| s.id.clone()).collect();
+        let index = seat_ids.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect();
+        Self {
+            id: cfg.event_id.clone(),
+            keys: EventKeys::new(&cfg.event_id),
+            rules: cfg.reservation.clone(),
+            seats,
+            seat_ids,
+            index,
+            snapshot: Mutex::new(None),
+            counts: Mutex::new(None),
+        }
+    }
+}
+
+/// A stored or fresh answer to a confirm: status plus JSON body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub replayed: bool,
+}
+
+pub struct AppState {
+    pub db: Db,
+    pub redis: HoldStore,
+    pub users: UserVerifier,
+    pub admission: AdmissionKeys,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub configs: BTreeMap<String, EventConfig>,
+    pub events: RwLock<HashMap<String, Arc<EventState>>>,
+    /// Migrations applied and inventory loaded.
+    pub initialized: AtomicBool,
+    pub draining: AtomicBool,
+    pub cache_ttl: Duration,
+    pub max_connections: u32,
+    /// Admission to the API routes (see `TIKETI_MAX_INFLIGHT`).
+    pub inflight: tokio::sync::Semaphore,
+    pub inflight_wait: Duration,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn seats_taken(seats: Vec<String>, detail: &str) -> Problem {
+    Problem::new(StatusCode::CONFLICT, "seats-taken", detail).with("seats", seats)
+}
+
+fn problem_json(p: &Problem) -> serde_json::Value {
+    serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
+}
+
+impl AppState {
+    // === dependencies ===
+
+    fn redis_down(&self, e: RedisError) -> Problem {
+        tracing::warn!(error = %e, "redis call failed");
+        self.metrics
+            .dependency_errors
+            .get_or_create(&DependencyLabels { dependency: "redis" })
+            .inc();
+        Problem::unavailable("the seat lock store (Redis) is unavailable; retry shortly")
+    }
+
+    fn db_down(&self, e: DbError) -> Problem {
+        tracing::warn!(error = %e, reason = e.reason(), "postgres call failed");
+        self.metrics
+            .dependency_errors
+            .get_or_create(&DependencyLabels {
+                dependency: "postgres",
+            })
+            .inc();
+        Problem::unavailable("the order database (PostgreSQL) is unavailable; retry shortly")
+    }
+
+    /// Waits briefly for an in-flight slot; past the bound the request is shed with 503.
+    pub async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
+        match tokio::time::timeout(self.inflight_wait, self.inflight.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.metrics
+                    .dependency_errors
+                    .get_or_create(&DependencyLabels {
+                        dependency: "overload",
+                    })
+                    .inc();
+                Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                )
+                .retry_after(1))
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.initialized.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Readiness: initialised, not draining, Redis and PostgreSQL answer.
+    pub async fn readiness(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.initialized.load(Ordering::Acquire) {
+            problems.push("migrations or inventory not loaded yet".to_owned());
+        }
+        if self.draining.load(Ordering::Acquire) {
+            problems.push("draining".to_owned());
+        }
+        let (r, d) = tokio::join!(self.redis.ping(), self.db.ping());
+        if let Err(e) = r {
+            problems.push(format!("redis: {e}"));
+        }
+        if let Err(e) = d {
+            problems.push(format!("postgres: {e}"));
+        }
+        problems
+    }
+
+    async fn event(&self, event: &str) -> Result<Arc<EventState>, Problem> {
+        if !self.initialized.load(Ordering::Acquire) {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the service is still starting",
+            )
+            .retry_after(1));
+        }
+        self.events.read().await.get(event).cloned().ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-event",
+                format!("no event {event:?} here"),
+            )
+        })
+    }
+
+    fn user(&self, authorization: Option<&str>) -> Result<String, Problem> {
+        self.users.verify_bearer(authorization).map_err(|e| {
+            Problem::unauthorized(format!("a valid bearer user token is required: {e}"))
+                .with("reason", e.reason())
+        })
+    }
+
+    pub fn refresh_pool_gauges(&self) {
+        for (pool, size, idle) in self.db.pool_usage() {
+            let g = &self.metrics.pool_connections;
+            g.get_or_create(&PoolLabels { pool, state: "open" })
+                .set(i64::from(size));
+            g.get_or_create(&PoolLabels { pool, state: "idle" })
+                .set(i64::from(idle));
+            g.get_or_create(&PoolLabels { pool, state: "max" })
+                .set(i64::from(self.max_connections));
+        }
+    }
+
+    // === hold ===
+
+    pub async fn hold(
+        &self,
+        event: &str,
+        authorization: Option<&str>,
+        admission: Option<&str>,
+        seats: &[String],
+    ) -> Result<Hold, Problem> {
+        let result = self.hold_inner(event, authorization, admission, seats).await;
+        let outcome = match &result {
+            Ok(_) => "held",
+            Err(p) => match p.status {
+                401 => "unauthenticated",
+                403 => "not_admitted",
+                409 => "conflict",
+                503 => "unavailable",
+                _ => "invalid",
+            },
+        };
+        self.metrics.holds.get_or_create(&OutcomeLabels { outcome }).inc();
+        result
+    }
+
+    async fn hold_inner(
+        &self,
+        event: &str,
+        authorization: Option<&str>,
+        admission: Option<&str>,
+        seats: &[String],
+    ) -> Result<Hold, Problem> {
+        let ev = self.event(event).await?;
+        let user = self.user(authorization)?;
+        let now = now_ms();
+        self.admission.verify(admission, event, &user, now).map_err(|e| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "admission-required",
+                format!("a valid X-Admission-Token for this event and user is required: {e}"),
+            )
+            .with("reason", e.reason())
+        })?;
+        let seats =
+            domain::validate_hold_request(seats, &ev.index, ev.rules.max_seats_per_user).map_err(|e| {
+                let status = match e {
+                    HoldRequestError::Empty | HoldRequestError::Duplicate(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                let p = Problem::new(status, e.slug(), e.to_string());
+                match e {
+                    HoldRequestError::UnknownSeats(s) => p.with("seats", s),
+                    _ => p,
+                }
+            })?;
+        let ttl = Duration::from_secs(ev.rules.hold_ttl_seconds);
+        let hold = Hold {
+            hold_id: Uuid::new_v4(),
+            event_id: ev.id.clone(),
+            user_id: user.clone(),
+            seats: seats.clone(),
+            expires_at: DateTime::<Utc>::from_timestamp_millis(now + ttl.as_millis() as i64)
+                .unwrap_or_else(Utc::now),
+        };
+        let hold_id = hold.hold_id.to_string();
+        let record = serde_json::to_string(&hold).unwrap_or_default();
+        let outcome = self
+            .redis
+            .hold(
+                &ev.keys,
+                &hold_id,
+                &user,
+                &seats,
+                ttl,
+                now,
+                ev.rules.max_seats_per_user,
+                &record,
+            )
+            .await
+            .map_err(|e| self.redis_down(e))?;
+        match outcome {
+            HoldOutcome::Held => {}
+            HoldOutcome::Taken(taken) => {
+                self.metrics
+                    .conflicts
+                    .get_or_create(&ConflictLabels { stage: "hold" })
+                    .inc();
+                return Err(seats_taken(taken, "some of the requested seats are held or sold"));
+            }
+            HoldOutcome::OverCap { current } => {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "seat-limit-reached",
+                    format!(
+                        "you already hold {current} seat(s); at most {} at once",
+                        ev.rules.max_seats_per_user
+                    ),
+                )
+                .with("held", current)
+                .with("max", ev.rules.max_seats_per_user));
+            }
+        }
+        // Redis said yes; PostgreSQL must agree the seats are unsold (Redis may have lost sold
+        // markers) and keeps the hold so it survives a Redis flush.
+        match self.db.insert_hold_unless_sold(&hold).await {
+            Ok(sold) if sold.is_empty() => Ok(hold),
+            Ok(sold) => {
+                self.undo_hold(&ev, &hold).await;
+                if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
+                    tracing::warn!(error = %e, "could not restore sold markers");
+                }
+                self.metrics
+                    .conflicts
+                    .get_or_create(&ConflictLabels { stage: "hold" })
+                    .inc();
+                Err(seats_taken(sold, "some of the requested seats are sold"))
+            }
+            Err(e) => {
+                self.undo_hold(&ev, &hold).await;
+                Err(self.db_down(e))
+            }
+        }
+    }
+
+    async fn undo_hold(&self, ev: &EventState, hold: &Hold) {
+        if let Err(e) = self
+            .redis
+            .release(&ev.keys, &hold.hold_id.to_string(), &hold.user_id, &hold.seats)
+            .await
+        {
+            tracing::warn!(error = %e, hold = %hold.hold_id, "could not undo a hold; its locks expire with the TTL");
+        }
+    }
+
+    // === release ===
+
+    pub async fn release(&self, hold_id: &str, authorization: Option<&str>) -> Result<(), Problem> {
+        let result = self.release_inner(hold_id, authorization).await;
+        let outcome = match &result {
+            Ok(()) => "released",
+            Err(p) if p.status == 503 => "unavailable",
+            Err(_) => "refused",
+        };
+        self.metrics
+            .releases
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        result
+    }
+
+    async fn release_inner(&self, hold_id: &str, authorization: Option<&str>) -> Result<(), Problem> {
+        let user = self.user(authorization)?;
+        let id = parse_id(hold_id, "hold")?;
+        let row = self
+            .db
+            .get_hold(id)
+            .await
+            .map_err(|e| self.db_down(e))?
+            .ok_or_else(|| no_such("hold", hold_id))?;
+        if row.hold.user_id != user {
+            return Err(not_yours("hold"));
+        }
+        let ev = self.event(&row.hold.event_id).await?;
+        match row.status.as_str() {
+            "confirmed" => {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "hold-confirmed",
+                    "this hold is already an order",
+                ));
+            }
+            "held" if !self.db.release_hold(id).await.map_err(|e| self.db_down(e))? => {
+                // Raced with a confirm or another release; look again.
+                let again = self.db.get_hold(id).await.map_err(|e| self.db_down(e))?;
+                if again.is_some_and(|r| r.status == "confirmed") {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "hold-confirmed",
+                        "this hold is already an order",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        // Released in PostgreSQL; free the Redis locks this hold still owns (idempotent, so a
+        // retry after a Redis failure completes the job).
+        self.redis
+            .release(&ev.keys, hold_id, &row.hold.user_id, &row.hold.seats)
+            .await
+            .map_err(|e| self.redis_down(e))?;
+        Ok(())
+    }
+
+    // === confirm ===
+
+    pub async fn confirm(
+        &self,
+        hold_id: &str,
+        authorization: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, Problem> {
+        let result = self.confirm_inner(hold_id, authorization, idempotency_key).await;
+        let outcome = match &result {
+            Ok(a) if a.replayed => "replayed",
+            Ok(a) if a.status.is_success() => "confirmed",
+            Ok(_) => "conflict",
+            Err(p) => match p.status {
+                401 | 403 => "refused",
+                409 => "conflict",
+                503 => "unavailable",
+                _ => "invalid",
+            },
+        };
+        self.metrics
+            .confirms
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if outcome == "replayed" {
+            self.metrics.idempotent_replays.inc();
+        }
+        result
+    }
+
+    async fn confirm_inner(
+        &self,
+        hold_id: &str,
+        authorization: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, Problem> {
+        let user = self.user(authorization)?;
+        let key = idempotency_key.ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency-key-required",
+                "the Idempotency-Key header is required",
+            )
+        })?;
+        if !domain::valid_idempotency_key(key) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency-key-invalid",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            ));
+        }
+        let id = parse_id(hold_id, "hold")?;
+        let fingerprint = domain::confirm_fingerprint(&id);
+        let (stored, row) = self
+            .db
+            .confirm_context(&user, key, id)
+            .await
+            .map_err(|e| self.db_down(e))?;
+        if let Some(answer) = self.stored_answer(stored, &fingerprint)? {
+            return Ok(answer);
+        }
+        let row = row.ok_or_else(|| no_such("hold", hold_id))?;
+        if row.hold.user_id != user {
+            return Err(not_yours("hold"));
+        }
+        let ev = self.event(&row.hold.event_id).await?;
+        let hold = row.hold;
+
+        // A live lock owned by another hold (or a sold marker) refuses early. A missing lock is
+        // fine: PostgreSQL decides below. If Redis is down we also let PostgreSQL decide.
+        match self.redis.seat_values(&ev.keys, &hold.seats).await {
+            Ok(values) => {
+                let mine = hold.hold_id.to_string();
+                let taken: Vec<String> = hold
+                    .seats
+                    .iter()
+                    .zip(values)
+                    .filter(|(_, v)| v.as_deref().is_some_and(|v| v != mine))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                if !taken.is_empty() && row.status == "held" {
+                    self.metrics
+                        .conflicts
+                        .get_or_create(&ConflictLabels { stage: "confirm" })
+                        .inc();
+                    let p = seats_taken(taken, "the hold lapsed and some of its seats were taken since");
+                    return self.final_answer(&user, key, &fingerprint, p).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable during confirm; PostgreSQL decides alone");
+                self.metrics
+                    .dependency_errors
+                    .get_or_create(&DependencyLabels { dependency: "redis" })
+                    .inc();
+            }
+        }
+
+        match self
+            .db
+            .confirm(&hold, &user, key, &fingerprint)
+            .await
+            .map_err(|e| self.db_down(e))?
+        {
+            ConfirmOutcome::Created(order) => {
+                if let Err(e) = self
+                    .redis
+                    .mark_sold(&ev.keys, &hold.hold_id.to_string(), &user, &hold.seats)
+                    .await
+                {
+                    tracing::warn!(error = %e, "order committed but sold markers not written; PostgreSQL still guards");
+                }
+                Ok(Answer {
+                    status: StatusCode::CREATED,
+                    body: serde_json::to_value(&order).unwrap_or(serde_json::Value::Null),
+                    replayed: false,
+                })
+            }
+            ConfirmOutcome::SeatsTaken(sold) => {
+                self.metrics
+                    .conflicts
+                    .get_or_create(&ConflictLabels { stage: "confirm" })
+                    .inc();
+                if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
+                    tracing::warn!(error = %e, "could not restore sold markers");
+                }
+                let p = seats_taken(sold, "some seats of this hold were sold to someone else");
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::AlreadyConfirmed(order) => {
+                let mut p = Problem::new(
+                    StatusCode::CONFLICT,
+                    "hold-already-confirmed",
+                    "this hold is already an order",
+                );
+                if let Some(o) = order {
+                    p = p.with("orderId", o);
+                }
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::NotHeld(status) => {
+                let p = Problem::new(
+                    StatusCode::CONFLICT,
+                    "hold-released",
+                    format!("this hold can no longer be confirmed (it is {status})"),
+                );
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::KeyInUse => match self.replay(&user, key, &fingerprint).await? {
+                Some(a) => Ok(a),
+                None => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "request-in-progress",
+                    "a request with this Idempotency-Key is still in progress",
+                )
+                .retry_after(1)),
+            },
+        }
+    }
+
+    /// Replays a stored answer for (user, key), or refuses a different request under that key.
+    async fn replay(&self, user: &str, key: &str, fingerprint: &str) -> Result<Option<Answer>, Problem> {
+        let stored = self
+            .db
+            .idempotency_record(user, key)
+            .await
+            .map_err(|e| self.db_down(e))?;
+        self.stored_answer(stored, fingerprint)
+    }
+
+    fn stored_answer(
+        &self,
+        stored: Option<crate::db::StoredResponse>,
+        fingerprint: &str,
+    ) -> Result<Option<Answer>, Problem> {
+        let Some(rec) = stored else {
+            return Ok(None);
+        };
+        if rec.fingerprint != fingerprint {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was already used for a different request",
+            ));
+        }
+        match (rec.status, rec.body) {
+            (Some(status), Some(body)) => Ok(Some(Answer {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+                replayed: true,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a final refusal under the key so a retry gets the same answer.
+    async fn final_answer(
+        &self,
+        user: &str,
+        key: &str,
+        fingerprint: &str,
+        p: Problem,
+    ) -> Result<Answer, Problem> {
+        let body = problem_json(&p);
+        self.db
+            .store_response(user, key, fingerprint, p.status, &body)
+            .await
+            .map_err(|e| self.db_down(e))?;
+        match self.replay(user, key, fingerprint).await? {
+            Some(a) => Ok(Answer { replayed: false, ..a }),
+            None => Err(p),
+        }
+    }
+
+    // === reads ===
+
+    pub async fn order(&self, order_id: &str, authorization: Option<&str>) -> Result<Order, Problem> {
+        let user = self.user(authorization)?;
+        let id = parse_id(order_id, "order")?;
+        match self.db.get_order(id).await.map_err(|e| self.db_down(e))? {
+            Some(o) if o.user_id == user => Ok(o),
+            // Someone else's order is as invisible as a missing one.
+            _ => Err(no_such("order", order_id)),
+        }
+    }
+
+    /// The event's snapshot, at most `cache_ttl` old. One refresh at a time per event; callers
+    /// arriving meanwhile wait for it and share the result.
+    pub async fn snapshot(&self, event: &str) -> Result<(Arc<EventState>, Arc<Snapshot>), Problem> {
+        let ev = self.event(event).await?;
+        let snap = self.snapshot_of(&ev, self.cache_ttl).await?;
+        Ok((ev, snap))
+    }
+
+    async fn snapshot_of(&self, ev: &EventState, max_age: Duration) -> Result<Arc<Snapshot>, Problem> {
+        let mut slot = ev.snapshot.lock().await;
+        if let Some(s) = slot.as_ref()
+            && s.taken_at.elapsed() < max_age
+        {
+            return Ok(s.clone());
+        }
+        let (sold, values) = tokio::join!(
+            self.db.sold_seats(&ev.id),
+            self.redis.seat_values(&ev.keys, &ev.seat_ids)
+        );
+        let sold: HashSet<String> = sold.map_err(|e| self.db_down(e))?.into_iter().collect();
+        let values = values.map_err(|e| self.redis_down(e))?;
+        let statuses: Vec<SeatStatus> = ev
+            .seat_ids
+            .iter()
+            .zip(values.iter())
+            .map(|(id, v)| domain::seat_status(sold.contains(id), v.as_deref()))
+            .collect();
+        let counts = Counts::from_statuses(&statuses);
+        let snap = Arc::new(Snapshot {
+            taken_at: Instant::now(),
+            as_of: Utc::now(),
+            statuses,
+            counts,
+        });
+        *slot = Some(snap.clone());
+        Ok(snap)
+    }
+
+    pub async fn seat_map(&self, event: &str) -> Result<SeatMap, Problem> {
+        let (ev, snap) = self.snapshot(event).await?;
+        let seats = ev
+            .seats
+            .iter()
+            .zip(snap.statuses.iter())
+            .map(|(s, st)| Seat {
+                id: s.id.clone(),
+                section: s.section.clone(),
+                row: s.row,
+                number: s.number,
+                price_tier: s.price_tier.clone(),
+                status: *st,
+            })
+            .collect();
+        Ok(SeatMap {
+            event_id: ev.id.clone(),
+            counts: snap.counts,
+            sold_out: snap.counts.sold_out(),
+            as_of: snap.as_of,
+            seats,
+        })
+    }
+
+    pub async fn availability(&self, event: &str) -> Result<Availability, Problem> {
+        let ev = self.event(event).await?;
+        let (as_of, counts) = self.counts_of(&ev, self.cache_ttl).await?;
+        let Counts {
+            total,
+            sold,
+            held,
+            available,
+        } = counts;
+        Ok(Availability {
+            event_id: ev.id.clone(),
+            total,
+            sold,
+            held,
+            available,
+            sold_out: counts.sold_out(),
+            as_of,
+        })
+    }
+
+    /// Sold / held / available without reading every seat: a count on the partial unique index
+    /// and a ZCOUNT on the held-seat index. Cached like the seat map, single-flight per event;
+    /// every refresh is published to Redis for the operator and the queue.
+    async fn counts_of(
+        &self,
+        ev: &EventState,
+        max_age: Duration,
+    ) -> Result<(DateTime<Utc>, Counts), Problem> {
+        let mut slot = ev.counts.lock().await;
+        if let Some((at, as_of, c)) = slot.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok((*as_of, *c));
+        }
+        let now = now_ms();
+        let (sold, held) = tokio::join!(self.db.sold_count(&ev.id), self.redis.held_count(&ev.keys, now));
+        let sold = sold.map_err(|e| self.db_down(e))?;
+        let held = held.map_err(|e| self.redis_down(e))?;
+        let total = ev.seats.len() as u64;
+        let sold = sold.min(total);
+        let held = held.min(total - sold);
+        let counts = Counts {
+            total,
+            sold,
+            held,
+            available: total - sold - held,
+        };
+        for (status, n) in [
+            ("sold", counts.sold),
+            ("held", counts.held),
+            ("available", counts.available),
+        ] {
+            self.metrics
+                .seats
+                .get_or_create(&SeatLabels {
+                    event: ev.id.clone(),
+                    status,
+                })
+                .set(n as i64);
+        }
+        if let Err(e) = self.redis.publish_counts(&ev.keys, &counts, now).await {
+            tracing::warn!(error = %e, event = %ev.id, "could not publish availability counts");
+        }
+        let as_of = Utc::now();
+        *slot = Some((Instant::now(), as_of, counts));
+        Ok((as_of, counts))
+    }
+
+    /// Keeps every event's counts fresh in Redis for the operator and the queue.
+    pub async fn publish_all_counts(&self) {
+        let events: Vec<Arc<EventState>> = self.events.read().await.values().cloned().collect();
+        for ev in events {
+            if let Err(p) = self.counts_of(&ev, self.cache_ttl).await {
+                tracing::debug!(event = %ev.id, detail = %p.detail, "counts not refreshed");
+            }
+        }
+    }
+
+    // === start-up ===
+
+    /// Applies migrations and loads every configured inventory. Idempotent; safe to retry.
+    pub async fn initialize(&self) -> Result<(), DbError> {
+        self.db.migrate().await?;
+        let mut loaded = HashMap::new();
+        for cfg in self.configs.values() {
+            let load = self.db.load_inventory(cfg).await?;
+            if !load.refused.is_empty() {
+                tracing::error!(
+                    event = %cfg.event_id,
+                    sold_seats_removed = ?load.refused,
+                    "inventory change refused: it would remove sold seats; keeping the stored inventory"
+                );
+                self.metrics
+                    .inventory_refused
+                    .get_or_create(&EventLabels {
+                        event: cfg.event_id.clone(),
+                    })
+                    .inc();
+            }
+            tracing::info!(event = %cfg.event_id, seats = load.seats.len(), "inventory loaded");
+            loaded.insert(cfg.event_id.clone(), Arc::new(EventState::new(cfg, load.seats)));
+        }
+        *self.events.write().await = loaded;
+        self.initialized.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| no_such(what, raw))
+}
+
+fn no_such(what: &str, raw: &str) -> Problem {
+    let shown: String = raw.chars().take(64).collect();
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        &format!("{what}-not-found"),
+        format!("no {what} {shown:?}"),
+    )
+}
+
+fn not_yours(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        &format!("not-your-{what}"),
+        format!("this {what} belongs to another user"),
+    )
+}

@@ -1,0 +1,126 @@
+//! Command-line flags, each also read from its `TIKETI_*` environment variable (the operator sets
+//! the variables). Only the contract variables are required; the rest are tuning knobs with
+//! defaults a platform engineer rarely needs to touch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tiketi-reservation",
+    version,
+    about = "tiketi's reservation service: seat holds and orders"
+)]
+pub struct Settings {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "TIKETI_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://` or `rediss://` for TLS) holding seat locks and hold records.
+    #[arg(long, env = "TIKETI_REDIS_URL")]
+    pub redis_url: String,
+
+    /// HS256 secret verifying the platform's user tokens (bearer JWT, `sub` = user id).
+    #[arg(long, env = "TIKETI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// HS256 secret verifying admission tokens issued by the queue.
+    #[arg(long, env = "TIKETI_ADMISSION_SECRET", hide_env_values = true)]
+    pub admission_secret: String,
+
+    /// Event configuration: a JSON file (one object or an array) or a directory of `*.json` files.
+    #[arg(long, env = "TIKETI_EVENT_CONFIG")]
+    pub event_config: PathBuf,
+
+    /// PostgreSQL writer URL (Aurora cluster endpoint); `sslmode=require` or `verify-full` for TLS.
+    #[arg(long, env = "TIKETI_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Optional PostgreSQL reader URL (Aurora reader endpoint) for reads that tolerate lag.
+    #[arg(long, env = "TIKETI_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// Most connections each database pool opens.
+    #[arg(long, env = "TIKETI_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Most API requests worked on at once; more wait up to the Redis timeout, then get 503 with
+    /// Retry-After. Keeps a burst from piling thousands of calls onto Redis and the pool.
+    #[arg(long, env = "TIKETI_MAX_INFLIGHT", default_value_t = 256)]
+    pub max_inflight: usize,
+
+    /// Bound on each Redis command; past it the request fails fast with 503.
+    #[arg(long, env = "TIKETI_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime_duration)]
+    pub redis_timeout: Duration,
+
+    /// Bound on each PostgreSQL call (including waiting for a pooled connection).
+    #[arg(long, env = "TIKETI_DATABASE_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
+    pub database_timeout: Duration,
+
+    /// How long seat maps and availability counts are cached.
+    #[arg(long, env = "TIKETI_READ_CACHE_TTL", default_value = "1s", value_parser = humantime_duration)]
+    pub read_cache_ttl: Duration,
+
+    /// After SIGTERM, how long `/readyz` reports not-ready before the listener closes, so load
+    /// balancers stop sending new requests first.
+    #[arg(long, env = "TIKETI_DRAIN_DELAY", default_value = "2s", value_parser = humantime_duration)]
+    pub drain_delay: Duration,
+
+    /// Upper bound on draining in-flight requests after the listener closes.
+    #[arg(long, env = "TIKETI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// Parses `500ms`, `2s`, `1m` (the units the operator writes).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 500ms, 2s or 1m")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Settings::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let s = Settings::try_parse_from([
+            "tiketi-reservation",
+            "--redis-url=redis://x",
+            "--jwt-secret=a",
+            "--admission-secret=b",
+            "--event-config=/tmp/e.json",
+            "--database-url=postgres://x",
+        ])
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.redis_timeout, Duration::from_secs(1));
+        assert!(s.database_read_url.is_none());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}
