@@ -45,7 +45,12 @@ pub struct QueueSettings {
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        Self { rate_per_second: 50, max_active: 2000, token_ttl_seconds: 600, heartbeat_timeout_seconds: 120 }
+        Self {
+            rate_per_second: 50,
+            max_active: 2000,
+            token_ttl_seconds: 600,
+            heartbeat_timeout_seconds: 120,
+        }
     }
 }
 
@@ -60,7 +65,10 @@ pub struct ReservationSettings {
 
 impl Default for ReservationSettings {
     fn default() -> Self {
-        Self { hold_ttl_seconds: 300, max_seats_per_user: 4 }
+        Self {
+            hold_ttl_seconds: 300,
+            max_seats_per_user: 4,
+        }
     }
 }
 
@@ -105,7 +113,11 @@ pub struct SeatSpec {
 
 impl Inventory {
     pub fn total(&self) -> u64 {
-        let seated: u64 = self.sections.iter().map(|s| u64::from(s.rows) * u64::from(s.seats_per_row)).sum();
+        let seated: u64 = self
+            .sections
+            .iter()
+            .map(|s| u64::from(s.rows) * u64::from(s.seats_per_row))
+            .sum();
         let ga: u64 = self.general_admission.iter().map(|g| u64::from(g.capacity)).sum();
         seated + ga
     }
@@ -158,27 +170,44 @@ impl EventConfig {
     /// Checks what serde cannot: names, bounds and time order.
     pub fn validate(&self) -> Result<(), String> {
         if !is_dns_label(&self.event_id) {
-            return Err(format!("eventId {:?} is not a DNS label (a-z, 0-9, '-', at most 63)", self.event_id));
+            return Err(format!(
+                "eventId {:?} is not a DNS label (a-z, 0-9, '-', at most 63)",
+                self.event_id
+            ));
         }
         if let Some(end) = self.sale_ends_at
             && end <= self.on_sale_at
         {
             return Err("saleEndsAt must be after onSaleAt".into());
         }
-        if self.queue.rate_per_second == 0 || self.queue.max_active == 0 || self.queue.token_ttl_seconds == 0 {
+        if self.queue.rate_per_second == 0 || self.queue.max_active == 0 || self.queue.token_ttl_seconds == 0
+        {
             return Err("queue.ratePerSecond, maxActive and tokenTtlSeconds must be positive".into());
         }
         if self.reservation.hold_ttl_seconds == 0 || self.reservation.max_seats_per_user == 0 {
             return Err("reservation.holdTtlSeconds and maxSeatsPerUser must be positive".into());
         }
         if self.inventory.total() > MAX_SEATS_PER_EVENT {
-            return Err(format!("inventory has {} places, above the bound {MAX_SEATS_PER_EVENT}", self.inventory.total()));
+            return Err(format!(
+                "inventory has {} places, above the bound {MAX_SEATS_PER_EVENT}",
+                self.inventory.total()
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
-        let all_names = self.inventory.sections.iter().map(|s| &s.name).chain(self.inventory.general_admission.iter().map(|g| &g.name));
+        let all_names = self
+            .inventory
+            .sections
+            .iter()
+            .map(|s| &s.name)
+            .chain(self.inventory.general_admission.iter().map(|g| &g.name));
         for name in all_names {
-            if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("section name {name:?} must be 1-32 ASCII letters, digits or '_'"));
+            if name.is_empty()
+                || name.len() > 32
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!(
+                    "section name {name:?} must be 1-32 ASCII letters, digits or '_'"
+                ));
             }
             if !names.insert(name) {
                 return Err(format!("section name {name:?} is used twice"));
@@ -192,7 +221,8 @@ impl EventConfig {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -200,10 +230,16 @@ pub fn is_dns_label(s: &str) -> bool {
 /// Loads every event configuration under `path` (file or directory), keyed by event id.
 pub fn load(path: &Path) -> Result<BTreeMap<String, EventConfig>, ConfigError> {
     let display = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: display.clone(),
+        source,
+    })?;
     let mut out = BTreeMap::new();
     if meta.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+        let entries = std::fs::read_dir(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
         let mut files: Vec<_> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -228,20 +264,34 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, EventConfig>, ConfigError> {
 
 fn parse_file(path: &Path) -> Result<Vec<EventConfig>, ConfigError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
-    let configs = parse_str(&text).map_err(|source| ConfigError::Parse { path: display.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let configs = parse_str(&text).map_err(|source| ConfigError::Parse {
+        path: display.clone(),
+        source,
+    })?;
     for c in &configs {
-        c.validate().map_err(|problem| ConfigError::Invalid { path: display.clone(), problem })?;
+        c.validate().map_err(|problem| ConfigError::Invalid {
+            path: display.clone(),
+            problem,
+        })?;
     }
     Ok(configs)
 }
 
 /// Parses one object or an array of objects.
 pub fn parse_str(text: &str) -> Result<Vec<EventConfig>, serde_json::Error> {
-    if text.trim_start().starts_with('[') { serde_json::from_str(text) } else { Ok(vec![serde_json::from_str(text)?]) }
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str(text)
+    } else {
+        Ok(vec![serde_json::from_str(text)?])
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

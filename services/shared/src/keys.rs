@@ -13,7 +13,9 @@ pub struct EventKeys {
 
 impl EventKeys {
     pub fn new(event_id: &str) -> Self {
-        Self { base: format!("{PREFIX}:{{{event_id}}}:") }
+        Self {
+            base: format!("{PREFIX}:{{{event_id}}}:"),
+        }
     }
 
     /// The hash tag shared by every key of this event, e.g. `{iu-2026-seoul}`; used to group
@@ -127,6 +129,7 @@ pub fn event_of_key(key: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -142,7 +145,14 @@ mod tests {
     #[test]
     fn every_key_shares_the_hash_tag() {
         let k = EventKeys::new("e1");
-        for key in [k.queue(), k.active(), k.prequeue(), k.counts(), k.sold_out(), k.hold("h")] {
+        for key in [
+            k.queue(),
+            k.active(),
+            k.prequeue(),
+            k.counts(),
+            k.sold_out(),
+            k.hold("h"),
+        ] {
             assert!(key.contains("{e1}"), "{key}");
             assert_eq!(event_of_key(&key), Some("e1"));
         }

@@ -35,7 +35,10 @@ impl Problem {
     }
 
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        self.extra.insert(key.to_owned(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+        self.extra.insert(
+            key.to_owned(),
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        );
         self
     }
 
@@ -63,7 +66,12 @@ impl Problem {
 
     /// Too many requests from one client: 429 with Retry-After.
     pub fn rate_limited(secs: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "too many requests; slow down").retry_after(secs)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "too many requests; slow down",
+        )
+        .retry_after(secs)
     }
 }
 
@@ -72,9 +80,11 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut res = (status, body).into_response();
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.retry_after_secs {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

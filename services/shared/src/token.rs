@@ -73,7 +73,10 @@ impl UserVerifier {
         validation.leeway = 5;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { key: DecodingKey::from_secret(secret), validation }
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`) and returns the user id.
@@ -101,8 +104,16 @@ impl UserVerifier {
 
 /// Signs a user token; used by tests, the load generator and the demo, which play the platform.
 pub fn sign_user_token(secret: &[u8], user: &str, exp_unix: i64) -> Result<String, TokenError> {
-    let claims = UserClaims { sub: user.to_owned(), exp: exp_unix };
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).map_err(|_| TokenError::Sign)
+    let claims = UserClaims {
+        sub: user.to_owned(),
+        exp: exp_unix,
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|_| TokenError::Sign)
 }
 
 /// Issues and verifies admission tokens with the admission secret.
@@ -114,7 +125,10 @@ pub struct AdmissionKeys {
 
 impl AdmissionKeys {
     pub fn new(secret: &[u8]) -> Self {
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) }
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
     }
 
     /// Issues a token for `user` at `event` expiring at `exp_ms` (unix milliseconds).
@@ -150,7 +164,10 @@ impl AdmissionKeys {
             return Err(TokenError::Expired);
         }
         if claims.event != event {
-            return Err(TokenError::WrongEvent { expected: event.to_owned(), actual: claims.event });
+            return Err(TokenError::WrongEvent {
+                expected: event.to_owned(),
+                actual: claims.event,
+            });
         }
         if claims.sub != user {
             return Err(TokenError::WrongUser);
@@ -167,6 +184,7 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -177,16 +195,36 @@ mod tests {
         let keys = AdmissionKeys::new(b"admission-secret");
         let t = keys.issue("ev", "alice", NOW, NOW + 60_000).unwrap();
         let c = keys.verify(Some(&t), "ev", "alice", NOW + 1).unwrap();
-        assert_eq!((c.sub.as_str(), c.event.as_str(), c.exp_ms), ("alice", "ev", NOW + 60_000));
-        assert_eq!(keys.verify(Some(&t), "ev", "bob", NOW), Err(TokenError::WrongUser));
-        assert!(matches!(keys.verify(Some(&t), "other", "alice", NOW), Err(TokenError::WrongEvent { .. })));
-        assert_eq!(keys.verify(Some(&t), "ev", "alice", NOW + 60_000), Err(TokenError::Expired));
+        assert_eq!(
+            (c.sub.as_str(), c.event.as_str(), c.exp_ms),
+            ("alice", "ev", NOW + 60_000)
+        );
+        assert_eq!(
+            keys.verify(Some(&t), "ev", "bob", NOW),
+            Err(TokenError::WrongUser)
+        );
+        assert!(matches!(
+            keys.verify(Some(&t), "other", "alice", NOW),
+            Err(TokenError::WrongEvent { .. })
+        ));
+        assert_eq!(
+            keys.verify(Some(&t), "ev", "alice", NOW + 60_000),
+            Err(TokenError::Expired)
+        );
         assert_eq!(keys.verify(None, "ev", "alice", NOW), Err(TokenError::Missing));
-        let forged = AdmissionKeys::new(b"other-secret").issue("ev", "alice", NOW, NOW + 60_000).unwrap();
-        assert_eq!(keys.verify(Some(&forged), "ev", "alice", NOW), Err(TokenError::Invalid));
+        let forged = AdmissionKeys::new(b"other-secret")
+            .issue("ev", "alice", NOW, NOW + 60_000)
+            .unwrap();
+        assert_eq!(
+            keys.verify(Some(&forged), "ev", "alice", NOW),
+            Err(TokenError::Invalid)
+        );
         let mut tampered = t.clone();
         tampered.insert(tampered.len() - 3, 'x');
-        assert_eq!(keys.verify(Some(&tampered), "ev", "alice", NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify(Some(&tampered), "ev", "alice", NOW),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
@@ -195,12 +233,17 @@ mod tests {
         let v = UserVerifier::new(secret);
         let far = chrono::Utc::now().timestamp() + 3600;
         let t = sign_user_token(secret, "alice", far).unwrap();
-        assert_eq!(v.verify_bearer(Some(&format!("Bearer {t}"))), Ok("alice".to_owned()));
+        assert_eq!(
+            v.verify_bearer(Some(&format!("Bearer {t}"))),
+            Ok("alice".to_owned())
+        );
         assert_eq!(v.verify_bearer(None), Err(TokenError::Missing));
         assert_eq!(v.verify_bearer(Some(&t)), Err(TokenError::Invalid));
         let old = sign_user_token(secret, "alice", far - 7200 - 60).unwrap();
         assert_eq!(v.verify(&old), Err(TokenError::Expired));
-        let adm = AdmissionKeys::new(secret).issue("ev", "alice", NOW, far * 1000).unwrap();
+        let adm = AdmissionKeys::new(secret)
+            .issue("ev", "alice", NOW, far * 1000)
+            .unwrap();
         assert_eq!(v.verify(&adm), Err(TokenError::Invalid));
     }
 }
