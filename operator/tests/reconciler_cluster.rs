@@ -217,7 +217,7 @@ async fn children_are_owned_secured_ready_and_cleaned_up() {
         .unwrap();
     wait_until(
         "the operator to restore 2 replicas",
-        Duration::from_secs(40),
+        Duration::from_secs(90),
         || async {
             let d = deployments.get("concert-queue").await?;
             let evs = events_of(&client, &ns.name, "concert").await?;
