@@ -19,6 +19,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::registry::Registry;
 use tiketi_shared::config::EventConfig;
+use tiketi_shared::http::{BearerAuth, metrics_response};
 use tiketi_shared::keys::EventKeys;
 use tiketi_shared::problem::Problem;
 use tiketi_shared::token::{AdmissionKeys, UserVerifier};
@@ -582,18 +583,7 @@ pub async fn readyz(AxState(app): AxState<Shared>) -> Result<&'static str, Probl
 }
 
 async fn metrics(AxState(app): AxState<Shared>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &app.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    metrics_response(&app.registry)
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
@@ -666,24 +656,6 @@ pub fn router(app: Shared) -> Router {
 }
 
 // === OpenAPI ===
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 #[derive(OpenApi)]
 #[openapi(

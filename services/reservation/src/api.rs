@@ -12,11 +12,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use tiketi_shared::http::BearerAuth;
 use tiketi_shared::problem::Problem;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::domain::{Counts, SeatStatus};
 use crate::metrics::RouteLabels;
@@ -43,23 +43,6 @@ const BODY_LIMIT: usize = 16 * 1024;
     tags((name = "reservation", description = "Seats, holds and orders"), (name = "ops", description = "Probes"))
 )]
 pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let api = Router::new()
@@ -379,21 +362,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.refresh_pool_gauges();
-    let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
-        return Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics-encoding",
-            "could not encode metrics",
-        )
-        .into_response();
-    }
-    let mut res = body.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    res
+    tiketi_shared::http::metrics_response(&state.registry)
 }
 
 /// The OpenAPI document, plus OpenAPI links (a hold's id feeds confirm and release, an order's

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod http;
 pub mod keys;
 pub mod problem;
 pub mod telemetry;
