@@ -94,3 +94,71 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A redis-server child process of one test (for faults the shared Redis must not suffer:
+/// SIGSTOP, FLUSHALL, cluster mode), on its own port and scratch directory, killed on drop.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` with `extra` arguments and waits until it accepts connections.
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(unique("tiketi-redis"));
+        std::fs::create_dir_all(&dir)?;
+        let dir_arg = dir.to_str().context("temp dir is not UTF-8")?.to_owned();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir", &dir_arg])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server must be installed (e2e/stack up installs it)")?;
+        let me = Self { child, port, dir };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("redis-server on {port} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`, …) to the server process.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -616,6 +616,10 @@ pub struct ScaleIn {
     #[serde(default = "default_scale_in_cooldown")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub cooldown: String,
+    /// Allow scale-in during the sale while users still wait in the queue (default false: people
+    /// in line are about to be admitted and will need the capacity).
+    #[serde(default)]
+    pub allow_while_queued: bool,
 }
 
 impl Default for ScaleIn {
@@ -625,6 +629,7 @@ impl Default for ScaleIn {
             remove: default_remove(),
             stabilization_window: default_stabilization(),
             cooldown: default_scale_in_cooldown(),
+            allow_while_queued: false,
         }
     }
 }
@@ -887,10 +892,12 @@ pub struct ComponentStatus {
     /// When replicas last changed (either direction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<DateTime<Utc>>,
-    /// When replicas last went up (the scale-out cooldown runs from here).
+    /// When a scale-out step last added replicas (the scale-out cooldown runs from here; pre-warm
+    /// steps and the fallback do not count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_out_time: Option<DateTime<Utc>>,
-    /// When replicas last went down.
+    /// When the scale-in rule last removed replicas (the scale-in cooldown runs from the later of
+    /// this and lastScaleOutTime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_in_time: Option<DateTime<Utc>>,
     /// Why replicas last changed.

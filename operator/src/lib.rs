@@ -2,6 +2,7 @@
 //! schedule (pre-warm, sale, wind-down) and the queue-depth autoscaler.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod autoscaler;
 pub mod children;
 pub mod crd;

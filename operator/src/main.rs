@@ -60,6 +60,13 @@ struct RunArgs {
     /// Log format (default: json when stderr is not a terminal).
     #[arg(long, env = "TIKETI_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Bound of one signal read (Redis pipeline, Prometheus query), e.g. 1s.
+    #[arg(long, env = "TIKETI_SIGNAL_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    signal_timeout: std::time::Duration,
+    /// Least time between two status writes that only carry new queueDepth/activeUsers values
+    /// (health flips, belowSince and soldOutAt are written at once), e.g. 5s.
+    #[arg(long, env = "TIKETI_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    status_interval: std::time::Duration,
 }
 
 fn init_logging(format: Option<LogFormat>) {
@@ -109,6 +116,8 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         lease_name,
         identity,
         log_format,
+        signal_timeout,
+        status_interval,
     } = args;
     init_logging(log_format);
     let client = kube::Client::try_default()
@@ -135,6 +144,11 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             metrics_addr: Some(metrics_addr),
             leader,
             identity,
+            autoscaler: tiketi_operator::autoscale::AutoscalerOptions {
+                signal_timeout,
+                status_interval,
+                ..Default::default()
+            },
         },
         stop_rx,
     )

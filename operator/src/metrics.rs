@@ -55,6 +55,24 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// Every autoscaler decision, holds included: `direction` up/down/hold, `reason` one of the
+/// decision reasons (`StepAbove`, `ScaleOutCooldown`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutoscalerDecisionLabels {
+    pub namespace: String,
+    pub event: String,
+    pub component: &'static str,
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+/// A signal read that failed: which signal kind and why (bounded sets).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalErrorLabels {
+    pub signal: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every metric the operator core exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -66,6 +84,13 @@ pub struct Metrics {
     pub ready_replicas: Family<ComponentLabels, Gauge>,
     pub scaling_decisions: Family<DecisionLabels, Counter>,
     pub leader: Gauge,
+    pub queue_depth: Family<EventLabels, Gauge>,
+    pub active_users: Family<EventLabels, Gauge>,
+    pub signals_healthy: Family<EventLabels, Gauge>,
+    pub signal_errors: Family<SignalErrorLabels, Counter>,
+    pub autoscaler_decisions: Family<AutoscalerDecisionLabels, Counter>,
+    pub autoscaler_tick_duration: Histogram,
+    pub autoscaler_events: Gauge,
 }
 
 impl Metrics {
@@ -80,6 +105,13 @@ impl Metrics {
             ready_replicas: Family::default(),
             scaling_decisions: Family::default(),
             leader: Gauge::default(),
+            queue_depth: Family::default(),
+            active_users: Family::default(),
+            signals_healthy: Family::default(),
+            signal_errors: Family::default(),
+            autoscaler_decisions: Family::default(),
+            autoscaler_tick_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            autoscaler_events: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("tiketi_operator");
         r.register(
@@ -121,6 +153,41 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader Lease",
             m.leader.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Users waiting in the event's queue at the last good signal read",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "active_users",
+            "Admitted users whose admission has not expired, at the last good signal read",
+            m.active_users.clone(),
+        );
+        r.register(
+            "signals_healthy",
+            "1 while every signal the event's policies use is fresh, 0 otherwise",
+            m.signals_healthy.clone(),
+        );
+        r.register(
+            "signal_errors",
+            "Failed signal reads by signal kind and reason",
+            m.signal_errors.clone(),
+        );
+        r.register(
+            "autoscaler_decisions",
+            "Autoscaler decisions (holds included) by component, direction and reason",
+            m.autoscaler_decisions.clone(),
+        );
+        r.register(
+            "autoscaler_tick_duration_seconds",
+            "One autoscaler tick: read every due event's signals, decide, apply",
+            m.autoscaler_tick_duration.clone(),
+        );
+        r.register(
+            "autoscaler_events",
+            "Events the autoscaler looked at in its last tick",
+            m.autoscaler_events.clone(),
         );
         m
     }
@@ -190,6 +257,27 @@ impl Metrics {
             };
             self.desired_replicas.remove(&labels);
             self.ready_replicas.remove(&labels);
+        }
+        let labels = EventLabels {
+            namespace: namespace.into(),
+            event: event.into(),
+        };
+        self.queue_depth.remove(&labels);
+        self.active_users.remove(&labels);
+        self.signals_healthy.remove(&labels);
+        // Decision series carry free combinations of direction and reason; drop them all.
+        for c in Component::ALL {
+            for direction in ["up", "down", "hold"] {
+                for reason in crate::autoscaler::Reason::ALL {
+                    self.autoscaler_decisions.remove(&AutoscalerDecisionLabels {
+                        namespace: namespace.into(),
+                        event: event.into(),
+                        component: c.as_str(),
+                        direction,
+                        reason: reason.label(),
+                    });
+                }
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::events::{EventPublisher, EventType};
 use crate::field_managers;
 use crate::leader::LeaderState;
 use crate::metrics::{ErrorLabels, Metrics};
-use crate::scaler::{ScaleReason, Scaler};
+use crate::scaler::{self, BookEntry, ScaleReason, Scaler};
 use crate::schedule::{self, Schedule};
 use crate::status::{apply_status, condition, reasons, types};
 
@@ -36,7 +36,7 @@ pub const FINALIZER: &str = "tiketi.gg/cleanup";
 /// Re-check of a spec that refers to a missing Secret (Secrets are not watched).
 pub const MISSING_SECRET_RETRY: Duration = Duration::from_secs(15);
 
-/// Shared state of the reconciler (and, later, the autoscaler).
+/// Shared state of the reconciler and the autoscaler loop.
 pub struct Context {
     pub client: Client,
     pub events: EventPublisher,
@@ -299,16 +299,19 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     // schedule and build
     let status = tev.status.clone().unwrap_or_default();
     let sched = schedule::evaluate(&tev.spec, status.sold_out_at, now)?;
-    let targets: BTreeMap<Component, i32> = Component::ALL
-        .into_iter()
-        .map(|c| {
-            let desired = status.component(c).and_then(|s| s.desired_replicas);
-            (
-                c,
-                sched.replicas(c, tev.spec.min_replicas(c), tev.spec.max_replicas(c), desired),
-            )
-        })
-        .collect();
+    let target_of = |c: Component, entry: &BookEntry| {
+        sched.replicas(
+            c,
+            tev.spec.min_replicas(c),
+            tev.spec.max_replicas(c),
+            entry.recorded(&tev, c),
+        )
+    };
+    let mut targets: BTreeMap<Component, i32> = BTreeMap::new();
+    for c in Component::ALL {
+        let entry = ctx.scaler.book().lock(&tev, c).await;
+        targets.insert(c, target_of(c, &entry));
+    }
     let create: BTreeMap<Component, i32> = targets
         .iter()
         .filter(|(c, _)| existing.get(c).is_some_and(Option::is_none))
@@ -332,32 +335,26 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
             .await;
     }
 
-    // replicas, through the scaler (its own field manager)
+    // replicas, through the scaler (its own field manager; it also reports a `kubectl scale`),
+    // under the component's book entry so an autoscaler decision made since `tev` was cached is
+    // not undone
     for c in Component::ALL {
-        let target = targets[&c];
-        if let Some(Some(d)) = existing.get(&c) {
-            let actual = d.spec.as_ref().and_then(|s| s.replicas);
-            let recorded = status.component(c).and_then(|s| s.desired_replicas);
-            if recorded.is_some() && actual != recorded {
-                let note = format!(
-                    "spec.replicas of Deployment {} was set to {} outside the operator; restoring {target}",
-                    component_name(&name, c),
-                    actual.unwrap_or(1)
-                );
-                ctx.events
-                    .publish(
-                        &tev,
-                        EventType::Warning,
-                        reasons::REPLICAS_OVERRIDDEN,
-                        "Scale",
-                        note,
-                    )
-                    .await;
-            }
-        }
-        let kind = if sched.pinned { "closed" } else { "schedule" };
+        let mut entry = ctx.scaler.book().lock(&tev, c).await;
+        let target = target_of(c, &entry);
+        targets.insert(c, target);
+        let kind = if sched.pinned {
+            scaler::kinds::CLOSED
+        } else {
+            scaler::kinds::SCHEDULE
+        };
         ctx.scaler
-            .apply_replicas(&tev, c, target, &ScaleReason::new(kind, sched.reason.clone()))
+            .apply_replicas(
+                &mut entry,
+                &tev,
+                c,
+                target,
+                &ScaleReason::new(kind, sched.reason.clone()),
+            )
             .await?;
     }
 

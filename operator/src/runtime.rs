@@ -1,5 +1,6 @@
-//! Wires the operator together: leader election, the Controller with its watches, and the
-//! metrics/health server, all stopping on one shutdown signal. `main` and the cluster tests call
+//! Wires the operator together: leader election, the Controller with its watches, the autoscaler
+//! loop over the Controller's cache, and the metrics/health server, all stopping on one shutdown
+//! signal. `main` and the cluster tests call
 //! [`run`].
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::autoscale::{Autoscaler, AutoscalerOptions};
 use crate::crd::TicketingEvent;
 use crate::events::EventPublisher;
 use crate::leader::{self, LeaderConfig, LeaderState};
@@ -37,6 +39,8 @@ pub struct RunOptions {
     pub leader: Option<LeaderConfig>,
     /// This replica's identity (Events' reportingInstance).
     pub identity: String,
+    /// The autoscaler loop's settings.
+    pub autoscaler: AutoscalerOptions,
 }
 
 /// A shutdown signal: resolves once `rx` turns true (or its sender is gone).
@@ -61,6 +65,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         metrics_addr,
         leader: leader_cfg,
         identity,
+        autoscaler,
     } = opts;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -131,6 +136,8 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
             }
         });
     }
+    let autoscaler =
+        tokio::spawn(Autoscaler::new(ctx.clone(), controller.store(), autoscaler).run(shutdown.clone()));
     let server = metrics_addr.map(|addr| {
         let app = server::router(
             Arc::new(registry),
@@ -153,6 +160,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         })
         .await;
     tracing::info!("controller stopped");
+    autoscaler.await?;
     if let Some(h) = server {
         h.await??;
     }

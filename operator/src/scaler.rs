@@ -7,12 +7,23 @@
 //! Each change becomes an Event ("ScaledOut reservation 4→6: queueDepth 8000 > 5000"), a line in
 //! `status.recentDecisions`, the `lastScale*` fields of the component's status, a log line and a
 //! metric.
+//!
+//! Both callers decide under the component's [`Book`] entry: the replicas this process last
+//! wrote and the autoscaler's memory. The watch cache lags writes by a few milliseconds, so a
+//! caller that read `status.desiredReplicas` from it could undo a decision made a moment before
+//! (the reconciler runs whenever a pod turns Ready, i.e. constantly while scaling out); the book
+//! is written under the same lock as the Deployment, so it never lags. It is cleared when
+//! leadership is lost, and rebuilt from status by the next leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use crate::autoscaler::Memory;
 use crate::children::component_name;
 use crate::crd::{Component, ScalingDecisionRecord, TicketingEvent};
 use crate::events::{EventPublisher, EventType, bounded};
@@ -23,10 +34,27 @@ use crate::status::{merge_status, reasons};
 /// How many decisions `status.recentDecisions` keeps (newest first).
 pub const RECENT_DECISIONS: usize = 20;
 
+/// The fixed `kind`s of a [`ScaleReason`] (a bounded metric label).
+pub mod kinds {
+    /// The schedule floor (pre-warm ramp, minReplicas), applied by the reconciler or the autoscaler.
+    pub const SCHEDULE: &str = "schedule";
+    /// Phase Closed pins minReplicas.
+    pub const CLOSED: &str = "closed";
+    /// A scale-out step matched (starts the scale-out cooldown).
+    pub const SCALE_OUT: &str = "scaleOut";
+    /// The scale-in rule fired (starts the scale-in cooldown).
+    pub const SCALE_IN: &str = "scaleIn";
+    /// Signals stale: raised to fallback.replicas.
+    pub const FALLBACK: &str = "fallback";
+    /// maxReplicas was lowered below the current replicas.
+    pub const MAX_LOWERED: &str = "maxLowered";
+}
+
 /// Why replicas change: a fixed `kind` for metrics and a free-text message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleReason {
-    /// Bounded label: `schedule`, `scaleOut`, `scaleIn`, `fallback`, `closed`, …
+    /// Bounded label, one of [`kinds`]. Only `scaleOut` and `scaleIn` write `lastScaleOutTime` /
+    /// `lastScaleInTime` (the cooldowns run from signal-driven scalings, not from pre-warm steps).
     pub kind: &'static str,
     /// Shown in the Event and status, e.g. "queueDepth 8,000 > 5,000".
     pub message: String,
@@ -68,12 +96,78 @@ impl ScaleError {
     }
 }
 
+/// What this process knows of one component of one event, fresher than any cache.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BookEntry {
+    /// The replicas this process last wrote (None: not yet, use status).
+    pub desired: Option<i32>,
+    /// The autoscaler's memory after its last decision (None: not yet, rebuild from status).
+    pub memory: Option<Memory>,
+}
+
+impl BookEntry {
+    /// The replicas last asked for: this process's write, else `status.<component>.desiredReplicas`.
+    pub fn recorded(&self, tev: &TicketingEvent, c: Component) -> Option<i32> {
+        self.desired.or_else(|| {
+            tev.status
+                .as_ref()
+                .and_then(|s| s.component(c))
+                .and_then(|s| s.desired_replicas)
+        })
+    }
+}
+
+type BookKey = (String, Component);
+
+/// Per (event uid, component), a lock and the [`BookEntry`] it guards.
+#[derive(Default)]
+pub struct Book {
+    entries: Mutex<HashMap<BookKey, Arc<tokio::sync::Mutex<BookEntry>>>>,
+}
+
+impl Book {
+    fn key(tev: &TicketingEvent, c: Component) -> BookKey {
+        (tev.uid().unwrap_or_else(|| tev.name_any()), c)
+    }
+
+    /// Locks the entry of `tev`'s `component`; decide and apply while holding it.
+    pub async fn lock(&self, tev: &TicketingEvent, c: Component) -> tokio::sync::OwnedMutexGuard<BookEntry> {
+        let entry = {
+            let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(Self::key(tev, c)).or_default().clone()
+        };
+        entry.lock_owned().await
+    }
+
+    /// Forgets everything (leadership lost: another replica may write now).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets the events whose uid is not in `keep` (deleted events).
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(uid, _), _| keep.contains(uid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Writes replicas; cheap to clone.
 #[derive(Clone)]
 pub struct Scaler {
     client: Client,
     events: EventPublisher,
     metrics: Metrics,
+    book: Arc<Book>,
 }
 
 impl Scaler {
@@ -82,14 +176,22 @@ impl Scaler {
             client,
             events,
             metrics,
+            book: Arc::new(Book::default()),
         }
     }
 
-    /// Sets `spec.replicas` of `component`'s Deployment to `desired` and records the change.
+    /// The book both callers decide under.
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// Sets `spec.replicas` of `component`'s Deployment to `desired` and records the change (in
+    /// `entry`, which the caller holds from [`Book::lock`], and in status).
     /// Idempotent: when nothing changes it re-asserts ownership of the field and returns `None`
     /// (no Event, no status write).
     pub async fn apply_replicas(
         &self,
+        entry: &mut BookEntry,
         tev: &TicketingEvent,
         component: Component,
         desired: i32,
@@ -104,6 +206,22 @@ impl Scaler {
             .await?
             .ok_or_else(|| ScaleError::NoDeployment(deploy_name.clone()))?;
         let from = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let recorded = entry.recorded(tev, component);
+        if recorded.is_some_and(|r| r != from) {
+            let note = format!(
+                "spec.replicas of Deployment {deploy_name} was set to {from} outside the operator; restoring {desired}"
+            );
+            tracing::warn!(namespace = %ns, event = %name, %component, from, to = desired, "replicas overridden");
+            self.events
+                .publish(
+                    tev,
+                    EventType::Warning,
+                    reasons::REPLICAS_OVERRIDDEN,
+                    "Scale",
+                    note,
+                )
+                .await;
+        }
         let body = serde_json::json!({
             "apiVersion": Deployment::api_version(&()),
             "kind": Deployment::kind(&()),
@@ -117,6 +235,7 @@ impl Scaler {
                 &Patch::Apply(body),
             )
             .await?;
+        entry.desired = Some(desired);
 
         let status_desired = tev
             .status
@@ -149,12 +268,7 @@ impl Scaler {
         // Compose recentDecisions from the freshest status: another component's decision may
         // have landed since `tev` was read.
         let fresh = api.get_status(&name).await?;
-        merge_status(
-            &api,
-            &name,
-            status_patch(&fresh, component, change, &reason.message, now),
-        )
-        .await?;
+        merge_status(&api, &name, status_patch(&fresh, component, change, reason, now)).await?;
         tracing::info!(namespace = %ns, event = %name, %component, from, to = desired, reason = %reason.message, "scaled");
         self.metrics
             .scaling_decisions
@@ -178,9 +292,10 @@ fn status_patch(
     tev: &TicketingEvent,
     component: Component,
     change: ScaleChange,
-    message: &str,
+    reason: &ScaleReason,
     now: DateTime<Utc>,
 ) -> serde_json::Value {
+    let message = reason.message.as_str();
     let mut decisions = tev
         .status
         .as_ref()
@@ -197,18 +312,22 @@ fn status_patch(
         },
     );
     decisions.truncate(RECENT_DECISIONS);
-    let direction_field = if change.to > change.from {
-        "lastScaleOutTime"
-    } else {
-        "lastScaleInTime"
+    let mut fields = serde_json::json!({
+        "desiredReplicas": change.to,
+        "lastScaleTime": now,
+        "lastScaleReason": bounded(message, 1024),
+    });
+    // The cooldowns run from signal-driven scalings only (see `kinds`).
+    let cooldown_field = match reason.kind {
+        kinds::SCALE_OUT => Some("lastScaleOutTime"),
+        kinds::SCALE_IN => Some("lastScaleInTime"),
+        _ => None,
     };
+    if let Some(field) = cooldown_field {
+        fields[field] = serde_json::json!(now);
+    }
     serde_json::json!({
-        component.as_str(): {
-            "desiredReplicas": change.to,
-            "lastScaleTime": now,
-            direction_field: now,
-            "lastScaleReason": bounded(message, 1024),
-        },
+        component.as_str(): fields,
         "recentDecisions": decisions,
     })
 }
@@ -235,7 +354,7 @@ mod tests {
                 &tev,
                 Component::Queue,
                 ScaleChange { from: i, to: i + 1 },
-                "x",
+                &ScaleReason::new(kinds::SCALE_OUT, "x"),
                 now,
             );
             let mut status = tev.status.clone().unwrap_or_default();
@@ -249,12 +368,26 @@ mod tests {
             &tev_fixture(),
             Component::Reservation,
             ScaleChange { from: 6, to: 4 },
-            "y",
+            &ScaleReason::new(kinds::SCALE_IN, "y"),
             now,
         );
         assert!(patch["reservation"].get("lastScaleInTime").is_some());
         assert!(patch["reservation"].get("lastScaleOutTime").is_none());
         assert_eq!(patch["reservation"]["desiredReplicas"], 4);
+    }
+
+    #[test]
+    fn schedule_steps_do_not_start_cooldowns() {
+        let patch = status_patch(
+            &tev_fixture(),
+            Component::Queue,
+            ScaleChange { from: 2, to: 6 },
+            &ScaleReason::new(kinds::SCHEDULE, "pre-warm step 2/3"),
+            Utc::now(),
+        );
+        assert!(patch["queue"].get("lastScaleOutTime").is_none(), "{patch}");
+        assert!(patch["queue"].get("lastScaleTime").is_some());
+        assert_eq!(patch["recentDecisions"][0]["to"], 6);
     }
 
     fn tev_fixture() -> TicketingEvent {

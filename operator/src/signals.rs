@@ -58,6 +58,15 @@ impl SignalError {
         }
     }
 
+    /// A redis-rs error; its own response timeout counts as a [`SignalError::Timeout`].
+    pub fn from_redis(e: &redis::RedisError, timeout: Duration) -> Self {
+        if e.is_timeout() {
+            Self::Timeout(timeout)
+        } else {
+            Self::Redis(e.to_string())
+        }
+    }
+
     /// The autoscaler's view of the failure.
     pub fn failure(&self) -> SignalFailure {
         SignalFailure {
@@ -170,45 +179,48 @@ impl SignalReader {
                 let pipe = pipeline(event_ids.iter().map(String::as_str), now);
                 let reply = match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
                     Err(_) => Err(SignalError::Timeout(timeout)),
-                    Ok(Err(e)) => Err(SignalError::Redis(e.to_string())),
+                    Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
                     Ok(Ok(values)) => Ok(values),
                 };
                 decode_all(event_ids.iter().map(String::as_str), reply, now)
             }
             Conn::Cluster(conn) => {
-                let mut groups: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+                let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
                 for e in event_ids {
-                    groups.entry(slot_of(e)).or_default().push(e.as_str());
+                    groups.entry(slot_of(e)).or_default().push(e.clone());
                 }
-                let conn = conn.clone();
-                let mut results: BTreeMap<&str, Result<EventSignals, SignalError>> = BTreeMap::new();
-                let replies = futures::stream::iter(groups.into_values().map(|events| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let pipe = pipeline(events.iter().copied(), now);
-                        let reply =
-                            match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn))
-                                .await
+                // Futures built eagerly and owning their data: a lazy stream closure that borrows
+                // would make the caller's future not Send.
+                let jobs: Vec<_> = groups
+                    .into_values()
+                    .map(|events| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let pipe = pipeline(events.iter().map(String::as_str), now);
+                            let reply = match tokio::time::timeout(
+                                timeout,
+                                pipe.query_async::<Vec<Value>>(&mut conn),
+                            )
+                            .await
                             {
                                 Err(_) => Err(SignalError::Timeout(timeout)),
-                                Ok(Err(e)) => Err(SignalError::Redis(e.to_string())),
+                                Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
                                 Ok(Ok(values)) => Ok(values),
                             };
-                        decode_all(events.iter().copied(), reply, now)
-                    }
-                }))
-                .buffer_unordered(CLUSTER_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await;
-                for (event, r) in replies.into_iter().flatten() {
-                    if let Some(key) = event_ids.iter().find(|e| **e == event) {
-                        results.insert(key.as_str(), r);
-                    }
-                }
+                            decode_all(events.iter().map(String::as_str), reply, now)
+                        }
+                    })
+                    .collect();
+                let replies = futures::stream::iter(jobs)
+                    .buffer_unordered(CLUSTER_CONCURRENCY)
+                    .collect::<Vec<_>>()
+                    .await;
+                let mut results: BTreeMap<String, Result<EventSignals, SignalError>> =
+                    replies.into_iter().flatten().collect();
                 event_ids
                     .iter()
                     .map(|e| {
-                        let r = results.remove(e.as_str()).unwrap_or_else(|| {
+                        let r = results.remove(e).unwrap_or_else(|| {
                             Err(SignalError::Decode {
                                 command: "pipeline",
                                 reply: "no reply for event".into(),
@@ -232,7 +244,7 @@ impl SignalReader {
         };
         match tokio::time::timeout(self.timeout, fut).await {
             Err(_) => Err(SignalError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(SignalError::Redis(e.to_string())),
+            Ok(Err(e)) => Err(SignalError::from_redis(&e, self.timeout)),
             Ok(Ok(_)) => Ok(()),
         }
     }

@@ -49,6 +49,15 @@ pub mod reasons {
     pub const ORPHAN_DELETED: &str = "OrphanDeleted";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     pub const CLEANED_UP: &str = "CleanedUp";
+    /// SignalsHealthy=True. (When False, the reason is the failure's: Timeout, RedisError,
+    /// SignalStale, SignalMissing, PrometheusError, DecodeError, ConfigError.)
+    pub const SIGNALS_FRESH: &str = "SignalsFresh";
+    /// Event: the signals turned unhealthy.
+    pub const SIGNALS_UNHEALTHY: &str = "SignalsUnhealthy";
+    /// Event: the signals are fresh again.
+    pub const SIGNALS_RECOVERED: &str = "SignalsRecovered";
+    /// Event: sold out with an empty queue; the sale ends early.
+    pub const SOLD_OUT: &str = "SoldOut";
 }
 
 /// Converts a chrono time into the API's `Time`.

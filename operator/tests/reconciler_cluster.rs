@@ -361,7 +361,9 @@ async fn prewarm_ramps_in_steps_and_is_ready_before_on_sale() {
     .unwrap();
     let s = t.status.unwrap();
     assert_eq!(s.reservation.as_ref().unwrap().desired_replicas, Some(7));
-    assert!(s.reservation.as_ref().unwrap().last_scale_out_time.is_some());
+    // Pre-warm steps are recorded but start no cooldown: the first surge step may follow at once.
+    assert!(s.reservation.as_ref().unwrap().last_scale_time.is_some());
+    assert_eq!(s.reservation.as_ref().unwrap().last_scale_out_time, None);
     let decisions = s.recent_decisions.unwrap();
     assert!(decisions.iter().any(|d| d.component == "reservation"
         && d.from == 5

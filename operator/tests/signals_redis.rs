@@ -3,11 +3,11 @@
 //! stack's Prometheus (PROMETHEUS_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use tiketi_e2e::{PrivateRedis, free_port};
 use tiketi_operator::autoscaler::Signal;
 use tiketi_operator::signals::{self, PrometheusSignals, SignalError, SignalReader};
 use tiketi_shared::keys::EventKeys;
@@ -40,86 +40,6 @@ async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, events: &[String]
             .del(&[k.queue(), k.active(), k.sold_out(), k.counts()])
             .await
             .unwrap();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A redis-server child process of this test, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl PrivateRedis {
-    fn start(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("tiketi-redis"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--dir", dir.to_str().unwrap()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            port,
-            _dir: TempDir(dir),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -216,7 +136,7 @@ async fn a_broken_key_fails_only_its_event() {
 
 #[tokio::test]
 async fn a_paused_redis_times_out_per_tick_and_recovers() {
-    let redis = PrivateRedis::start(&[]);
+    let redis = PrivateRedis::start(&[]).unwrap();
     let event = unique("pause");
     let mut conn = plain(&redis.url()).await;
     let _: () = conn.zadd(EventKeys::new(&event).queue(), "u", 1).await.unwrap();
@@ -225,7 +145,7 @@ async fn a_paused_redis_times_out_per_tick_and_recovers() {
     let events = vec![event.clone()];
     assert_eq!(reader.read(&events).await[0].1.as_ref().unwrap().queue_depth, 1);
 
-    redis.signal("-STOP");
+    redis.signal("-STOP").unwrap();
     let started = Instant::now();
     let tick = reader.read(&events).await;
     let took = started.elapsed();
@@ -239,7 +159,7 @@ async fn a_paused_redis_times_out_per_tick_and_recovers() {
         "a tick must be bounded by the timeout, took {took:?}"
     );
 
-    redis.signal("-CONT");
+    redis.signal("-CONT").unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(s) = &reader.read(&events).await[0].1 {
@@ -256,7 +176,7 @@ async fn a_paused_redis_times_out_per_tick_and_recovers() {
 
 #[tokio::test]
 async fn a_redis_that_is_down_at_start_is_reported_per_tick_not_at_connect() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let url = format!("redis://127.0.0.1:{port}");
     let mut reader = SignalReader::connect(&url, false, Duration::from_millis(300))
         .await
@@ -269,9 +189,11 @@ async fn a_redis_that_is_down_at_start_is_reported_per_tick_not_at_connect() {
 #[tokio::test]
 async fn cluster_mode_groups_per_slot_and_reads_every_event() {
     let nodes: Vec<PrivateRedis> = (0..3)
-        .map(|_| PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
+        .map(|_| {
+            PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).unwrap()
+        })
         .collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
     let out = Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(&addrs)
@@ -288,7 +210,7 @@ async fn cluster_mode_groups_per_slot_and_reads_every_event() {
     for n in &nodes {
         loop {
             let info = Command::new("redis-cli")
-                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .args(["-p", &n.port().to_string(), "cluster", "info"])
                 .output()
                 .unwrap();
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
@@ -355,7 +277,7 @@ async fn prometheus_instant_queries() {
     assert!(matches!(samples.get(&Signal::Prometheus("vector(2)".into())), Some(Ok(s)) if s.value == 2.0));
 
     let down = PrometheusSignals::new(
-        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("http://127.0.0.1:{}", free_port().unwrap()),
         Duration::from_millis(500),
     )
     .unwrap();

@@ -65,6 +65,7 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
             remove,
             stabilization_window,
             cooldown: in_cooldown,
+            allow_while_queued,
         } = scale_in;
         let crd::Fallback {
             after_stale,
@@ -110,8 +111,7 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
                     stabilization_window,
                 )?,
                 cooldown: crd::parse_duration("scaling.scaleIn.cooldown", in_cooldown)?,
-                // Not in the CRD yet: the safe default (wait for an empty queue during the sale).
-                allow_while_queued: false,
+                allow_while_queued: *allow_while_queued,
             },
             fallback: Fallback {
                 after_stale: crd::parse_duration("scaling.fallback.afterStale", after_stale)?,

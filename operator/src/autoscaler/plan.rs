@@ -28,6 +28,23 @@ fn non_negative(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// What the caller knows that is fresher than `tev.status` (the operator's book of its own
+/// writes); `Known::default()` means "take everything from status".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    /// Replicas last written.
+    pub current: Option<i32>,
+    /// Memory after the last decision.
+    pub memory: Option<&'a Memory>,
+}
+
+/// True while a crowd can arrive (pre-warm and the sale): only then does the fallback raise
+/// replicas on stale signals. Before the pre-warm and after the sale a Redis outage holds
+/// replicas (no scale-in on stale data) but does not add pods nobody will use.
+pub fn fallback_applies(phase: Phase) -> bool {
+    matches!(phase, Phase::PreWarming | Phase::OnSale)
+}
+
 /// Decides one component. `None` while the schedule owns replicas outright: phase Closed (pinned
 /// at the floor) or Failed (invalid spec: nothing is scaled).
 pub fn plan_component(
@@ -35,22 +52,30 @@ pub fn plan_component(
     schedule: &Schedule,
     component: Component,
     samples: &Samples,
+    known: Known<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<Planned>, PolicyError> {
     if schedule.pinned || schedule.phase == Phase::Failed {
         return Ok(None);
     }
     let spec = &tev.spec;
-    let policy = Policy::try_from(spec.scaling(component))?;
+    let mut policy = Policy::try_from(spec.scaling(component))?;
+    if !fallback_applies(schedule.phase) {
+        policy.fallback.replicas = 0;
+    }
     let min = non_negative(spec.min_replicas(component));
     let max = non_negative(spec.max_replicas(component)).max(min);
     let floor = non_negative(schedule.floor(component)).max(min);
     let status = tev.status.as_ref();
     let component_status = status.and_then(|s| s.component(component));
-    let current = component_status
-        .and_then(|c| c.desired_replicas)
+    let current = known
+        .current
+        .or_else(|| component_status.and_then(|c| c.desired_replicas))
         .map_or(floor, non_negative);
-    let memory = Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at));
+    let memory = match known.memory {
+        Some(m) => m.clone(),
+        None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at)),
+    };
     let decision = decide(
         &policy,
         &Inputs {
@@ -63,6 +88,11 @@ pub fn plan_component(
             now,
         },
     );
+    let mut decision = decision;
+    if decision.reason == super::Reason::FloorRaised {
+        // Say it the way the reconciler does when it applies the same floor first.
+        decision.message = schedule.reason.clone();
+    }
     Ok(Some(Planned {
         component,
         current,
@@ -80,8 +110,23 @@ pub fn plan_event(
 ) -> Vec<(Component, Result<Option<Planned>, PolicyError>)> {
     Component::ALL
         .iter()
-        .map(|&c| (c, plan_component(tev, schedule, c, samples, now)))
+        .map(|&c| {
+            (
+                c,
+                plan_component(tev, schedule, c, samples, Known::default(), now),
+            )
+        })
         .collect()
+}
+
+/// How often the event's signals are read: the shorter of its two components' poll intervals.
+pub fn poll_interval(tev: &TicketingEvent) -> Result<std::time::Duration, PolicyError> {
+    let mut out: Option<std::time::Duration> = None;
+    for c in Component::ALL {
+        let p = Policy::try_from(tev.spec.scaling(c))?.poll_interval;
+        out = Some(out.map_or(p, |o| o.min(p)));
+    }
+    Ok(out.unwrap_or(std::time::Duration::from_secs(2)))
 }
 
 /// The Prometheus queries the event's policies use (both components, without duplicates); the
@@ -190,9 +235,16 @@ spec:
         status.queue = Some(q);
         tev.status = Some(status);
         let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
-        let planned = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), now)
-            .unwrap()
-            .unwrap();
+        let planned = plan_component(
+            &tev,
+            &sched,
+            Component::Queue,
+            &queue(25_000.0, now),
+            Known::default(),
+            now,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (planned.decision.desired, planned.decision.reason),
             (15, Reason::ScaleOutCooldown)
@@ -212,7 +264,7 @@ spec:
         let samples = Samples::new()
             .failed(Signal::QueueDepth, fail.clone())
             .failed(Signal::ActiveUsers, fail);
-        let planned = plan_component(&tev, &sched, Component::Queue, &samples, now)
+        let planned = plan_component(&tev, &sched, Component::Queue, &samples, Known::default(), now)
             .unwrap()
             .unwrap();
         assert_eq!(planned.decision.desired, 10);
@@ -232,8 +284,81 @@ spec:
         let sched = schedule::evaluate(&tev.spec, Some(at("2026-12-01T03:00:00Z")), now).unwrap();
         assert!(sched.pinned, "{sched:?}");
         assert_eq!(
-            plan_component(&tev, &sched, Component::Queue, &queue(0.0, now), now).unwrap(),
+            plan_component(
+                &tev,
+                &sched,
+                Component::Queue,
+                &queue(0.0, now),
+                Known::default(),
+                now
+            )
+            .unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn the_book_overrides_a_lagging_status() {
+        // status still says 10 (the cache lags), but 15 was written and the cooldown started.
+        let tev = tev();
+        let now = at("2026-12-01T02:00:04Z");
+        let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
+        let memory = Memory {
+            last_scale_out: Some(at("2026-12-01T02:00:02Z")),
+            ..Memory::default()
+        };
+        let known = Known {
+            current: Some(15),
+            memory: Some(&memory),
+        };
+        let planned = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), known, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (planned.current, planned.decision.desired, planned.decision.reason),
+            (15, 15, Reason::ScaleOutCooldown)
+        );
+    }
+
+    #[test]
+    fn the_fallback_raises_only_while_a_crowd_can_arrive() {
+        let tev = tev();
+        let fail = SignalFailure {
+            reason: "Timeout",
+            message: "timed out after 1s".into(),
+        };
+        let samples = Samples::new()
+            .failed(Signal::QueueDepth, fail.clone())
+            .failed(Signal::ActiveUsers, fail);
+        let stale = Memory {
+            stale_since: Some(at("2026-11-01T00:00:00Z")),
+            ..Memory::default()
+        };
+        let known = Known {
+            current: Some(2),
+            memory: Some(&stale),
+        };
+        // A month before the sale: hold at 2, do not add the fallback's 10.
+        let early = at("2026-11-01T00:05:00Z");
+        let sched = schedule::evaluate(&tev.spec, None, early).unwrap();
+        assert_eq!(sched.phase, Phase::Scheduled);
+        let p = plan_component(&tev, &sched, Component::Queue, &samples, known, early)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.decision.desired, p.decision.reason),
+            (2, Reason::SignalsUnhealthy)
+        );
+        // During the sale: raise to the fallback.
+        let during = at("2026-12-01T02:30:00Z");
+        let sched = schedule::evaluate(&tev.spec, None, during).unwrap();
+        assert_eq!(sched.phase, Phase::OnSale);
+        let p = plan_component(&tev, &sched, Component::Queue, &samples, known, during)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.decision.desired, p.decision.reason),
+            (10, Reason::StaleFallback)
         );
     }
 

@@ -60,6 +60,7 @@ impl Operator {
             metrics_addr: None,
             leader,
             identity: tiketi_e2e::unique("test-operator"),
+            autoscaler: Default::default(),
         };
         let handle = tokio::spawn(run(client.clone(), opts, rx));
         Self { stop, handle }
@@ -109,7 +110,8 @@ pub async fn create_secrets(client: &Client, ns: &str) -> Result<()> {
     for (name, data) in [
         (
             "tiketi-redis",
-            serde_json::json!({"url": "redis://127.0.0.1:6379"}),
+            // The stack's Redis, so the autoscaler reads healthy (empty) signals.
+            serde_json::json!({"url": tiketi_e2e::stack_env("REDIS_URL")?}),
         ),
         (
             "tiketi-db",

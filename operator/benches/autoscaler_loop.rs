@@ -1,0 +1,329 @@
+//! The autoscaler loop end to end, against the local stack (KUBECONFIG, REDIS_URL):
+//!
+//! 1. reaction latency: from the ZADD that crosses a step to the Deployment's `spec.replicas`
+//!    changing, over `TIKETI_BENCH_TRIALS` (default 25) trials at random phases of the 1 s poll
+//!    grid, as p50/p99 and as a multiple of the poll interval; baseline in the same run: one
+//!    `spec.replicas` write straight to the API server;
+//! 2. operator resident memory with `TIKETI_BENCH_EVENTS` (default 1,000) TicketingEvents, against
+//!    the same binary watching an empty namespace; plus the loop's tick time at that size.
+//!
+//! Runs the release operator binary as a child process. Prints figures; asserts nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/reconciler_support/mod.rs"]
+mod reconciler_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use reconciler_support::{create_secrets, event, install_crd, replicas, strip_finalizers};
+use redis::AsyncCommands;
+use tiketi_e2e::{TestNamespace, free_port, kube_client, stack_env, unique, wait_until};
+use tiketi_operator::crd::TicketingEvent;
+use tiketi_shared::keys::EventKeys;
+
+const POLL: Duration = Duration::from_secs(1);
+
+struct OperatorProcess(Child);
+
+impl OperatorProcess {
+    fn start(ns: &str, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tiketi-operator"))
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--leader-election",
+                "false",
+                "--log-format",
+                "json",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// Resident set (VmRSS) and its peak (VmHWM), in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn metrics(port: u16) -> String {
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            return r.text().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no /metrics on {port}");
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn reaction(client: &Client, redis_url: &str) {
+    let ns = TestNamespace::create(client, "bench-reaction").await.unwrap();
+    create_secrets(client, &ns.name).await.unwrap();
+    let eid = unique("bench-reaction");
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let tev = event("reaction", Utc::now() - TimeDelta::minutes(1), |v| {
+        v["spec"]["eventId"] = eid.clone().into();
+        v["spec"]["queue"]["maxReplicas"] = 100.into();
+        v["spec"]["queue"]["scaling"] = serde_json::json!({
+            "pollInterval": "1s",
+            "scaleOut": {"steps": [{"signal": "queueDepth", "above": 10, "add": 1}], "cooldown": "0s"},
+            "scaleIn": {"when": {"signal": "queueDepth", "below": 1}, "stabilizationWindow": "1h"}
+        });
+    });
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    let op = OperatorProcess::start(&ns.name, free_port().unwrap());
+    wait_until("the event's Deployments", Duration::from_secs(60), || async {
+        Ok(deployments.get_opt("reaction-queue").await?.is_some())
+    })
+    .await
+    .unwrap();
+    // Let the first ticks settle (SignalsHealthy written).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Baseline: one spec.replicas write to a Deployment of our own, server-side apply.
+    let scratch: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "baseline"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "baseline"}},
+                 "template": {"metadata": {"labels": {"app": "baseline"}},
+                              "spec": {"containers": [{"name": "c", "image": "x"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &scratch)
+        .await
+        .unwrap();
+    let mut base = Vec::new();
+    for i in 0..20 {
+        let body = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "baseline"}, "spec": {"replicas": i % 2}});
+        let t = Instant::now();
+        deployments
+            .patch(
+                "baseline",
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .unwrap();
+        base.push(t.elapsed());
+    }
+    base.sort();
+
+    let trials: usize = std::env::var("TIKETI_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let mut conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = EventKeys::new(&eid).queue();
+    let mut lat = Vec::new();
+    for _ in 0..trials {
+        // A pseudo-random phase against the 1 s tick grid.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let jitter = Duration::from_millis(u64::from(nanos.wrapping_mul(2_654_435_761) % 1000));
+        tokio::time::sleep(jitter).await;
+        let before = replicas(&deployments.get("reaction-queue").await.unwrap());
+        let members: Vec<(f64, String)> = (0..20).map(|i| (f64::from(i), format!("u{i}"))).collect();
+        let t0 = Instant::now();
+        let _: () = conn.zadd_multiple(&key, &members).await.unwrap();
+        loop {
+            let r = replicas(&deployments.get("reaction-queue").await.unwrap());
+            if r > before {
+                lat.push(t0.elapsed());
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no reaction within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _: () = conn.del(&key).await.unwrap();
+        // The next tick must see the empty queue before the next trial.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let mean = lat.iter().sum::<Duration>() / u32::try_from(lat.len()).unwrap();
+    println!("== reaction latency: ZADD crossing a step → Deployment spec.replicas changed ==");
+    println!(
+        "trials {trials}, pollInterval {} ms, cooldown 0 s",
+        POLL.as_millis()
+    );
+    println!(
+        "p50 {:.0} ms  p99 {:.0} ms  mean {:.0} ms  min {:.0} ms  max {:.0} ms",
+        ms(p50),
+        ms(p99),
+        ms(mean),
+        ms(lat[0]),
+        ms(lat[lat.len() - 1])
+    );
+    println!(
+        "as a multiple of pollInterval: p50 {:.2}×  p99 {:.2}×  (expected ≈ 0.5× wait for the tick + the write)",
+        p50.as_secs_f64() / POLL.as_secs_f64(),
+        p99.as_secs_f64() / POLL.as_secs_f64()
+    );
+    println!(
+        "baseline, one spec.replicas apply straight to the API server: p50 {:.1} ms  p99 {:.1} ms  (reaction p50 = {:.0}× it)",
+        ms(percentile(&base, 0.5)),
+        ms(percentile(&base, 0.99)),
+        p50.as_secs_f64() / percentile(&base, 0.5).as_secs_f64()
+    );
+    println!("for comparison (documented defaults, not measured here): HPA sync 15 s, KEDA polling 30 s");
+    drop(op);
+    let _: () = conn.del(&key).await.unwrap();
+    strip_finalizers(client, &ns.name).await.unwrap();
+    ns.delete().await.unwrap();
+}
+
+async fn memory(client: &Client) {
+    let n: usize = std::env::var("TIKETI_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let ns = TestNamespace::create(client, "bench-memory").await.unwrap();
+    create_secrets(client, &ns.name).await.unwrap();
+    let port = free_port().unwrap();
+    let op = OperatorProcess::start(&ns.name, port);
+    let _ = metrics(port).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle_rss, _) = op.memory_kib();
+
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let run = unique("mem");
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let run = run.clone();
+            async move {
+                let name = format!("ev-{i:05}");
+                let tev = event(&name, Utc::now() + TimeDelta::days(30), |v| {
+                    v["spec"]["eventId"] = format!("{run}-{i}").into();
+                });
+                api.create(&PostParams::default(), &tev).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    wait_until(
+        &format!("all {n} events reconciled (phase set)"),
+        Duration::from_secs(1800),
+        || async {
+            let list = api.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .filter(|t| t.status.as_ref().and_then(|s| s.phase).is_some())
+                .count()
+                >= n)
+        },
+    )
+    .await
+    .unwrap();
+    let reconciled = started.elapsed();
+    // Let the autoscaler tick over all of them for a while.
+    let before = metrics(port).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = metrics(port).await;
+    let (rss, hwm) = op.memory_kib();
+    let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
+        - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
+    let tick_sum = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_sum")
+        - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_sum");
+    println!("== operator resident memory with {n} TicketingEvents ==");
+    println!(
+        "{n} events created and reconciled in {:.0} s (2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each)",
+        reconciled.as_secs_f64()
+    );
+    println!(
+        "RSS idle (empty namespace) {:.1} MiB; with {n} events {:.1} MiB (peak {:.1} MiB): {:.2}× idle, {:.1} KiB per event",
+        idle_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        rss as f64 / idle_rss.max(1) as f64,
+        (rss.saturating_sub(idle_rss)) as f64 / n as f64
+    );
+    if ticks > 0.0 {
+        println!(
+            "autoscaler tick over {n} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll)",
+            tick_sum / ticks * 1e3
+        );
+    }
+    // Clean up: the operator removes its finalizers as the events go.
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let _ = wait_until("events deleted", Duration::from_secs(600), || async {
+        Ok(api.list(&ListParams::default()).await?.items.is_empty())
+    })
+    .await;
+    drop(op);
+    strip_finalizers(client, &ns.name).await.unwrap();
+    ns.delete().await.unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let client = kube_client().await.unwrap();
+    let redis_url = stack_env("REDIS_URL").unwrap();
+    install_crd(&client).await.unwrap();
+    let which = std::env::var("TIKETI_BENCH_ONLY").unwrap_or_default();
+    if which.is_empty() || which == "reaction" {
+        reaction(&client, &redis_url).await;
+    }
+    if which.is_empty() || which == "memory" {
+        memory(&client).await;
+    }
+}

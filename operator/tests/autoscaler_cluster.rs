@@ -1,0 +1,534 @@
+//! The autoscaler loop against the real local stack: the API server (Deployments on KWOK nodes),
+//! the stack's Redis, and private redis-server processes for SIGSTOP. Each test has its own
+//! namespace and a unique eventId, so its Redis keys are its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod reconciler_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use reconciler_support::*;
+use redis::AsyncCommands;
+use tiketi_e2e::{PrivateRedis, TestNamespace, free_port, kube_client, stack_env, unique, wait_until};
+use tiketi_operator::crd::{Phase, TicketingEvent};
+use tiketi_operator::status::{reasons, types};
+use tiketi_shared::keys::EventKeys;
+
+/// A queue policy with second-scale numbers: +2 above 50 waiting, +5 above 200.
+fn queue_policy(out_cooldown: &str, window: &str, in_cooldown: &str) -> serde_json::Value {
+    serde_json::json!({
+        "pollInterval": "500ms",
+        "scaleOut": {
+            "steps": [
+                {"signal": "queueDepth", "above": 50, "add": 2},
+                {"signal": "queueDepth", "above": 200, "add": 5}
+            ],
+            "cooldown": out_cooldown
+        },
+        "scaleIn": {"when": {"signal": "queueDepth", "below": 10}, "remove": 1,
+                    "stabilizationWindow": window, "cooldown": in_cooldown},
+        "fallback": {"afterStale": "3s", "replicas": 6}
+    })
+}
+
+/// An event on sale since a minute, queue 1..10 replicas with `policy`, keys under `event_id`.
+fn on_sale_event(name: &str, event_id: &str, policy: serde_json::Value) -> TicketingEvent {
+    event(name, Utc::now() - TimeDelta::minutes(1), |v| {
+        v["spec"]["eventId"] = event_id.into();
+        v["spec"]["saleEndsAt"] = serde_json::json!(Utc::now() + TimeDelta::hours(1));
+        v["spec"]["queue"]["scaling"] = policy;
+    })
+}
+
+async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Sets the waiting queue to exactly `n` members.
+async fn set_queue(conn: &mut redis::aio::MultiplexedConnection, event_id: &str, n: usize) {
+    let key = EventKeys::new(event_id).queue();
+    let _: () = conn.del(&key).await.unwrap();
+    if n > 0 {
+        let members: Vec<(f64, String)> = (0..n).map(|i| (i as f64, format!("user-{i}"))).collect();
+        let _: () = conn.zadd_multiple(&key, &members).await.unwrap();
+    }
+}
+
+async fn clear_keys(url: &str, event_id: &str) {
+    let k = EventKeys::new(event_id);
+    let mut c = redis(url).await;
+    let _: () = c
+        .del(&[k.queue(), k.active(), k.sold_out(), k.counts()])
+        .await
+        .unwrap();
+}
+
+async fn queue_replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
+    replicas(&deployments.get(&format!("{name}-queue")).await.unwrap())
+}
+
+/// Waits until the queue Deployment has `want` replicas; returns when that was first seen.
+async fn wait_replicas(deployments: &Api<Deployment>, name: &str, want: i32, timeout: Duration) -> Instant {
+    wait_until(
+        &format!("{name}-queue to have {want} replicas"),
+        timeout,
+        || async { Ok(queue_replicas(deployments, name).await == want) },
+    )
+    .await
+    .unwrap();
+    Instant::now()
+}
+
+fn queue_status(t: &TicketingEvent) -> tiketi_operator::crd::ComponentStatus {
+    t.status
+        .as_ref()
+        .and_then(|s| s.queue.clone())
+        .unwrap_or_default()
+}
+
+fn secs_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_milliseconds() as f64 / 1000.0
+}
+
+async fn on_sale_and_healthy(api: &Api<TicketingEvent>, name: &str) -> TicketingEvent {
+    wait_tev(
+        api,
+        name,
+        "OnSale with SignalsHealthy=True",
+        Duration::from_secs(45),
+        |t| {
+            t.status.as_ref().and_then(|s| s.phase) == Some(Phase::OnSale)
+                && condition_is(t, types::SIGNALS_HEALTHY, "True")
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn queue_depth_steps_out_and_scales_in_only_after_window_and_cooldown() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-steps").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-steps");
+    let mut conn = redis(&url).await;
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("steps", &eid, queue_policy("4s", "3s", "5s")),
+    )
+    .await
+    .unwrap();
+    on_sale_and_healthy(&api, "steps").await;
+    assert_eq!(queue_replicas(&deployments, "steps").await, 1);
+
+    // Past the first step: 1 → 3.
+    let pushed = Instant::now();
+    set_queue(&mut conn, &eid, 100).await;
+    let seen = wait_replicas(&deployments, "steps", 3, Duration::from_secs(10)).await;
+    println!("ZADD → spec.replicas 1→3 in {} ms", (seen - pushed).as_millis());
+    let t = wait_tev(
+        &api,
+        "steps",
+        "queueDepth 100 in status",
+        Duration::from_secs(10),
+        |t| {
+            t.status.as_ref().and_then(|s| s.queue_depth) == Some(100)
+                && queue_status(t).last_scale_out_time.is_some()
+        },
+    )
+    .await
+    .unwrap();
+    let first_out = queue_status(&t).last_scale_out_time.unwrap();
+    let evs = events_of(&client, &ns.name, "steps").await.unwrap();
+    assert!(
+        evs.iter().any(|(ty, r, n)| ty == "Normal"
+            && r == reasons::SCALED_OUT
+            && n == "ScaledOut queue 1→3: queueDepth 100 > 50"),
+        "{evs:?}"
+    );
+
+    // Past the second step inside the cooldown: held at 3 until 4 s after the first, then 3 → 8.
+    set_queue(&mut conn, &eid, 300).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = queue_replicas(&deployments, "steps").await;
+        if r == 8 {
+            break;
+        }
+        assert_eq!(r, 3, "only the second step may change replicas");
+        assert!(Instant::now() < deadline, "no second scale-out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = wait_tev(
+        &api,
+        "steps",
+        "the second lastScaleOutTime",
+        Duration::from_secs(10),
+        |t| queue_status(t).last_scale_out_time > Some(first_out),
+    )
+    .await
+    .unwrap();
+    let second_out = queue_status(&t).last_scale_out_time.unwrap();
+    let gap = secs_between(first_out, second_out);
+    println!("second scale-out {gap:.2} s after the first (cooldown 4 s)");
+    assert!(gap >= 3.7, "scale-out inside the cooldown: {gap} s");
+    let decisions = t.status.as_ref().unwrap().recent_decisions.clone().unwrap();
+    assert_eq!((decisions[0].from, decisions[0].to), (3, 8), "{decisions:?}");
+    assert_eq!(decisions[0].reason, "queueDepth 300 > 200");
+
+    // Empty queue: belowSince appears, and the first scale-in comes only after the 3 s window
+    // and the 5 s cooldown since the last scale-out.
+    set_queue(&mut conn, &eid, 0).await;
+    let t = wait_tev(
+        &api,
+        "steps",
+        "belowSince recorded",
+        Duration::from_secs(10),
+        |t| queue_status(t).below_since.is_some(),
+    )
+    .await
+    .unwrap();
+    let below_since = queue_status(&t).below_since.unwrap();
+    assert_eq!(
+        queue_replicas(&deployments, "steps").await,
+        8,
+        "scaled in before the window"
+    );
+    wait_replicas(&deployments, "steps", 7, Duration::from_secs(20)).await;
+    let t = wait_tev(&api, "steps", "lastScaleInTime", Duration::from_secs(10), |t| {
+        queue_status(t).last_scale_in_time.is_some()
+    })
+    .await
+    .unwrap();
+    let first_in = queue_status(&t).last_scale_in_time.unwrap();
+    let after_out = secs_between(second_out, first_in);
+    let after_below = secs_between(below_since, first_in);
+    println!("first scale-in {after_out:.2} s after the last scale-out, {after_below:.2} s after belowSince");
+    assert!(after_out >= 4.7, "scale-in inside the cooldown: {after_out} s");
+    assert!(after_below >= 2.7, "scale-in before the window: {after_below} s");
+    // The next one waits for the cooldown again.
+    wait_replicas(&deployments, "steps", 6, Duration::from_secs(20)).await;
+    let t = wait_tev(
+        &api,
+        "steps",
+        "a second lastScaleInTime",
+        Duration::from_secs(10),
+        |t| queue_status(t).last_scale_in_time > Some(first_in),
+    )
+    .await
+    .unwrap();
+    let between = secs_between(first_in, queue_status(&t).last_scale_in_time.unwrap());
+    assert!(between >= 4.7, "second scale-in {between} s after the first");
+    let evs = events_of(&client, &ns.name, "steps").await.unwrap();
+    assert!(
+        evs.iter()
+            .any(|(_, r, n)| r == reasons::SCALED_IN
+                && n.starts_with("ScaledIn queue 8→7: queueDepth 0 < 10 for")),
+        "{evs:?}"
+    );
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_paused_redis_never_scales_in_falls_back_and_recovers() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-stale").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let private = PrivateRedis::start(&[]).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "private-redis"}, "stringData": {"url": private.url()}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let eid = unique("as-stale");
+    let mut conn = redis(&private.url()).await;
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let mut tev = on_sale_event("stale", &eid, queue_policy("2s", "2s", "2s"));
+    tev.spec.redis.url_secret_ref.name = "private-redis".into();
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    on_sale_and_healthy(&api, "stale").await;
+
+    set_queue(&mut conn, &eid, 100).await;
+    wait_replicas(&deployments, "stale", 3, Duration::from_secs(10)).await;
+    // The surge is over and Redis stops answering at the same moment: an HPA would read "no
+    // load"; we must hold, then raise to the fallback, and never go below 3.
+    set_queue(&mut conn, &eid, 0).await;
+    private.signal("-STOP").unwrap();
+    let stopped = Instant::now();
+    let mut lowest = i32::MAX;
+    let mut fallback_seen = None;
+    while stopped.elapsed() < Duration::from_secs(9) {
+        let r = queue_replicas(&deployments, "stale").await;
+        lowest = lowest.min(r);
+        if r == 6 && fallback_seen.is_none() {
+            fallback_seen = Some(stopped.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lowest >= 3, "scaled in on stale data: {lowest}");
+    let fallback_after = fallback_seen.expect("raised to fallback.replicas 6");
+    println!(
+        "fallback to 6 replicas {} ms after SIGSTOP (afterStale 3 s)",
+        fallback_after.as_millis()
+    );
+    assert!(
+        fallback_after >= Duration::from_secs(3),
+        "fallback before afterStale"
+    );
+    let t = api.get("stale").await.unwrap();
+    let c = tiketi_operator::status::find(&t, types::SIGNALS_HEALTHY).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Timeout"),
+        "{c:?}"
+    );
+    assert!(c.message.contains("timed out"), "{}", c.message);
+    let evs = events_of(&client, &ns.name, "stale").await.unwrap();
+    assert!(
+        evs.iter()
+            .any(|(ty, r, _)| ty == "Warning" && r == reasons::SIGNALS_UNHEALTHY),
+        "{evs:?}"
+    );
+
+    // Recovery on the next good tick, then scale-in resumes from the fallback.
+    private.signal("-CONT").unwrap();
+    let resumed = Instant::now();
+    wait_tev(
+        &api,
+        "stale",
+        "SignalsHealthy=True again",
+        Duration::from_secs(10),
+        |t| condition_is(t, types::SIGNALS_HEALTHY, "True"),
+    )
+    .await
+    .unwrap();
+    println!(
+        "SignalsHealthy=True {} ms after SIGCONT",
+        resumed.elapsed().as_millis()
+    );
+    wait_replicas(&deployments, "stale", 5, Duration::from_secs(15)).await;
+    let evs = events_of(&client, &ns.name, "stale").await.unwrap();
+    assert!(
+        evs.iter().any(|(_, r, _)| r == reasons::SIGNALS_RECOVERED),
+        "{evs:?}"
+    );
+    teardown(&client, ns, op).await.unwrap();
+}
+
+/// The operator binary as a child process (so it can be SIGKILLed), scoped to one namespace.
+struct OperatorProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    fn start(ns: &str, metrics_port: u16) -> Self {
+        let log = std::env::temp_dir().join(unique("tiketi-operator-log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tiketi-operator"))
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--leader-election",
+                "false",
+                "--log-format",
+                "text",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL: no clean-up, no Lease release
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "operator log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[tokio::test]
+async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-restart").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-restart");
+    let mut conn = redis(&url).await;
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("restart", &eid, queue_policy("15s", "1m", "10m")),
+    )
+    .await
+    .unwrap();
+    let first = OperatorProcess::start(&ns.name, free_port().unwrap());
+    on_sale_and_healthy(&api, "restart").await;
+    set_queue(&mut conn, &eid, 100).await;
+    wait_replicas(&deployments, "restart", 3, Duration::from_secs(10)).await;
+    let t = wait_tev(
+        &api,
+        "restart",
+        "lastScaleOutTime",
+        Duration::from_secs(10),
+        |t| queue_status(t).last_scale_out_time.is_some(),
+    )
+    .await
+    .unwrap();
+    let first_out = queue_status(&t).last_scale_out_time.unwrap();
+    first.kill();
+
+    // The surge grows while no operator runs; the replacement must wait out the cooldown.
+    set_queue(&mut conn, &eid, 300).await;
+    let port = free_port().unwrap();
+    let second = OperatorProcess::start(&ns.name, port);
+    let started = Utc::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = queue_replicas(&deployments, "restart").await;
+        if r == 8 {
+            break;
+        }
+        assert_eq!(r, 3, "replicas changed other than by the second step");
+        assert!(Instant::now() < deadline, "the new operator never scaled out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = Utc::now();
+    let after_first = secs_between(first_out, seen);
+    println!(
+        "new process started {:.1} s after the first scale-out; scaled 3→8 {after_first:.2} s after it (cooldown 15 s)",
+        secs_between(first_out, started)
+    );
+    assert!(
+        after_first >= 14.7,
+        "the restarted operator ignored the cooldown ({after_first} s)"
+    );
+    assert!(
+        secs_between(started, seen) > 1.0,
+        "the new process decided before reading status?"
+    );
+
+    // Its /metrics show the signal and the decisions.
+    let metrics = reqwest_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let ns_label = format!("namespace=\"{}\",event=\"restart\"", ns.name);
+    assert!(
+        metrics.contains(&format!("tiketi_operator_queue_depth{{{ns_label}}} 300")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tiketi_operator_autoscaler_decisions_total{")
+            && metrics.contains("reason=\"ScaleOutCooldown\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tiketi_operator_autoscaler_tick_duration_seconds_count"));
+    drop(second);
+    clear_keys(&url, &eid).await;
+    // No operator left to honour the finalizer: strip it, then delete the namespace.
+    api.delete("restart", &Default::default()).await.unwrap();
+    strip_finalizers(&client, &ns.name).await.unwrap();
+    ns.delete().await.unwrap();
+}
+
+async fn reqwest_get(url: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match reqwest::get(url).await {
+            Ok(r) => return r.text().await.unwrap(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("GET {url}: {last}");
+}
+
+#[tokio::test]
+async fn sold_out_with_an_empty_queue_ends_the_sale_early() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-soldout").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-soldout");
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let mut tev = on_sale_event("soldout", &eid, queue_policy("2s", "2s", "2s"));
+    tev.spec.wind_down = "10m".into();
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    on_sale_and_healthy(&api, "soldout").await;
+
+    // Still people in line: sold out, but the sale stays open until they are told.
+    let k = EventKeys::new(&eid);
+    let mut conn = redis(&url).await;
+    set_queue(&mut conn, &eid, 5).await;
+    let _: () = conn.set(k.sold_out(), "1").await.unwrap();
+    let _: () = conn
+        .hset_multiple(
+            k.counts(),
+            &[
+                ("sold", "200"),
+                ("held", "0"),
+                ("available", "0"),
+                ("total", "200"),
+            ],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = api.get("soldout").await.unwrap();
+    assert_eq!(t.status.as_ref().unwrap().phase, Some(Phase::OnSale));
+    assert_eq!(t.status.as_ref().unwrap().sold_out_at, None);
+
+    set_queue(&mut conn, &eid, 0).await;
+    let t = wait_tev(&api, "soldout", "phase SoldOut", Duration::from_secs(15), |t| {
+        t.status.as_ref().and_then(|s| s.phase) == Some(Phase::SoldOut)
+    })
+    .await
+    .unwrap();
+    assert!(t.status.as_ref().unwrap().sold_out_at.is_some());
+    let evs = events_of(&client, &ns.name, "soldout").await.unwrap();
+    assert!(
+        evs.iter()
+            .any(|(_, r, n)| r == reasons::SOLD_OUT && n.contains("200 sold")),
+        "{evs:?}"
+    );
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
