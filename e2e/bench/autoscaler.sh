@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Autoscaler benchmarks: tick cost of the one-pipeline signal read for 1, 100, 1,000 and 10,000
-# events against one PING round trip measured in the same run (ratios printed, nothing asserted).
+# Autoscaler benchmarks (ratios printed, nothing asserted):
+#   1. tick cost of the one-pipeline signal read for 1, 100, 1,000 and 10,000 events against one
+#      PING round trip measured in the same run;
+#   2. reaction latency from the ZADD that crosses a step to the Deployment's spec.replicas
+#      changing (p50/p99 over >= 20 trials, as a multiple of pollInterval; baseline: one
+#      spec.replicas write straight to the API server);
+#   3. operator resident memory with 1,000 TicketingEvents against the same binary idle.
 #
-# Needs REDIS_URL (eval "$(e2e/stack env)"). TIKETI_BENCH_PROFILE=dev skips the release build
-# (figures then include debug-build client overhead). Single-node Redis only (cluster mode is
-# covered for correctness by operator/tests/signals_redis.rs, not benchmarked).
-#
-# Pending (need the autoscaler loop wired into `tiketi-operator run`): reaction latency from the
-# ZADD that crosses a step to the Deployment's spec.replicas changing (p50/p99 over >= 20 trials,
-# as a multiple of pollInterval), and operator resident memory with 1,000 events.
+# Needs the stack (eval "$(e2e/stack env)": REDIS_URL, KUBECONFIG). TIKETI_BENCH_PROFILE=dev skips
+# the release build (figures then include debug-build overhead). TIKETI_BENCH_EVENTS (default 1000)
+# and TIKETI_BENCH_TRIALS (default 25) size parts 3 and 2; TIKETI_BENCH_ONLY=reaction|memory runs
+# one of them. Single-node Redis only (cluster mode is covered for correctness by
+# operator/tests/signals_redis.rs, not benchmarked).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,3 +23,10 @@ fi
 profile=(--profile "${TIKETI_BENCH_PROFILE:-bench}")
 echo "== autoscaler: signal tick cost (profile ${TIKETI_BENCH_PROFILE:-bench}) =="
 cargo bench -q -p tiketi-operator --bench autoscaler_tick "${profile[@]}"
+
+if [[ -z "${KUBECONFIG:-}" ]]; then
+    echo "autoscaler.sh: KUBECONFIG is not set; skipping the loop benchmarks" >&2
+    exit 2
+fi
+echo "== autoscaler: the loop in the operator binary (reaction latency, memory) =="
+cargo bench -q -p tiketi-operator --bench autoscaler_loop "${profile[@]}"

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -104,16 +104,25 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // Every time this replica becomes leader, reconcile everything.
     let mut became_leader = leader_state.subscribe();
     let leader_gained = async_stream_from_watch(&mut became_leader);
-    let controller = Controller::new(
+    // The autoscaler and the scaler write status every few seconds during a sale; only changes
+    // the reconciler acts on may trigger it (see `reconcile_relevant`). One store serves the
+    // Controller and the autoscaler loop.
+    let (store, writer) = reflector::store();
+    let events_stream = watcher(
         api::<TicketingEvent>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(api::<Deployment>(&client, ns), children.clone())
-    .owns(api::<Service>(&client, ns), children.clone())
-    .owns(api::<ConfigMap>(&client, ns), children.clone())
-    .owns(api::<PodDisruptionBudget>(&client, ns), children)
-    .reconcile_all_on(leader_gained)
-    .graceful_shutdown_on(shutdown_signal(shutdown.clone()));
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(reconcile_relevant, PredicateConfig::default());
+    let controller = Controller::for_stream(events_stream, store)
+        .owns(api::<Deployment>(&client, ns), children.clone())
+        .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<ConfigMap>(&client, ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), children)
+        .reconcile_all_on(leader_gained)
+        .graceful_shutdown_on(shutdown_signal(shutdown.clone()));
 
     let synced = Arc::new(AtomicBool::new(false));
     {
@@ -170,6 +179,30 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     Ok(())
 }
 
+/// What of a TicketingEvent the reconciler depends on: the spec (generation), deletion and
+/// finalizers, labels and annotations, and `status.soldOutAt` (the autoscaler ends the sale with
+/// it). Status writes that change nothing of these (signals, decisions, conditions) do not
+/// trigger a reconcile; owned Deployments, schedule requeues and leadership still do.
+pub fn reconcile_relevant(tev: &TicketingEvent) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let m = &tev.metadata;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.uid.hash(&mut h);
+    m.generation.hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    let status = tev.status.as_ref();
+    status.and_then(|s| s.sold_out_at).hash(&mut h);
+    // A status the reconciler has not written yet (created, or status cleared by hand).
+    status.and_then(|s| s.phase).map(|p| p.as_str()).hash(&mut h);
+    Some(h.finish())
+}
+
 /// A stream that yields once each time the watched leadership turns true.
 fn async_stream_from_watch(
     rx: &mut watch::Receiver<Option<bool>>,
@@ -185,4 +218,56 @@ fn async_stream_from_watch(
             rx.changed().await.ok()?;
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn tev() -> TicketingEvent {
+        serde_yaml::from_str(
+            r#"
+apiVersion: tiketi.gg/v1alpha1
+kind: TicketingEvent
+metadata: {name: e, namespace: n, uid: u1, generation: 1}
+spec:
+  onSaleAt: 2026-12-01T02:00:00Z
+  inventory: {sections: [{name: A, rows: 1, seatsPerRow: 1}]}
+  queue: {image: q}
+  reservation: {image: r}
+  redis: {urlSecretRef: {name: redis, key: url}}
+  database: {secretRef: {name: db}}
+  auth: {secretRef: {name: auth}}
+status: {phase: OnSale, queueDepth: 10}
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_what_the_reconciler_uses_triggers_it() {
+        let base = reconcile_relevant(&tev());
+        // The autoscaler's and the scaler's routine writes do not.
+        let mut t = tev();
+        let s = t.status.as_mut().unwrap();
+        s.queue_depth = Some(9_000);
+        s.active_users = Some(40);
+        s.signals_observed_at = Some(chrono::Utc::now());
+        s.queue = Some(crate::crd::ComponentStatus {
+            desired_replicas: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(reconcile_relevant(&t), base);
+        // A spec edit, the end of the sale, and deletion do.
+        let mut t = tev();
+        t.metadata.generation = Some(2);
+        assert_ne!(reconcile_relevant(&t), base);
+        let mut t = tev();
+        t.status.as_mut().unwrap().sold_out_at = Some(chrono::Utc::now());
+        assert_ne!(reconcile_relevant(&t), base);
+        let mut t = tev();
+        t.metadata.finalizers = Some(vec![crate::reconciler::FINALIZER.into()]);
+        assert_ne!(reconcile_relevant(&t), base);
+    }
 }

@@ -111,7 +111,8 @@ fn samples_for(t: &Tick, now: DateTime<Utc>) -> Samples {
 /// What the checker itself remembers (independently of `Memory`).
 #[derive(Default)]
 struct Record {
-    /// Every tick: (time, fresh value or None when failing/stale).
+    /// Every tick: (when the sample was observed, or the tick time when there was none; the
+    /// fresh value, or None when failing/stale).
     history: Vec<(DateTime<Utc>, Option<f64>)>,
     last_out: Option<DateTime<Utc>>,
     last_in: Option<DateTime<Utc>>,
@@ -137,7 +138,8 @@ proptest! {
             let now = at(now_ms);
             let samples = samples_for(t, now);
             let fresh = t.reading.filter(|&(_, age)| Duration::from_millis(age as u64) <= freshness).map(|(v, _)| v);
-            rec.history.push((now, fresh));
+            let observed = t.reading.map_or(now, |(_, age)| now - chrono::Duration::milliseconds(age));
+            rec.history.push((observed, fresh));
             let inputs = Inputs { floor: t.floor, max: t.max, current, on_sale: t.on_sale, samples: &samples, memory: &memory, now };
             let d = decide(&policy, &inputs);
             let lo = t.floor.min(t.max);
@@ -186,16 +188,18 @@ proptest! {
                 if t.on_sale && !rule.allow_while_queued {
                     prop_assert!(v <= 0.0, "scaled in with {v} queued during the sale");
                 }
-                // Walk back through the history: every tick in the window must be fresh and below,
-                // with no gap longer than allowed, and the run must cover the whole window.
+                // Walk back through the history: every observation in the window must be fresh and
+                // below, in order, with no gap longer than allowed, and the run of observations must
+                // span the whole window (measured between observation times, when the values held).
                 let mut covered = Duration::ZERO;
-                let mut newer = now;
+                let latest = rec.history.last().map_or(now, |h| h.0);
+                let mut newer = latest;
                 let mut ok = false;
                 for &(when, value) in rec.history.iter().rev() {
                     let Some(value) = value else { break };
-                    if value >= rule.below || since(when, newer) > gap_allowed { break; }
+                    if value >= rule.below || when > newer || since(when, newer) > gap_allowed { break; }
                     newer = when;
-                    covered = since(when, now);
+                    covered = since(when, latest);
                     if covered >= rule.stabilization_window { ok = true; break; }
                 }
                 prop_assert!(ok, "scale-in after only {covered:?} of {:?} below", rule.stabilization_window);
