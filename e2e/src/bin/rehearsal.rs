@@ -194,11 +194,22 @@ async fn buy(ctx: &Ctx, user: &str) -> Result<()> {
     // Hold 1–4 random seats; on conflict try other seats a few times.
     let holds = format!("{}/v1/events/{}/holds", ctx.args.reservation_url, ctx.args.event);
     let mut hold_id = None;
-    for _ in 0..4 {
+    for attempt in 0..8 {
+        // The first try picks blind (a buyer who knows where they want to sit); later tries pick
+        // from the seat map's available seats, as a buyer looking at the map would.
+        let pool: Vec<String> = if attempt == 0 {
+            ctx.seats.clone()
+        } else {
+            available_seats(ctx).await.unwrap_or_else(|_| ctx.seats.clone())
+        };
+        if pool.is_empty() {
+            ctx.tally.sold_out_seen.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
         let want: Vec<String> = {
             let mut rng = rand::rng();
-            let n = rng.random_range(1..=4usize);
-            ctx.seats.choose_multiple(&mut rng, n).cloned().collect()
+            let n = rng.random_range(1..=4usize).min(pool.len());
+            pool.choose_multiple(&mut rng, n).cloned().collect()
         };
         let res = ctx
             .http
@@ -255,14 +266,37 @@ async fn buy(ctx: &Ctx, user: &str) -> Result<()> {
             }
         }
     }
-    // Leave the active set so the next buyer is admitted sooner.
-    let _ = ctx
-        .http
-        .delete(format!("{queue}/me"))
-        .header("authorization", &bearer)
-        .send()
-        .await;
+    // Leave the active set so the next buyer is admitted sooner (retried like a page's unload
+    // beacon would be: a slot left behind is only freed when the admission expires).
+    for _ in 0..3 {
+        let res = ctx
+            .http
+            .delete(format!("{queue}/me"))
+            .header("authorization", &bearer)
+            .send()
+            .await?;
+        if !matches!(res.status().as_u16(), 429 | 503) {
+            break;
+        }
+        backoff(ctx, &res).await;
+    }
     Ok(())
+}
+
+/// Seat ids the seat map shows as available (cached by the service for about a second).
+async fn available_seats(ctx: &Ctx) -> Result<Vec<String>> {
+    let url = format!("{}/v1/events/{}/seats", ctx.args.reservation_url, ctx.args.event);
+    let map: Value = ctx.http.get(url).send().await?.error_for_status()?.json().await?;
+    Ok(map["seats"]
+        .as_array()
+        .map(|seats| {
+            seats
+                .iter()
+                .filter(|s| s["status"] == "available")
+                .filter_map(|s| s["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 async fn backoff(ctx: &Ctx, res: &reqwest::Response) {
