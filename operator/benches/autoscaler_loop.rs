@@ -13,7 +13,6 @@
 #[path = "../tests/reconciler_support/mod.rs"]
 mod reconciler_support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
@@ -21,7 +20,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use reconciler_support::{create_secrets, event, install_crd, replicas, strip_finalizers};
+use reconciler_support::{OperatorProcess, create_secrets, event, install_crd, replicas, strip_finalizers};
 use redis::AsyncCommands;
 use tiketi_e2e::{TestNamespace, free_port, kube_client, stack_env, unique, wait_until};
 use tiketi_operator::crd::TicketingEvent;
@@ -29,50 +28,7 @@ use tiketi_shared::keys::EventKeys;
 
 const POLL: Duration = Duration::from_secs(1);
 
-struct OperatorProcess(Child);
-
-impl OperatorProcess {
-    fn start(ns: &str, port: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_tiketi-operator"))
-            .args([
-                "run",
-                "--namespace",
-                ns,
-                "--leader-election",
-                "false",
-                "--log-format",
-                "json",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    /// Resident set (VmRSS) and its peak (VmHWM), in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const OPERATOR: &str = env!("CARGO_BIN_EXE_tiketi-operator");
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -117,7 +73,7 @@ async fn reaction(client: &Client, redis_url: &str) {
         });
     });
     api.create(&PostParams::default(), &tev).await.unwrap();
-    let op = OperatorProcess::start(&ns.name, free_port().unwrap());
+    let op = OperatorProcess::start(OPERATOR, &ns.name, free_port().unwrap(), "warn");
     wait_until("the event's Deployments", Duration::from_secs(60), || async {
         Ok(deployments.get_opt("reaction-queue").await?.is_some())
     })
@@ -234,7 +190,7 @@ async fn memory(client: &Client) {
     let ns = TestNamespace::create(client, "bench-memory").await.unwrap();
     create_secrets(client, &ns.name).await.unwrap();
     let port = free_port().unwrap();
-    let op = OperatorProcess::start(&ns.name, port);
+    let op = OperatorProcess::start(OPERATOR, &ns.name, port, "warn");
     let _ = metrics(port).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle_rss, _) = op.memory_kib();

@@ -5,7 +5,6 @@
 
 mod reconciler_support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -335,53 +334,7 @@ async fn a_paused_redis_never_scales_in_falls_back_and_recovers() {
     teardown(&client, ns, op).await.unwrap();
 }
 
-/// The operator binary as a child process (so it can be SIGKILLed), scoped to one namespace.
-struct OperatorProcess {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl OperatorProcess {
-    fn start(ns: &str, metrics_port: u16) -> Self {
-        let log = std::env::temp_dir().join(unique("tiketi-operator-log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_tiketi-operator"))
-            .args([
-                "run",
-                "--namespace",
-                ns,
-                "--leader-election",
-                "false",
-                "--log-format",
-                "text",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL: no clean-up, no Lease release
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "operator log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+const OPERATOR: &str = env!("CARGO_BIN_EXE_tiketi-operator");
 
 #[tokio::test]
 async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
@@ -400,7 +353,7 @@ async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
     )
     .await
     .unwrap();
-    let first = OperatorProcess::start(&ns.name, free_port().unwrap());
+    let first = OperatorProcess::start(OPERATOR, &ns.name, free_port().unwrap(), "info,kube=warn");
     on_sale_and_healthy(&api, "restart").await;
     set_queue(&mut conn, &eid, 100).await;
     wait_replicas(&deployments, "restart", 3, Duration::from_secs(10)).await;
@@ -419,7 +372,7 @@ async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
     // The surge grows while no operator runs; the replacement must wait out the cooldown.
     set_queue(&mut conn, &eid, 300).await;
     let port = free_port().unwrap();
-    let second = OperatorProcess::start(&ns.name, port);
+    let second = OperatorProcess::start(OPERATOR, &ns.name, port, "info,kube=warn");
     let started = Utc::now();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -209,3 +209,69 @@ pub async fn events_of(client: &Client, ns: &str, name: &str) -> Result<Vec<(Str
         })
         .collect())
 }
+
+/// The operator binary as a child process scoped to one namespace, leader election off (so it
+/// can be SIGKILLed, and its memory read). Its log is printed if the test panics.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `binary` (`env!("CARGO_BIN_EXE_tiketi-operator")` of the caller) with /metrics on
+    /// `metrics_port` and `RUST_LOG=rust_log`.
+    pub fn start(binary: &str, ns: &str, metrics_port: u16, rust_log: &str) -> Self {
+        let log = std::env::temp_dir().join(tiketi_e2e::unique("tiketi-operator-log"));
+        let child = std::process::Command::new(binary)
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--leader-election",
+                "false",
+                "--log-format",
+                "text",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("RUST_LOG", rust_log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    /// SIGKILL: no clean-up, no Lease release.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Resident set (VmRSS) and its peak (VmHWM), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "operator log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
