@@ -402,12 +402,24 @@ async fn read_secret_key(
 /// The scaler kind (bounded metric label, and whether a cooldown starts) of a decision reason.
 pub fn kind_of(reason: Reason) -> &'static str {
     match reason {
-        Reason::StepAbove => kinds::SCALE_OUT,
-        Reason::BelowThreshold => kinds::SCALE_IN,
+        Reason::StepAbove | Reason::CapacityNeed => kinds::SCALE_OUT,
+        Reason::BelowThreshold | Reason::NeedFell => kinds::SCALE_IN,
         Reason::StaleFallback => kinds::FALLBACK,
         Reason::MaxLowered => kinds::MAX_LOWERED,
         _ => kinds::SCHEDULE,
     }
+}
+
+/// The sizing fields of a component's status this loop owns: `need`, `prewarmReplicas` and the
+/// `needHistory` that carries the stabilization window across restarts (null: removed).
+fn component_sizing(planned: &crate::autoscaler::plan::Planned) -> serde_json::Value {
+    let d = &planned.decision;
+    let history: Vec<crate::crd::NeedMark> = d.memory.need_marks.iter().map(|m| m.to_status()).collect();
+    serde_json::json!({
+        "need": d.need,
+        "prewarmReplicas": planned.prewarm,
+        "needHistory": if history.is_empty() { None } else { Some(history) },
+    })
 }
 
 /// Decides and applies one event; returns its updated state.
@@ -488,6 +500,7 @@ async fn handle(
 
     let mut health: Vec<(Component, SignalHealth)> = Vec::new();
     let mut below: BTreeMap<Component, Option<DateTime<Utc>>> = BTreeMap::new();
+    let mut sizing: BTreeMap<Component, serde_json::Value> = BTreeMap::new();
     for c in Component::ALL {
         let mut entry = ctx.scaler.book().lock(tev, c).await;
         let memory: Option<Memory> = entry.memory.clone();
@@ -533,6 +546,7 @@ async fn handle(
             entry.memory = Some(d.memory.clone());
         }
         below.insert(c, d.memory.below_since);
+        sizing.insert(c, component_sizing(&planned));
         health.push((c, d.health.clone()));
     }
     if health.is_empty() {
@@ -625,8 +639,15 @@ async fn handle(
     if let Some(t) = st.sold_out_at.or(status.sold_out_at) {
         body.insert("soldOutAt".into(), serde_json::json!(t));
     }
+    if let Some(v) = last.map(|s| s.pre_queue_depth) {
+        body.insert("preQueueDepth".into(), v.into());
+    }
     for (c, b) in &below {
-        body.insert(c.as_str().into(), serde_json::json!({ "belowSince": b }));
+        let mut fields = serde_json::json!({ "belowSince": b });
+        if let (Some(serde_json::Value::Object(extra)), Some(m)) = (sizing.get(c), fields.as_object_mut()) {
+            m.extend(extra.clone());
+        }
+        body.insert(c.as_str().into(), fields);
     }
     let urgent = serde_json::json!({
         "healthy": healthy,

@@ -222,6 +222,13 @@ pub struct PrewarmSpec {
     #[serde(default = "default_hold_for")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub hold_for: String,
+    /// How much the crowd is expected to grow beyond the pre-queue (1-100, default 1.5). While
+    /// PreWarming, a component with a `scaling.capacity` keeps at least the replicas that
+    /// `preQueueDepth × expectedGrowth` needs (for a component scaled on activeUsers, at most
+    /// `queue.admission.maxActive` of that crowd), re-evaluated every poll as the pre-queue grows.
+    #[serde(default = "default_expected_growth")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub expected_growth: f64,
     /// Queue replicas at onSaleAt.
     pub queue: PrewarmTarget,
     /// Reservation replicas at onSaleAt.
@@ -236,6 +243,9 @@ fn default_ramp_steps() -> u32 {
 }
 fn default_hold_for() -> String {
     "15m".into()
+}
+fn default_expected_growth() -> f64 {
+    1.5
 }
 
 /// Replicas one component reaches by the end of pre-warm.
@@ -445,6 +455,47 @@ pub struct ScalingPolicy {
     /// What to hold when signals are stale or missing.
     #[serde(default)]
     pub fallback: Fallback,
+    /// What one Ready replica serves. When set, the autoscaler scales to the need
+    /// `ceil(signal × (1 + headroomPercent/100) / perReplica)`: straight to it on the way out (no
+    /// cooldown: the need is measured, not guessed), steps add at most one step past it, and
+    /// scale-in goes down to the highest need of the last `scaleIn.stabilizationWindow` (as many
+    /// replicas at once as that allows, after `scaleIn.cooldown`); `scaleIn.when`/`remove` are then
+    /// not used. Unset: the step rules alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// What one Ready replica of a component serves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.signal == 'prometheus' ? has(self.query) : !has(self.query)")
+    .message("query is required when signal is prometheus, and only then"))]
+pub struct Capacity {
+    /// The signal one replica serves a share of: queueDepth (waiting users, for the queue),
+    /// activeUsers (admitted users, for reservation), preQueueDepth or prometheus.
+    pub signal: SignalKind,
+    /// The PromQL instant query when signal is prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub query: Option<String>,
+    /// Signal units one Ready replica serves, e.g. 2500 waiting users (at least 0.001).
+    #[schemars(range(min = 0.001))]
+    pub per_replica: f64,
+    /// Spare capacity on top of the signal, in percent (0-400, default 20).
+    #[serde(default = "default_headroom_percent")]
+    #[schemars(range(min = 0, max = 400))]
+    #[schemars(with = "i32")]
+    pub headroom_percent: u32,
+}
+
+impl Capacity {
+    pub fn signal(&self) -> Signal {
+        resolve_signal(self.signal, self.query.as_ref())
+    }
+}
+
+fn default_headroom_percent() -> u32 {
+    20
 }
 
 impl Default for ScalingPolicy {
@@ -454,6 +505,7 @@ impl Default for ScalingPolicy {
             scale_out: ScaleOut::default(),
             scale_in: ScaleIn::default(),
             fallback: Fallback::default(),
+            capacity: None,
         }
     }
 }
@@ -523,6 +575,9 @@ pub enum SignalKind {
     /// Users waiting in the event's queue (ZCARD of tiketi:{<event>}:queue).
     #[serde(rename = "queueDepth")]
     QueueDepth,
+    /// Users in the event's pre-queue before the on-sale (ZCARD of tiketi:{<event>}:prequeue).
+    #[serde(rename = "preQueueDepth")]
+    PreQueueDepth,
     /// Admitted users whose admission has not expired.
     #[serde(rename = "activeUsers")]
     ActiveUsers,
@@ -535,6 +590,7 @@ pub enum SignalKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {
     QueueDepth,
+    PreQueueDepth,
     ActiveUsers,
     Prometheus(String),
 }
@@ -543,6 +599,7 @@ impl std::fmt::Display for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::QueueDepth => f.write_str("queueDepth"),
+            Self::PreQueueDepth => f.write_str("preQueueDepth"),
             Self::ActiveUsers => f.write_str("activeUsers"),
             Self::Prometheus(q) => write!(f, "prometheus({q})"),
         }
@@ -552,6 +609,7 @@ impl std::fmt::Display for Signal {
 fn resolve_signal(kind: SignalKind, query: Option<&String>) -> Signal {
     match kind {
         SignalKind::QueueDepth => Signal::QueueDepth,
+        SignalKind::PreQueueDepth => Signal::PreQueueDepth,
         SignalKind::ActiveUsers => Signal::ActiveUsers,
         SignalKind::Prometheus => Signal::Prometheus(query.cloned().unwrap_or_default()),
     }
@@ -820,6 +878,9 @@ pub struct TicketingEventStatus {
     /// Admitted users whose admission had not expired at signalsObservedAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_users: Option<i64>,
+    /// Users in the pre-queue (joined before the on-sale) at signalsObservedAt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_queue_depth: Option<i64>,
     /// When the signals were last read successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals_observed_at: Option<DateTime<Utc>>,
@@ -904,10 +965,35 @@ pub struct ComponentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub last_scale_reason: Option<String>,
-    /// Since when the scale-in signal has been continuously below its threshold (stabilization
-    /// evidence; absent while it is not).
+    /// Stabilization evidence. Without a capacity: since when the scale-in signal has been
+    /// continuously below its threshold (absent while it is not). With a capacity: since when the
+    /// need has been read without the signals turning unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below_since: Option<DateTime<Utc>>,
+    /// Replicas the capacity rule needs now (`scaling.capacity`), before the floor and max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub need: Option<i32>,
+    /// The pre-warm floor sized from the crowd while PreWarming (preQueueDepth × expectedGrowth,
+    /// or the admission cap for a component scaled on activeUsers); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prewarm_replicas: Option<i32>,
+    /// The highest needs of the stabilization window, oldest first, each with when it was seen
+    /// (a decreasing staircase, at most 16 marks): scale-in goes no lower than the highest one
+    /// inside the window, and a restarted operator or a new leader keeps the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub need_history: Option<Vec<NeedMark>>,
+}
+
+/// One mark of the need history.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NeedMark {
+    /// When the need was seen.
+    pub at: DateTime<Utc>,
+    /// Replicas needed then.
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
 }
 
 /// One scaling decision, as shown in status.recentDecisions.

@@ -1,6 +1,6 @@
 //! Reads every event's scaling signals from Redis in one pipelined round trip per tick.
 //!
-//! Per event the pipeline holds `ZCARD queue`, `ZCOUNT active <now-ms> +inf`, `EXISTS sold-out`
+//! Per event the pipeline holds `ZCARD queue`, `ZCARD prequeue`, `ZCOUNT active <now-ms> +inf`, `EXISTS sold-out`
 //! and `HMGET counts sold held available total` — keys from [`tiketi_shared::keys::EventKeys`]
 //! only. On a single Redis (or a replication group behind one endpoint) that is one pipeline for
 //! all events; in cluster mode a pipeline may only touch one hash slot, so commands are grouped per
@@ -26,7 +26,7 @@ use tiketi_shared::keys::EventKeys;
 use crate::autoscaler::{Samples, Signal, SignalFailure};
 
 /// Commands the pipeline sends per event.
-pub const COMMANDS_PER_EVENT: usize = 4;
+pub const COMMANDS_PER_EVENT: usize = 5;
 
 /// Cluster slot groups sent at once.
 const CLUSTER_CONCURRENCY: usize = 64;
@@ -90,6 +90,8 @@ pub struct Counts {
 pub struct EventSignals {
     /// ZCARD of the waiting queue.
     pub queue_depth: u64,
+    /// ZCARD of the pre-queue (users who joined before the on-sale).
+    pub pre_queue_depth: u64,
     /// Admitted users whose admission expires at or after `observed_at`.
     pub active_users: u64,
     /// The sold-out flag is set.
@@ -112,9 +114,11 @@ pub fn samples(reading: &Result<EventSignals, SignalError>) -> Samples {
     match reading {
         Ok(s) => Samples::new()
             .ok(Signal::QueueDepth, s.queue_depth as f64, s.observed_at)
+            .ok(Signal::PreQueueDepth, s.pre_queue_depth as f64, s.observed_at)
             .ok(Signal::ActiveUsers, s.active_users as f64, s.observed_at),
         Err(e) => Samples::new()
             .failed(Signal::QueueDepth, e.failure())
+            .failed(Signal::PreQueueDepth, e.failure())
             .failed(Signal::ActiveUsers, e.failure()),
     }
 }
@@ -285,6 +289,7 @@ fn pipeline<'a>(events: impl Iterator<Item = &'a str>, now: DateTime<Utc>) -> Pi
     for e in events {
         let k = EventKeys::new(e);
         pipe.zcard(k.queue())
+            .zcard(k.prequeue())
             .zcount(k.active(), now_ms, "+inf")
             .exists(k.sold_out())
             .hmget(k.counts(), &["sold", "held", "available", "total"]);
@@ -318,7 +323,7 @@ fn decode_all<'a>(
 }
 
 fn decode_event(chunk: &[Value], now: DateTime<Utc>) -> Result<EventSignals, SignalError> {
-    let [zcard, zcount, exists, counts] = chunk else {
+    let [zcard, zcard_pre, zcount, exists, counts] = chunk else {
         return Err(SignalError::Decode {
             command: "pipeline",
             reply: format!("{} replies", chunk.len()),
@@ -335,6 +340,7 @@ fn decode_event(chunk: &[Value], now: DateTime<Utc>) -> Result<EventSignals, Sig
         }
     };
     let queue_depth = int("ZCARD", zcard)?;
+    let pre_queue_depth = int("ZCARD prequeue", zcard_pre)?;
     let active_users = int("ZCOUNT", zcount)?;
     let sold_out = int("EXISTS", exists)? > 0;
     let counts = match counts {
@@ -374,6 +380,7 @@ fn decode_event(chunk: &[Value], now: DateTime<Utc>) -> Result<EventSignals, Sig
     };
     Ok(EventSignals {
         queue_depth,
+        pre_queue_depth,
         active_users,
         sold_out,
         counts,
@@ -468,6 +475,7 @@ mod tests {
         let now = Utc::now();
         let chunk = [
             Value::Int(8_000),
+            Value::Int(300),
             Value::Int(1_500),
             Value::Int(1),
             Value::Array(vec![
@@ -478,7 +486,10 @@ mod tests {
             ]),
         ];
         let s = decode_event(&chunk, now).unwrap();
-        assert_eq!((s.queue_depth, s.active_users, s.sold_out), (8_000, 1_500, true));
+        assert_eq!(
+            (s.queue_depth, s.pre_queue_depth, s.active_users, s.sold_out),
+            (8_000, 300, 1_500, true)
+        );
         assert_eq!(
             s.counts,
             Counts {
@@ -498,6 +509,7 @@ mod tests {
             Value::Int(1),
             Value::Int(0),
             Value::Int(0),
+            Value::Int(0),
             Value::Array(vec![Value::Nil; 4]),
         ];
         let bad = [
@@ -505,6 +517,7 @@ mod tests {
                 b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
             )
             .unwrap(),
+            Value::Int(0),
             Value::Int(0),
             Value::Int(0),
             Value::Array(vec![Value::Nil; 4]),

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use tiketi_operator::autoscaler::{
-    Direction, Fallback, Inputs, Memory, Policy, Reason, Samples, ScaleIn, ScaleOut, Signal, SignalFailure,
-    SignalHealth, Step, decide,
+    Capacity, Direction, Fallback, Inputs, Memory, Policy, Reason, Samples, ScaleIn, ScaleOut, Signal,
+    SignalFailure, SignalHealth, Step, decide,
 };
 
 fn epoch() -> DateTime<Utc> {
@@ -30,9 +30,10 @@ fn policy() -> impl Strategy<Value = Policy> {
         (100.0..10_000.0f64, 1u32..4, 0u64..600, 0u64..900, any::<bool>()),
         (1u64..60, 1u32..30),
         1u64..5,
+        prop::option::of((100.0..5_000.0f64, 0.0..1.0f64)),
     )
         .prop_map(
-            |(mut steps, out_cd, max_step, (below, remove, window, in_cd, allow), (stale, fb), poll)| {
+            |(mut steps, out_cd, max_step, (below, remove, window, in_cd, allow), (stale, fb), poll, capacity)| {
                 steps.sort_by(|a, b| a.0.total_cmp(&b.0));
                 steps.dedup_by(|a, b| a.0 == b.0);
                 let steps = steps
@@ -63,6 +64,11 @@ fn policy() -> impl Strategy<Value = Policy> {
                         after_stale: Duration::from_secs(stale),
                         replicas: fb,
                     },
+                    capacity: capacity.map(|(per_replica, headroom)| Capacity {
+                        signal: Signal::QueueDepth,
+                        per_replica,
+                        headroom,
+                    }),
                 }
             },
         )
@@ -78,6 +84,8 @@ struct Tick {
     floor: u32,
     max: u32,
     on_sale: bool,
+    /// The crowd-sized pre-warm floor (0: none).
+    prewarm: u32,
 }
 
 fn tick() -> impl Strategy<Value = Tick> {
@@ -91,8 +99,9 @@ fn tick() -> impl Strategy<Value = Tick> {
         prop_oneof![5 => Just(2u32), 1 => 1u32..30],
         prop_oneof![5 => Just(60u32), 1 => 1u32..80],
         any::<bool>(),
+        prop_oneof![4 => Just(0u32), 1 => 1u32..40],
     )
-        .prop_map(|(gap_ms, reading, floor, max, on_sale)| Tick { gap_ms, reading, floor, max, on_sale })
+        .prop_map(|(gap_ms, reading, floor, max, on_sale, prewarm)| Tick { gap_ms, reading, floor, max, on_sale, prewarm })
 }
 
 fn samples_for(t: &Tick, now: DateTime<Utc>) -> Samples {
@@ -116,6 +125,8 @@ struct Record {
     history: Vec<(DateTime<Utc>, Option<f64>)>,
     last_out: Option<DateTime<Utc>>,
     last_in: Option<DateTime<Utc>>,
+    /// With a capacity: (tick time, need) of every fresh reading, with the pre-warm floor.
+    needs: Vec<(DateTime<Utc>, u32)>,
 }
 
 fn since(a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
@@ -140,9 +151,14 @@ proptest! {
             let fresh = t.reading.filter(|&(_, age)| Duration::from_millis(age as u64) <= freshness).map(|(v, _)| v);
             let observed = t.reading.map_or(now, |(_, age)| now - chrono::Duration::milliseconds(age));
             rec.history.push((observed, fresh));
-            let inputs = Inputs { floor: t.floor, max: t.max, current, on_sale: t.on_sale, samples: &samples, memory: &memory, now };
+            let inputs = Inputs { floor: t.floor, prewarm: t.prewarm, max: t.max, current, on_sale: t.on_sale, samples: &samples, memory: &memory, now };
             let d = decide(&policy, &inputs);
-            let lo = t.floor.min(t.max);
+            let lo = t.floor.max(t.prewarm).min(t.max);
+            let need = policy.capacity.as_ref().and_then(|c| fresh.and_then(|v| c.need(v)));
+            if let Some(n) = need {
+                rec.needs.push((now, n.max(t.prewarm)));
+            }
+            prop_assert_eq!(d.need, need, "need reported");
             let base = current.clamp(lo, t.max);
 
             // Replicas always within [floor, max].
@@ -155,6 +171,37 @@ proptest! {
                 std::cmp::Ordering::Equal => Direction::Hold,
             };
             prop_assert_eq!(d.direction, expected);
+
+            // With a capacity, replicas never go above the need plus one step (or the floor, or
+            // the fallback, or where they already were).
+            if let Some(cap) = &policy.capacity {
+                let step = policy.scale_out.steps.iter().map(|s| {
+                    let inc = s.increment(base);
+                    policy.scale_out.max_step.map_or(inc, |m| inc.min(m))
+                }).max().unwrap_or(0);
+                let ceiling = need.map_or(0, |n| n.saturating_add(step)).max(lo).max(base)
+                    .max(if d.reason == Reason::StaleFallback { policy.fallback.replicas } else { 0 });
+                prop_assert!(d.desired <= ceiling.min(t.max).max(lo),
+                    "{} above need {:?} + step {step} (base {base}, {:?}, per {})", d.desired, need, d.reason, cap.per_replica);
+                if d.reason == Reason::CapacityNeed {
+                    prop_assert_eq!(Some(d.desired), need.map(|n| n.min(t.max)), "capacity scale-out not to the need");
+                }
+                // Down to the need only: never below the highest need of the window, never on stale data.
+                if d.reason == Reason::NeedFell {
+                    prop_assert!(fresh.is_some(), "NeedFell on stale data");
+                    let window = policy.scale_in.stabilization_window;
+                    let highest = rec.needs.iter().filter(|(at, _)| since(*at, now) < window).map(|n| n.1).max().unwrap_or(0);
+                    prop_assert!(d.desired >= highest.min(t.max).max(lo), "{} below the window's need {highest}", d.desired);
+                    let last_any = rec.last_out.max(rec.last_in);
+                    if let Some(last) = last_any {
+                        prop_assert!(now > last && since(last, now) >= policy.scale_in.cooldown, "scale-in inside the cooldown");
+                    }
+                    rec.last_in = Some(now);
+                }
+                if d.reason == Reason::CapacityNeed {
+                    rec.last_out = Some(now);
+                }
+            }
 
             // No scale-out inside the cooldown.
             if d.reason == Reason::StepAbove {
@@ -210,9 +257,9 @@ proptest! {
                 rec.last_in = Some(now);
             }
             if d.direction == Direction::Down {
-                let allowed = matches!(d.reason, Reason::BelowThreshold | Reason::MaxLowered | Reason::StaleFallback);
+                let allowed = matches!(d.reason, Reason::BelowThreshold | Reason::NeedFell | Reason::MaxLowered | Reason::StaleFallback);
                 prop_assert!(allowed, "down for {:?}", d.reason);
-                if d.reason != Reason::BelowThreshold {
+                if !matches!(d.reason, Reason::BelowThreshold | Reason::NeedFell) {
                     prop_assert_eq!(d.desired, t.max, "only a lowered max may cut replicas without the rule");
                 }
             }
@@ -234,7 +281,7 @@ proptest! {
         let policy = Policy::default();
         let samples = Samples::new().ok(Signal::QueueDepth, value, at(1_000_000));
         let memory = Memory { last_scale_out: Some(at(1_000_000 - since_out * 1000)), ..Memory::default() };
-        let d = decide(&policy, &Inputs { floor, max: 100, current, on_sale: false, samples: &samples, memory: &memory, now: at(1_000_000) });
+        let d = decide(&policy, &Inputs { floor, prewarm: 0, max: 100, current, on_sale: false, samples: &samples, memory: &memory, now: at(1_000_000) });
         prop_assert!(d.desired >= floor);
     }
 
@@ -246,7 +293,7 @@ proptest! {
         let now = at(1_000_000);
         let samples = Samples::new().failed(Signal::QueueDepth, SignalFailure { reason: "Timeout", message: "t".into() });
         let memory = Memory { stale_since: Some(now - chrono::Duration::seconds(stale_for as i64)), ..Memory::default() };
-        let d = decide(&policy, &Inputs { floor: 1, max: 100, current, on_sale: true, samples: &samples, memory: &memory, now });
+        let d = decide(&policy, &Inputs { floor: 1, prewarm: 0, max: 100, current, on_sale: true, samples: &samples, memory: &memory, now });
         let due = Duration::from_secs(stale_for) >= policy.fallback.after_stale;
         let want = if due { current.max(policy.fallback.replicas) } else { current };
         prop_assert_eq!(d.desired, want);

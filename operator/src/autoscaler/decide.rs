@@ -85,6 +85,49 @@ pub struct Memory {
     /// When the signals became unhealthy (error, missing or stale); None while healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_since: Option<DateTime<Utc>>,
+    /// With a capacity: the highest needs of the stabilization window, oldest first, strictly
+    /// decreasing (each the highest need seen from its time on), at most [`MAX_NEED_MARKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub need_marks: Vec<NeedMark>,
+}
+
+/// One mark of the need history: `need` replicas were needed at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NeedMark {
+    pub at: DateTime<Utc>,
+    pub need: u32,
+}
+
+/// Bound of the need history (it lives in status): past it the two oldest marks merge into one
+/// that keeps the higher need until the later time, which can only hold replicas longer.
+pub const MAX_NEED_MARKS: usize = 16;
+
+impl Memory {
+    /// Records `need` seen at `now` and forgets marks older than `window`.
+    pub fn record_need(&mut self, need: u32, now: DateTime<Utc>, window: Duration) {
+        let marks = &mut self.need_marks;
+        marks.retain(|m| format::since(m.at, now) < window);
+        while marks.last().is_some_and(|m| m.need <= need) {
+            marks.pop();
+        }
+        marks.push(NeedMark { at: now, need });
+        while marks.len() > MAX_NEED_MARKS {
+            let first = marks.remove(0);
+            if let Some(next) = marks.first_mut() {
+                next.need = next.need.max(first.need);
+            }
+        }
+    }
+
+    /// The highest need recorded within `window` of `now`.
+    pub fn window_need(&self, now: DateTime<Utc>, window: Duration) -> Option<u32> {
+        self.need_marks
+            .iter()
+            .filter(|m| format::since(m.at, now) < window)
+            .map(|m| m.need)
+            .max()
+    }
 }
 
 /// Everything besides the policy that a decision depends on.
@@ -103,6 +146,10 @@ pub struct Inputs<'a> {
     pub samples: &'a Samples,
     pub memory: &'a Memory,
     pub now: DateTime<Utc>,
+    /// The pre-warm floor sized from the crowd (preQueueDepth × expectedGrowth), 0 when none. It
+    /// raises the floor like the schedule's pre-warm and enters the need history, so the window
+    /// right after the on-sale does not scale in below it.
+    pub prewarm: u32,
 }
 
 /// Which way a decision moves replicas.
@@ -140,6 +187,10 @@ pub enum Reason {
     StepAbove,
     /// The scale-in signal stayed below its threshold for the window and the cooldown had passed.
     BelowThreshold,
+    /// The capacity need is above the replicas: straight to it.
+    CapacityNeed,
+    /// The highest need of the stabilization window is below the replicas: down to it.
+    NeedFell,
     /// The schedule floor (pre-warm, minReplicas) is above the current replicas; applied at once.
     FloorRaised,
     /// `maxReplicas` is below the current replicas; applied at once.
@@ -150,6 +201,8 @@ pub enum Reason {
     ScaleOutCooldown,
     /// A step matched but replicas are already at max.
     AtMaxReplicas,
+    /// A step matched but replicas are already one step past the capacity need.
+    StepPastNeed,
     /// Below the scale-in threshold, but not yet for the whole window.
     Stabilizing,
     /// Scale-in is due but the cooldown since the last scaling has not passed.
@@ -165,9 +218,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Self::StepAbove,
         Self::BelowThreshold,
+        Self::CapacityNeed,
+        Self::NeedFell,
+        Self::StepPastNeed,
         Self::FloorRaised,
         Self::MaxLowered,
         Self::StaleFallback,
@@ -186,6 +242,9 @@ impl Reason {
         match self {
             Self::StepAbove => "StepAbove",
             Self::BelowThreshold => "BelowThreshold",
+            Self::CapacityNeed => "CapacityNeed",
+            Self::NeedFell => "NeedFell",
+            Self::StepPastNeed => "StepPastNeed",
             Self::FloorRaised => "FloorRaised",
             Self::MaxLowered => "MaxLowered",
             Self::StaleFallback => "StaleFallback",
@@ -231,6 +290,8 @@ pub struct Decision {
     pub health: SignalHealth,
     /// Memory to store (in status) for the next decision.
     pub memory: Memory,
+    /// With a capacity and a fresh capacity signal: the replicas it needs now (unbounded).
+    pub need: Option<u32>,
 }
 
 impl Decision {
@@ -248,93 +309,206 @@ impl Decision {
 
 // === decide ===
 
-/// Scale-out candidate: the step that adds the most.
-struct Matched<'a> {
-    signal: &'a Signal,
-    value: f64,
-    above: f64,
-    target: u32,
-}
-
 /// Decides the replicas for one component. Pure: equal inputs give equal outputs.
 ///
-/// Order of the rules, each explained in DESIGN.md and issue 4:
-/// 1. bounds: `[min(floor, max), max]`; raising the floor or lowering max applies at once;
-/// 2. signal health: a signal the policy uses that is failing, missing or older than two poll
+/// The rules, each a function below, in the order they are consulted:
+/// 1. [`bounds`]: `[min(floor, max), max]`; raising the floor or lowering max applies at once;
+/// 2. [`health`]: a signal the policy uses that is failing, missing or older than two poll
 ///    intervals makes the signals unhealthy; unhealthy signals never scale in, and after
 ///    `fallback.afterStale` replicas are raised (never lowered) to `fallback.replicas`;
-/// 3. scale-out: the highest matching step per signal, the largest increment across signals,
-///    capped by max and the optional `maxStep`, once per `scaleOut.cooldown`;
-/// 4. scale-in: the signal observed below its threshold without a break for the whole
-///    stabilization window, `scaleIn.cooldown` since the last scaling of either direction, not
-///    while users are queued during the sale (unless allowed), never below the floor.
+/// 3. evidence for scale-in: [`track_need`] (with a capacity: the need history) or
+///    [`track_below_run`] (without: the unbroken run below `scaleIn.when`);
+/// 4. [`scale_out_candidate`]: the capacity need at once, and the highest matching step per
+///    signal (the largest increment across signals, once per `scaleOut.cooldown`; with a capacity
+///    never past the need plus one step);
+/// 5. [`scale_in_verdict`]: with a capacity down to the window's highest need; without, `remove`
+///    once the signal stayed below for the window; after `scaleIn.cooldown`, never below the floor.
 ///
 /// Floor, max and fallback changes do not start cooldowns: they are not reactions to load, and a
 /// pre-warm step right before on-sale must not delay the first surge step.
 pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
-    let Inputs {
+    let ctx = Ctx::new(policy, inputs);
+    let mut memory = inputs.memory.clone();
+    let health = health(&ctx, &mut memory);
+    let healthy = matches!(health, SignalHealth::Healthy);
+    let need = match &policy.capacity {
+        Some(cap) => track_need(&ctx, cap, healthy, &mut memory),
+        None => {
+            track_below_run(&ctx, &mut memory);
+            None
+        }
+    };
+    let fallback = FallbackRule::new(&ctx, &health);
+    let out = |d: Decision| Decision {
+        need,
+        ..fallback.apply(d, ctx.current)
+    };
+
+    if let Some(d) = scale_out_candidate(&ctx, need, &mut memory, &health) {
+        return out(d);
+    }
+    if let SignalHealth::Unhealthy { problems, .. } = &health {
+        let message = format!("{}; holding, no scale-in on stale data", problems.join("; "));
+        return out(bounds(&ctx, memory, health.clone(), Reason::SignalsUnhealthy, message));
+    }
+    out(scale_in_verdict(&ctx, need, memory, health))
+}
+
+/// The inputs with the bounds applied, and the helpers every rule shares.
+struct Ctx<'a> {
+    policy: &'a Policy,
+    floor: u32,
+    max: u32,
+    current: u32,
+    /// `current` within the bounds: what the rules start from.
+    base: u32,
+    on_sale: bool,
+    samples: &'a Samples,
+    now: DateTime<Utc>,
+    freshness: Duration,
+    prewarm: u32,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(policy: &'a Policy, inputs: &Inputs<'a>) -> Self {
+        let Inputs {
+            floor,
+            max,
+            current,
+            on_sale,
+            samples,
+            memory: _,
+            now,
+            prewarm,
+        } = *inputs;
+        let floor = floor.max(prewarm).min(max);
+        Self {
+            policy,
+            floor,
+            max,
+            current,
+            base: current.clamp(floor, max),
+            on_sale,
+            samples,
+            now,
+            freshness: policy.freshness(),
+            prewarm,
+        }
+    }
+
+    /// The sample of `signal` if it was read successfully within the freshness bound.
+    fn fresh(&self, signal: &Signal) -> Option<Sample> {
+        match self.samples.get(signal) {
+            Some(Ok(s)) if format::since(s.observed_at, self.now) <= self.freshness => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The waiting queue must be empty before a scale-in during the sale (step rules only: a
+    /// capacity need already counts the queue).
+    fn queue_check(&self) -> bool {
+        self.on_sale && !self.policy.scale_in.allow_while_queued && self.policy.capacity.is_none()
+    }
+
+    /// Remaining cooldown, None when a scaling is allowed now. At most one scaling per instant,
+    /// so deciding twice with the same inputs changes nothing the second time.
+    fn cooldown_left(&self, last: Option<DateTime<Utc>>, cooldown: Duration) -> Option<Duration> {
+        let last = last?;
+        let elapsed = format::since(last, self.now);
+        if self.now <= last {
+            Some(cooldown.max(Duration::from_millis(1)))
+        } else if elapsed < cooldown {
+            Some(cooldown.saturating_sub(elapsed))
+        } else {
+            None
+        }
+    }
+}
+
+// === rule: bounds ===
+
+/// The outcome of the bounds alone, used when no rule moves replicas: the floor raised or max
+/// lowered applies at once; otherwise a hold with `reason`.
+fn bounds(ctx: &Ctx<'_>, memory: Memory, health: SignalHealth, reason: Reason, message: String) -> Decision {
+    let Ctx {
         floor,
         max,
         current,
-        on_sale,
-        samples,
+        base,
+        ..
+    } = *ctx;
+    let (direction, reason, message) = match base.cmp(&current) {
+        std::cmp::Ordering::Greater => (
+            Direction::Up,
+            Reason::FloorRaised,
+            format!("floor {floor} > {current} replicas ({message})"),
+        ),
+        std::cmp::Ordering::Less => (
+            Direction::Down,
+            Reason::MaxLowered,
+            format!("maxReplicas {max} < {current} replicas ({message})"),
+        ),
+        std::cmp::Ordering::Equal => (Direction::Hold, reason, message),
+    };
+    Decision {
+        desired: base,
+        direction,
+        reason,
+        message,
+        health,
         memory,
-        now,
-    } = *inputs;
-    let floor = floor.min(max);
-    let base = current.clamp(floor, max);
-    let mut memory = memory.clone();
+        need: None,
+    }
+}
 
-    // --- signal health ---
-    let freshness = policy.freshness();
-    let mut needed = policy.signals();
-    let queue_check = on_sale && !policy.scale_in.allow_while_queued;
-    if queue_check && !needed.contains(&Signal::QueueDepth) {
+// === rule: signal health ===
+
+/// Every signal the decision needs is read, and fresh; else Unhealthy with each problem named.
+fn health(ctx: &Ctx<'_>, memory: &mut Memory) -> SignalHealth {
+    let mut needed = ctx.policy.signals();
+    if ctx.queue_check() && !needed.contains(&Signal::QueueDepth) {
         needed.push(Signal::QueueDepth);
     }
-    let fresh = |signal: &Signal| -> Option<Sample> {
-        match samples.get(signal) {
-            Some(Ok(s)) if format::since(s.observed_at, now) <= freshness => Some(*s),
-            _ => None,
-        }
-    };
     let mut problems = Vec::new();
     let mut failure_reason = "SignalMissing";
     for signal in &needed {
-        match samples.get(signal) {
+        match ctx.samples.get(signal) {
             None => problems.push(format!("{signal}: no reading")),
             Some(Err(f)) => {
                 failure_reason = f.reason;
                 problems.push(format!("{signal}: {}", f.message));
             }
-            Some(Ok(s)) if fresh(signal).is_none() => {
+            Some(Ok(s)) if ctx.fresh(signal).is_none() => {
                 failure_reason = "SignalStale";
                 problems.push(format!(
                     "{signal}: stale, last observed {} ago",
-                    format::duration(format::since(s.observed_at, now))
+                    format::duration(format::since(s.observed_at, ctx.now))
                 ));
             }
             Some(Ok(_)) => {}
         }
     }
-    let health = if problems.is_empty() {
+    if problems.is_empty() {
         memory.stale_since = None;
         SignalHealth::Healthy
     } else {
-        let since = *memory.stale_since.get_or_insert(now);
         SignalHealth::Unhealthy {
-            since,
+            since: *memory.stale_since.get_or_insert(ctx.now),
             reason: failure_reason,
-            problems: problems.clone(),
+            problems,
         }
-    };
-    let healthy = problems.is_empty();
+    }
+}
 
-    // --- stabilization evidence for scale-in ---
-    let rule = &policy.scale_in;
-    let gap_allowed = freshness.max(policy.fallback.after_stale);
-    let in_sample = fresh(&rule.signal);
-    match in_sample {
+// === rule: scale-in evidence ===
+
+/// Without a capacity: `belowSince`/`belowSeenAt` follow the unbroken run of fresh readings of
+/// the scale-in signal below its threshold; a gap longer than max(freshness, afterStale) (the
+/// operator was down) restarts it.
+fn track_below_run(ctx: &Ctx<'_>, memory: &mut Memory) {
+    let rule = &ctx.policy.scale_in;
+    let gap_allowed = ctx.freshness.max(ctx.policy.fallback.after_stale);
+    match ctx.fresh(&rule.signal) {
         Some(s) if s.value < rule.below => {
             let continues = matches!(
                 (memory.below_since, memory.below_seen_at),
@@ -350,58 +524,43 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
             memory.below_seen_at = None;
         }
     }
+}
 
-    // Outcome of the bounds alone, used when no rule fires.
-    let bounds_outcome = |memory: Memory, health: SignalHealth, reason: Reason, message: String| {
-        if base > current {
-            Decision {
-                desired: base,
-                direction: Direction::Up,
-                reason: Reason::FloorRaised,
-                message: format!("floor {floor} > {current} replicas ({message})"),
-                health,
-                memory,
-            }
-        } else if base < current {
-            Decision {
-                desired: base,
-                direction: Direction::Down,
-                reason: Reason::MaxLowered,
-                message: format!("maxReplicas {max} < {current} replicas ({message})"),
-                health,
-                memory,
-            }
-        } else {
-            Decision {
-                desired: base,
-                direction: Direction::Hold,
-                reason,
-                message,
-                health,
-                memory,
-            }
-        }
-    };
-    let one_per_instant = |last: Option<DateTime<Utc>>, cooldown: Duration| -> Option<Duration> {
-        // Remaining cooldown, None when a scaling is allowed now. At most one scaling per instant,
-        // so deciding twice with the same inputs changes nothing the second time.
-        let last = last?;
-        let elapsed = format::since(last, now);
-        if now <= last {
-            Some(cooldown.max(Duration::from_millis(1)))
-        } else if elapsed < cooldown {
-            Some(cooldown - elapsed)
-        } else {
-            None
-        }
-    };
+/// With a capacity: the need now (None when the capacity signal is not fresh or has no data),
+/// recorded in the need history together with the crowd-sized pre-warm floor. `belowSince` is
+/// the start of the evidence: the first decision since the signals were last unhealthy. The
+/// history survives restarts (it is in status) and unhealthy spells (it can only hold replicas).
+fn track_need(ctx: &Ctx<'_>, cap: &super::policy::Capacity, healthy: bool, memory: &mut Memory) -> Option<u32> {
+    let window = ctx.policy.scale_in.stabilization_window;
+    let need = ctx.fresh(&cap.signal).and_then(|s| cap.need(s.value));
+    if let Some(n) = need {
+        memory.record_need(n.max(ctx.prewarm), ctx.now, window);
+    }
+    if healthy && need.is_some() {
+        memory.below_since.get_or_insert(ctx.now);
+        memory.below_seen_at = Some(ctx.now);
+    } else {
+        memory.below_since = None;
+        memory.below_seen_at = None;
+    }
+    need
+}
 
-    // --- scale-out ---
-    let mut best: Option<Matched<'_>> = None;
-    // Per signal, the matching step with the highest threshold.
+// === rule: scale-out ===
+
+/// The best matching step: per signal the one with the highest threshold, across signals the
+/// one that adds the most.
+struct StepMatch<'a> {
+    signal: &'a Signal,
+    value: f64,
+    above: f64,
+    target: u32,
+}
+
+fn best_step<'a>(ctx: &Ctx<'a>, need: Option<u32>) -> Option<StepMatch<'a>> {
     let mut per_signal: BTreeMap<&Signal, (f64, &super::policy::Step)> = BTreeMap::new();
-    for step in &policy.scale_out.steps {
-        let Some(s) = fresh(&step.signal) else { continue };
+    for step in &ctx.policy.scale_out.steps {
+        let Some(s) = ctx.fresh(&step.signal) else { continue };
         if s.value > step.above {
             match per_signal.get(&step.signal) {
                 Some((_, prev)) if prev.above > step.above => {}
@@ -411,13 +570,18 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
             }
         }
     }
-    // Across signals, the step that adds the most.
+    let mut best: Option<StepMatch<'_>> = None;
     for (signal, (value, step)) in per_signal {
-        let inc = step.increment(base);
-        let inc = policy.scale_out.max_step.map_or(inc, |cap| inc.min(cap));
-        let target = base.saturating_add(inc).min(max);
+        let inc = step.increment(ctx.base);
+        let inc = ctx.policy.scale_out.max_step.map_or(inc, |cap| inc.min(cap));
+        // With a known need a step is a boost, not a ratchet: at most one step past the need.
+        let target = match need {
+            Some(n) => ctx.base.min(n).saturating_add(inc).max(n),
+            None => ctx.base.saturating_add(inc),
+        }
+        .min(ctx.max);
         if best.as_ref().is_none_or(|b| target > b.target) {
-            best = Some(Matched {
+            best = Some(StepMatch {
                 signal,
                 value,
                 above: step.above,
@@ -425,74 +589,198 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
             });
         }
     }
-    let fallback_due = match &health {
-        SignalHealth::Unhealthy { since, .. } => format::since(*since, now) >= policy.fallback.after_stale,
-        SignalHealth::Healthy => false,
-    };
-    let fallback_target = policy.fallback.replicas.min(max);
+    best
+}
 
-    if let Some(m) = best {
-        let what = format!(
+/// Scale-out, or a hold because a step matched (cooldown, at max, past the need): Some ends the
+/// decision; None lets the scale-in rules speak.
+fn scale_out_candidate(
+    ctx: &Ctx<'_>,
+    need: Option<u32>,
+    memory: &mut Memory,
+    health: &SignalHealth,
+) -> Option<Decision> {
+    let base = ctx.base;
+    let capacity = ctx.policy.capacity.as_ref();
+    let to_need = need.map(|n| n.min(ctx.max)).filter(|&t| t > base);
+    let step = best_step(ctx, need);
+    let step_what = step.as_ref().map(|m| {
+        format!(
             "{} {} > {}",
             m.signal,
             format::value(m.value),
             format::value(m.above)
-        );
-        if m.target <= base {
-            let d = bounds_outcome(
-                memory,
-                health,
-                Reason::AtMaxReplicas,
-                format!("{what}, already at maxReplicas {max}"),
-            );
-            return with_fallback(d, fallback_due, fallback_target, current);
+        )
+    });
+    let step_left = ctx.cooldown_left(memory.last_scale_out, ctx.policy.scale_out.cooldown);
+    let step_target = step
+        .as_ref()
+        .filter(|m| m.target > base && step_left.is_none())
+        .map(|m| m.target);
+
+    let capacity_target = to_need.filter(|&t| step_target.is_none_or(|s| t >= s));
+    if let (Some(target), Some(cap)) = (capacity_target, capacity) {
+        let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
+        let n = need.unwrap_or(target);
+        let mut message = format!("{} {} {}", cap.signal, format::value(value), cap.explain(n));
+        if target < n {
+            message.push_str(&format!(", capped at maxReplicas {}", ctx.max));
         }
-        if let Some(left) = one_per_instant(memory.last_scale_out, policy.scale_out.cooldown) {
-            let d = bounds_outcome(
-                memory,
-                health,
-                Reason::ScaleOutCooldown,
-                format!("{what}, scale-out cooldown has {} left", format::duration(left)),
-            );
-            return with_fallback(d, fallback_due, fallback_target, current);
-        }
-        memory.last_scale_out = Some(now);
-        let d = Decision {
-            desired: m.target,
+        memory.last_scale_out = Some(ctx.now);
+        return Some(Decision {
+            desired: target,
+            direction: Direction::Up,
+            reason: Reason::CapacityNeed,
+            message,
+            health: health.clone(),
+            memory: memory.clone(),
+            need,
+        });
+    }
+    if let (Some(target), Some(what)) = (step_target, &step_what) {
+        memory.last_scale_out = Some(ctx.now);
+        return Some(Decision {
+            desired: target,
             direction: Direction::Up,
             reason: Reason::StepAbove,
-            message: what,
-            health,
-            memory,
+            message: what.clone(),
+            health: health.clone(),
+            memory: memory.clone(),
+            need,
+        });
+    }
+    let (m, what) = (step?, step_what?);
+    if capacity.is_some() && m.target <= base && base < ctx.max {
+        // Already at or past the boosted need: the scale-in rule decides (it keeps the boost).
+        return None;
+    }
+    let (reason, message) = if m.target <= base && base >= ctx.max {
+        (
+            Reason::AtMaxReplicas,
+            format!("{what}, already at maxReplicas {}", ctx.max),
+        )
+    } else if m.target <= base {
+        let n = need.unwrap_or(base);
+        (
+            Reason::StepPastNeed,
+            format!("{what}, already one step past the need ({n})"),
+        )
+    } else {
+        let left = step_left.unwrap_or_default();
+        (
+            Reason::ScaleOutCooldown,
+            format!("{what}, scale-out cooldown has {} left", format::duration(left)),
+        )
+    };
+    Some(bounds(ctx, memory.clone(), health.clone(), reason, message))
+}
+
+// === rule: scale-in ===
+
+/// Scale-in, or the hold that explains why not. Only reached with healthy signals.
+fn scale_in_verdict(ctx: &Ctx<'_>, need: Option<u32>, memory: Memory, health: SignalHealth) -> Decision {
+    match &ctx.policy.capacity {
+        Some(cap) => scale_in_to_need(ctx, cap, need, memory, health),
+        None => scale_in_below_threshold(ctx, memory, health),
+    }
+}
+
+/// With a capacity: down to the highest need of the stabilization window, as many replicas at
+/// once as that allows, once the evidence covers the window and `scaleIn.cooldown` has passed.
+fn scale_in_to_need(
+    ctx: &Ctx<'_>,
+    cap: &super::policy::Capacity,
+    need: Option<u32>,
+    mut memory: Memory,
+    health: SignalHealth,
+) -> Decision {
+    let window = ctx.policy.scale_in.stabilization_window;
+    let Some(n) = need else {
+        let msg = format!("{}: no data, holding", cap.signal);
+        return bounds(ctx, memory, health, Reason::WithinThresholds, msg);
+    };
+    let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
+    let what = format!("{} {} {}", cap.signal, format::value(value), cap.explain(n));
+    let highest = memory.window_need(ctx.now, window).unwrap_or(n).max(n);
+    // A matching step keeps its boost (need + one step) while it matches, so scale-in and the
+    // step never take turns.
+    let boost = best_step(ctx, need).map(|m| (m.target, m.signal, m.value, m.above));
+    let target = highest
+        .max(boost.map_or(0, |b| b.0))
+        .max(ctx.floor)
+        .min(ctx.max);
+    if target >= ctx.base {
+        let (reason, msg) = if n >= ctx.base {
+            (Reason::WithinThresholds, format!("{what}, at {} replicas", ctx.base))
+        } else if let Some((_, signal, value, above)) = boost.filter(|b| b.0 >= ctx.base) {
+            let step = format!("{signal} {} > {}", format::value(value), format::value(above));
+            (
+                Reason::StepPastNeed,
+                format!("{step}, already one step past the need ({n})"),
+            )
+        } else if highest > ctx.floor {
+            let within = format::duration(window);
+            (
+                Reason::Stabilizing,
+                format!("{what}; {highest} needed within the last {within}"),
+            )
+        } else {
+            (Reason::AtFloor, format!("{what}, at the floor ({})", ctx.floor))
         };
-        return with_fallback(d, fallback_due, fallback_target, current);
+        return bounds(ctx, memory, health, reason, msg);
     }
-
-    // --- unhealthy: hold (and fall back) ---
-    if !healthy {
-        let d = bounds_outcome(
-            memory,
-            health,
-            Reason::SignalsUnhealthy,
-            format!("{}; holding, no scale-in on stale data", problems.join("; ")),
+    let observed = memory
+        .below_since
+        .map_or(Duration::ZERO, |since| format::since(since, ctx.now));
+    if observed < window {
+        let msg = format!(
+            "{what}; need observed for {} of {}",
+            format::duration(observed),
+            format::duration(window)
         );
-        return with_fallback(d, fallback_due, fallback_target, current);
+        return bounds(ctx, memory, health, Reason::Stabilizing, msg);
     }
+    let last_any = memory.last_scale_out.max(memory.last_scale_in);
+    if let Some(left) = ctx.cooldown_left(last_any, ctx.policy.scale_in.cooldown) {
+        let msg = format!("{what}, scale-in cooldown has {} left", format::duration(left));
+        return bounds(ctx, memory, health, Reason::ScaleInCooldown, msg);
+    }
+    memory.last_scale_in = Some(ctx.now);
+    let message = if target > n {
+        let why = if target == ctx.floor {
+            "the floor"
+        } else if boost.is_some_and(|b| b.0 == target) && target > highest {
+            "the need plus one step"
+        } else {
+            "the highest need of the window"
+        };
+        format!("{what}; down to {target}, {why}")
+    } else {
+        what
+    };
+    Decision {
+        desired: target,
+        direction: Direction::Down,
+        reason: Reason::NeedFell,
+        message,
+        health,
+        memory,
+        need,
+    }
+}
 
-    // --- scale-in ---
-    let Some(s) = in_sample else {
+/// Without a capacity: `remove` replicas once the signal stayed below `scaleIn.when` for the
+/// whole window, the cooldown has passed, and (during the sale) nobody waits in the queue.
+fn scale_in_below_threshold(ctx: &Ctx<'_>, mut memory: Memory, health: SignalHealth) -> Decision {
+    let rule = &ctx.policy.scale_in;
+    let Some(s) = ctx.fresh(&rule.signal) else {
         // Unreachable while healthy (the scale-in signal is among the needed ones), but a hold is
         // the safe answer anyway.
-        return bounds_outcome(
-            memory,
-            health,
-            Reason::SignalsUnhealthy,
-            "no scale-in reading".into(),
-        );
+        return bounds(ctx, memory, health, Reason::SignalsUnhealthy, "no scale-in reading".into());
     };
     if s.value.is_nan() || s.value >= rule.below {
         let msg = format!("{} {} within thresholds", rule.signal, format::value(s.value));
-        return bounds_outcome(memory, health, Reason::WithinThresholds, msg);
+        return bounds(ctx, memory, health, Reason::WithinThresholds, msg);
     }
     let what = format!(
         "{} {} < {}",
@@ -510,66 +798,84 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
             format::duration(stayed),
             format::duration(rule.stabilization_window)
         );
-        return bounds_outcome(memory, health, Reason::Stabilizing, msg);
+        return bounds(ctx, memory, health, Reason::Stabilizing, msg);
     }
     let what = format!("{what} for {}", format::duration(stayed));
-    if base <= floor {
-        return bounds_outcome(
-            memory,
-            health,
-            Reason::AtFloor,
-            format!("{what}, at the floor ({floor})"),
-        );
+    if ctx.base <= ctx.floor {
+        let msg = format!("{what}, at the floor ({})", ctx.floor);
+        return bounds(ctx, memory, health, Reason::AtFloor, msg);
     }
-    if queue_check {
-        let queued = fresh(&Signal::QueueDepth).map_or(f64::NAN, |q| q.value);
+    if ctx.queue_check() {
+        let queued = ctx.fresh(&Signal::QueueDepth).map_or(f64::NAN, |q| q.value);
         if queued.is_nan() || queued > 0.0 {
             let msg = format!(
                 "{what}, but {} users still queued during the sale",
                 format::value(queued)
             );
-            return bounds_outcome(memory, health, Reason::QueueNotEmpty, msg);
+            return bounds(ctx, memory, health, Reason::QueueNotEmpty, msg);
         }
     }
     let last_any = memory.last_scale_out.max(memory.last_scale_in);
-    if let Some(left) = one_per_instant(last_any, rule.cooldown) {
+    if let Some(left) = ctx.cooldown_left(last_any, rule.cooldown) {
         let msg = format!("{what}, scale-in cooldown has {} left", format::duration(left));
-        return bounds_outcome(memory, health, Reason::ScaleInCooldown, msg);
+        return bounds(ctx, memory, health, Reason::ScaleInCooldown, msg);
     }
-    memory.last_scale_in = Some(now);
+    memory.last_scale_in = Some(ctx.now);
     Decision {
-        desired: base.saturating_sub(rule.remove).max(floor),
+        desired: ctx.base.saturating_sub(rule.remove).max(ctx.floor),
         direction: Direction::Down,
         reason: Reason::BelowThreshold,
         message: what,
         health,
         memory,
+        need: None,
     }
 }
 
-/// Raises a decision to the fallback replicas when due; never lowers it.
-fn with_fallback(d: Decision, due: bool, target: u32, current: u32) -> Decision {
-    if !due || d.desired >= target {
-        return d;
+// === rule: fallback ===
+
+/// After `fallback.afterStale` of unhealthy signals, raise (never lower) to `fallback.replicas`.
+struct FallbackRule {
+    due: bool,
+    target: u32,
+}
+
+impl FallbackRule {
+    fn new(ctx: &Ctx<'_>, health: &SignalHealth) -> Self {
+        let due = match health {
+            SignalHealth::Unhealthy { since, .. } => {
+                format::since(*since, ctx.now) >= ctx.policy.fallback.after_stale
+            }
+            SignalHealth::Healthy => false,
+        };
+        Self {
+            due,
+            target: ctx.policy.fallback.replicas.min(ctx.max),
+        }
     }
-    let message = match &d.health {
-        SignalHealth::Unhealthy { problems, .. } => {
-            format!(
+
+    fn apply(&self, d: Decision, current: u32) -> Decision {
+        let target = self.target;
+        if !self.due || d.desired >= target {
+            return d;
+        }
+        let message = match &d.health {
+            SignalHealth::Unhealthy { problems, .. } => format!(
                 "signals unhealthy ({}); holding fallback {target} replicas",
                 problems.join("; ")
-            )
+            ),
+            SignalHealth::Healthy => format!("holding fallback {target} replicas"),
+        };
+        Decision {
+            desired: target,
+            direction: match target.cmp(&current) {
+                std::cmp::Ordering::Greater => Direction::Up,
+                std::cmp::Ordering::Less => Direction::Down,
+                std::cmp::Ordering::Equal => Direction::Hold,
+            },
+            reason: Reason::StaleFallback,
+            message,
+            ..d
         }
-        SignalHealth::Healthy => format!("holding fallback {target} replicas"),
-    };
-    Decision {
-        desired: target,
-        direction: match target.cmp(&current) {
-            std::cmp::Ordering::Greater => Direction::Up,
-            std::cmp::Ordering::Less => Direction::Down,
-            std::cmp::Ordering::Equal => Direction::Hold,
-        },
-        reason: Reason::StaleFallback,
-        message,
-        ..d
     }
 }

@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Fallback, Memory, Policy, ScaleIn, ScaleOut, Signal, Step};
+use super::decide::{MAX_NEED_MARKS, NeedMark};
+use super::{Capacity, Fallback, Memory, Policy, ScaleIn, ScaleOut, Signal, Step};
 use crate::crd;
 
 /// A `scaling:` block that passed the schema but cannot be used (a duration humantime refuses,
@@ -39,6 +40,7 @@ impl From<crd::Signal> for Signal {
     fn from(s: crd::Signal) -> Self {
         match s {
             crd::Signal::QueueDepth => Self::QueueDepth,
+            crd::Signal::PreQueueDepth => Self::PreQueueDepth,
             crd::Signal::ActiveUsers => Self::ActiveUsers,
             crd::Signal::Prometheus(query) => Self::Prometheus(query),
         }
@@ -54,6 +56,7 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
             scale_out,
             scale_in,
             fallback,
+            capacity,
         } = p;
         let crd::ScaleOut {
             steps,
@@ -117,12 +120,34 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
                 after_stale: crd::parse_duration("scaling.fallback.afterStale", after_stale)?,
                 replicas: non_negative("scaling.fallback.replicas", *replicas)?,
             },
+            capacity: capacity.as_ref().map(|c| {
+                let crd::Capacity {
+                    signal: _,
+                    query: _,
+                    per_replica,
+                    headroom_percent,
+                } = c;
+                Capacity {
+                    signal: c.signal().into(),
+                    per_replica: *per_replica,
+                    headroom: f64::from(*headroom_percent) / 100.0,
+                }
+            }),
         };
         let problems = policy.validate();
         if problems.is_empty() {
             Ok(policy)
         } else {
             Err(PolicyError::Invalid(problems))
+        }
+    }
+}
+
+impl NeedMark {
+    pub fn to_status(&self) -> crd::NeedMark {
+        crd::NeedMark {
+            at: self.at,
+            replicas: i32::try_from(self.need).unwrap_or(i32::MAX),
         }
     }
 }
@@ -146,6 +171,16 @@ impl Memory {
             below_since,
             below_seen_at: below_since.and(signals_observed_at.or(below_since)),
             stale_since: None,
+            need_marks: s
+                .need_history
+                .iter()
+                .flatten()
+                .take(MAX_NEED_MARKS)
+                .map(|m| NeedMark {
+                    at: m.at,
+                    need: u32::try_from(m.replicas).unwrap_or(0),
+                })
+                .collect(),
         }
     }
 
@@ -157,10 +192,12 @@ impl Memory {
             below_since,
             below_seen_at: _,
             stale_since: _,
+            need_marks,
         } = self;
         status.last_scale_out_time = *last_scale_out;
         status.last_scale_in_time = *last_scale_in;
         status.below_since = *below_since;
+        status.need_history = Some(need_marks.iter().map(NeedMark::to_status).collect());
     }
 }
 
@@ -243,6 +280,7 @@ fallback: {afterStale: 45s, replicas: 12}
             below_since: Some(t(3)),
             below_seen_at: Some(t(9)),
             stale_since: Some(t(4)),
+            need_marks: vec![NeedMark { at: t(5), need: 7 }, NeedMark { at: t(8), need: 3 }],
         };
         let mut status = crd::ComponentStatus::default();
         m.write_status(&mut status);

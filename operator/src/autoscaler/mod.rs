@@ -11,10 +11,11 @@ pub mod plan;
 mod policy;
 
 pub use decide::{
-    Decision, Direction, Inputs, Memory, Reason, Sample, Samples, SignalFailure, SignalHealth, decide,
+    Decision, Direction, Inputs, MAX_NEED_MARKS, Memory, NeedMark, Reason, Sample, Samples, SignalFailure,
+    SignalHealth, decide,
 };
 pub use from_crd::PolicyError;
-pub use policy::{Fallback, Policy, ScaleIn, ScaleOut, Signal, Step};
+pub use policy::{Capacity, Fallback, Policy, ScaleIn, ScaleOut, Signal, Step};
 
 #[cfg(test)]
 mod tests;

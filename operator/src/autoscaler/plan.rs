@@ -15,6 +15,8 @@ pub struct Planned {
     /// Replicas before the decision (status.<component>.desiredReplicas, else the floor).
     pub current: u32,
     pub decision: Decision,
+    /// The pre-warm floor sized from the crowd (PreWarming with a capacity and a pre-queue).
+    pub prewarm: Option<u32>,
 }
 
 impl Planned {
@@ -76,7 +78,12 @@ pub fn plan_component(
         Some(m) => m.clone(),
         None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at)),
     };
-    let decision = decide(
+    let crowd = match schedule.phase {
+        Phase::PreWarming => crowd_prewarm(tev, &policy, samples, now).map(|(n, why)| (n.min(max), why)),
+        _ => None,
+    };
+    let prewarm = crowd.as_ref().map_or(0, |(n, _)| *n);
+    let mut decision = decide(
         &policy,
         &Inputs {
             floor,
@@ -86,18 +93,74 @@ pub fn plan_component(
             samples,
             memory: &memory,
             now,
+            prewarm,
         },
     );
-    let mut decision = decision;
     if decision.reason == super::Reason::FloorRaised {
-        // Say it the way the reconciler does when it applies the same floor first.
-        decision.message = schedule.reason.clone();
+        decision.message = match &crowd {
+            Some((n, why)) if *n > floor => why.clone(),
+            // Say it the way the reconciler does when it applies the same floor first.
+            _ => schedule.reason.clone(),
+        };
     }
     Ok(Some(Planned {
         component,
         current,
         decision,
+        prewarm: crowd.map(|(n, _)| n),
     }))
+}
+
+/// The pre-warm floor the crowd needs while PreWarming: the capacity need of
+/// `preQueueDepth × prewarm.expectedGrowth` (for a component scaled on activeUsers, at most the
+/// admission cap `queue.admission.maxActive` of that crowd is ever active at once), with the
+/// explanation for the Event. None without a capacity, a Prometheus capacity signal, or a fresh
+/// pre-queue reading.
+pub fn crowd_prewarm(
+    tev: &TicketingEvent,
+    policy: &Policy,
+    samples: &Samples,
+    now: DateTime<Utc>,
+) -> Option<(u32, String)> {
+    use super::format::value;
+    let cap = policy.capacity.as_ref()?;
+    let pre = match samples.get(&Signal::PreQueueDepth) {
+        Some(Ok(s)) if super::format::since(s.observed_at, now) <= policy.freshness() => s.value,
+        _ => return None,
+    };
+    if !pre.is_finite() || pre <= 0.0 {
+        return None;
+    }
+    let growth = tev.spec.prewarm.as_ref().map_or(1.5, |p| p.expected_growth);
+    let growth = if growth.is_finite() { growth.max(1.0) } else { 1.0 };
+    let crowd = pre * growth;
+    let headroom = (cap.headroom * 100.0).round();
+    let per = if headroom > 0.0 {
+        format!("{} (+{}%)", value(cap.per_replica), value(headroom))
+    } else {
+        value(cap.per_replica)
+    };
+    let (load, how) = match cap.signal {
+        Signal::QueueDepth | Signal::PreQueueDepth => (
+            crowd,
+            format!("preQueueDepth {} × {} / {per}", value(pre), value(growth)),
+        ),
+        Signal::ActiveUsers => {
+            let max_active = f64::from(tev.spec.queue.admission.max_active);
+            (
+                crowd.min(max_active),
+                format!(
+                    "min(preQueueDepth {} × {}, maxActive {}) / {per}",
+                    value(pre),
+                    value(growth),
+                    value(max_active)
+                ),
+            )
+        }
+        Signal::Prometheus(_) => return None,
+    };
+    let n = cap.need(load).filter(|&n| n > 0)?;
+    Some((n, format!("pre-warm raised to {n}: {how}")))
 }
 
 /// Decides both components. A component whose policy cannot be used yields its error and does

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub enum Signal {
     /// ZCARD of the event's waiting queue.
     QueueDepth,
+    /// ZCARD of the event's pre-queue (users who joined before the on-sale).
+    PreQueueDepth,
     /// Admitted users whose admission has not expired.
     ActiveUsers,
     /// A Prometheus instant query (the query text is the signal's identity).
@@ -21,6 +23,7 @@ impl Signal {
     pub fn name(&self) -> &str {
         match self {
             Self::QueueDepth => "queueDepth",
+            Self::PreQueueDepth => "preQueueDepth",
             Self::ActiveUsers => "activeUsers",
             Self::Prometheus(query) => query,
         }
@@ -30,6 +33,7 @@ impl Signal {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::QueueDepth => "queueDepth",
+            Self::PreQueueDepth => "preQueueDepth",
             Self::ActiveUsers => "activeUsers",
             Self::Prometheus(_) => "prometheus",
         }
@@ -50,6 +54,47 @@ pub struct Policy {
     pub scale_out: ScaleOut,
     pub scale_in: ScaleIn,
     pub fallback: Fallback,
+    /// What one Ready replica serves; None keeps the step rules alone (the source documents').
+    pub capacity: Option<Capacity>,
+}
+
+/// How much of a signal one Ready replica serves. With it the autoscaler knows the *need*,
+/// `ceil(signal × (1 + headroom) / perReplica)`: scale-out goes to the need at once, steps only
+/// boost up to one step past it, and scale-in goes down to the highest need of the stabilization
+/// window (the HPA's scale-down rule) instead of one `remove` per cooldown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capacity {
+    pub signal: Signal,
+    /// Signal units one Ready replica serves (> 0).
+    pub per_replica: f64,
+    /// Spare capacity on top of the signal, as a fraction (0.2 = 20 %).
+    pub headroom: f64,
+}
+
+impl Capacity {
+    /// Replicas `value` needs, unbounded (the caller clamps to [floor, max]); None for no data.
+    pub fn need(&self, value: f64) -> Option<u32> {
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        let raw = (value * (1.0 + self.headroom) / self.per_replica).ceil();
+        // Float to integer casts saturate; a need beyond u32 is "all of max" anyway.
+        Some(raw.clamp(0.0, f64::from(u32::MAX)) as u32)
+    }
+
+    /// `needs 24 at 2,500/replica (+20%)`, for decision messages.
+    pub fn explain(&self, need: u32) -> String {
+        let pct = (self.headroom * 100.0).round();
+        if pct > 0.0 {
+            format!(
+                "needs {need} at {}/replica (+{}%)",
+                super::format::value(self.per_replica),
+                super::format::value(pct)
+            )
+        } else {
+            format!("needs {need} at {}/replica", super::format::value(self.per_replica))
+        }
+    }
 }
 
 /// Step scale-out.
@@ -121,6 +166,7 @@ impl Default for Policy {
             scale_out: ScaleOut::default(),
             scale_in: ScaleIn::default(),
             fallback: Fallback::default(),
+            capacity: None,
         }
     }
 }
@@ -171,10 +217,14 @@ impl Default for Fallback {
 }
 
 impl Policy {
-    /// Every signal the policy reads, without duplicates, in a stable order.
+    /// Every signal the policy reads, without duplicates, in a stable order. With a capacity the
+    /// `scaleIn.when` rule is not used, so its signal is not needed.
     pub fn signals(&self) -> Vec<Signal> {
         let mut out: Vec<Signal> = self.scale_out.steps.iter().map(|s| s.signal.clone()).collect();
-        out.push(self.scale_in.signal.clone());
+        match &self.capacity {
+            Some(c) => out.push(c.signal.clone()),
+            None => out.push(self.scale_in.signal.clone()),
+        }
         out.sort();
         out.dedup();
         out
@@ -192,8 +242,17 @@ impl Policy {
             scale_out,
             scale_in,
             fallback: _,
+            capacity,
         } = self;
         let mut problems = Vec::new();
+        if let Some(c) = capacity {
+            if !(c.per_replica.is_finite() && c.per_replica > 0.0) {
+                problems.push("capacity.perReplica must be a positive number".to_owned());
+            }
+            if !(c.headroom.is_finite() && c.headroom >= 0.0) {
+                problems.push("capacity.headroomPercent must be a non-negative number".to_owned());
+            }
+        }
         if poll_interval.is_zero() {
             problems.push("pollInterval must be greater than zero".to_owned());
         }

@@ -46,6 +46,7 @@ fn mem(out: Option<i64>, inn: Option<i64>, below: Option<(i64, i64)>, stale: Opt
         below_since: below.map(|b| t(b.0)),
         below_seen_at: below.map(|b| t(b.1)),
         stale_since: stale.map(t),
+        need_marks: Vec::new(),
     }
 }
 
@@ -143,6 +144,7 @@ fn table() {
             &policy,
             &Inputs {
                 floor: c.floor,
+                prewarm: 0,
                 max: c.max,
                 current: c.current,
                 on_sale: c.on_sale,
@@ -187,6 +189,7 @@ fn two_to_forty_in_one_decision_with_a_percent_step() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 2,
             on_sale: true,
@@ -206,6 +209,7 @@ fn two_to_forty_in_one_decision_with_a_percent_step() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 2,
             on_sale: true,
@@ -231,6 +235,7 @@ fn across_signals_the_largest_increment_wins() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 4,
             on_sale: true,
@@ -252,6 +257,7 @@ fn across_signals_the_largest_increment_wins() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 4,
             on_sale: true,
@@ -288,6 +294,7 @@ fn no_data_from_prometheus_is_healthy_and_matches_nothing() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 4,
             on_sale: false,
@@ -318,6 +325,7 @@ fn a_surge_then_quiet_runs_like_the_source_alarms() {
             &policy,
             &Inputs {
                 floor: 2,
+                prewarm: 0,
                 max: 100,
                 current,
                 on_sale: false,
@@ -358,6 +366,7 @@ fn restarted_operator_honours_cooldown_from_stored_memory() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 4,
             on_sale: true,
@@ -375,6 +384,7 @@ fn restarted_operator_honours_cooldown_from_stored_memory() {
         &policy,
         &Inputs {
             floor: 2,
+            prewarm: 0,
             max: 100,
             current: 6,
             on_sale: true,
@@ -397,4 +407,120 @@ fn reason_labels_are_unique_camel_case() {
     labels.sort_unstable();
     labels.dedup();
     assert_eq!(labels.len(), Reason::ALL.len());
+}
+
+fn capacity_policy() -> Policy {
+    let mut policy = Policy::default();
+    policy.capacity = Some(Capacity {
+        signal: Signal::QueueDepth,
+        per_replica: 2_500.0,
+        headroom: 0.2,
+    });
+    policy.scale_in.stabilization_window = std::time::Duration::from_secs(180);
+    policy.scale_in.cooldown = std::time::Duration::from_secs(60);
+    policy
+}
+
+fn step(policy: &Policy, memory: &Memory, current: u32, depth: f64, at: i64, prewarm: u32) -> Decision {
+    let samples = queue(depth, at);
+    decide(
+        policy,
+        &Inputs {
+            floor: 2,
+            prewarm,
+            max: 100,
+            current,
+            on_sale: true,
+            samples: &samples,
+            memory,
+            now: t(at),
+        },
+    )
+}
+
+#[test]
+fn capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_window() {
+    let policy = capacity_policy();
+    let d = step(&policy, &Memory::default(), 10, 60_000.0, 0, 0);
+    assert_eq!((d.desired, d.reason, d.need), (29, Reason::CapacityNeed, Some(29)));
+    assert_eq!(
+        d.summary("queue", 10),
+        "ScaledOut queue 10→29: queueDepth 60,000 needs 29 at 2,500/replica (+20%)"
+    );
+    // The queue empties at 10 s; every 2 s a reading of 0 until well past the window.
+    let (mut memory, mut current) = (d.memory, d.desired);
+    let mut downs = Vec::new();
+    for at in (10..=400).step_by(2) {
+        let d = step(&policy, &memory, current, 0.0, at, 0);
+        assert!(d.desired >= 2, "below the floor at {at}s");
+        if d.desired < current {
+            assert_eq!(d.reason, Reason::NeedFell, "{at}s: {}", d.message);
+            downs.push((at, d.desired));
+        } else if at < 180 {
+            assert_eq!(d.desired, current, "{at}s: moved inside the window: {}", d.message);
+        }
+        memory = d.memory;
+        current = d.desired;
+    }
+    // One decision brings it to the floor once the 29 has left the 3-minute window.
+    assert_eq!(downs, vec![(180, 2)], "scale-in decisions");
+}
+
+#[test]
+fn capacity_scale_in_stops_at_the_highest_need_of_the_window() {
+    let policy = capacity_policy();
+    let d = step(&policy, &Memory::default(), 2, 60_000.0, 0, 0);
+    assert_eq!(d.desired, 29);
+    // At 100 s the queue is 10,000 (need 5); at 180 s the 29 leaves the window but 5 stays.
+    let d = step(&policy, &d.memory, 29, 10_000.0, 100, 0);
+    assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
+    let d = step(&policy, &d.memory, 29, 1_000.0, 180, 0);
+    assert_eq!((d.desired, d.reason), (5, Reason::NeedFell), "{}", d.message);
+    assert!(d.message.ends_with("down to 5, the highest need of the window"), "{}", d.message);
+}
+
+#[test]
+fn steps_with_a_capacity_never_add_beyond_the_need_plus_one_step() {
+    let policy = capacity_policy();
+    // 8,000 queued needs 4; the default steps would add +2 per cooldown forever.
+    let d = step(&policy, &Memory::default(), 2, 8_000.0, 0, 0);
+    assert_eq!((d.desired, d.reason), (4, Reason::CapacityNeed));
+    let d = step(&policy, &d.memory, 4, 8_000.0, 200, 0);
+    assert_eq!((d.desired, d.reason), (6, Reason::StepAbove), "{}", d.message);
+    let d = step(&policy, &d.memory, 6, 8_000.0, 400, 0);
+    assert_eq!((d.desired, d.reason), (6, Reason::StepPastNeed), "{}", d.message);
+}
+
+#[test]
+fn crowd_prewarm_raises_the_floor_and_holds_through_the_window() {
+    let policy = capacity_policy();
+    let d = step(&policy, &Memory::default(), 2, 0.0, 0, 18);
+    assert_eq!((d.desired, d.reason), (18, Reason::FloorRaised), "{}", d.message);
+    // The pre-warm ends (prewarm 0) with an empty queue: the 18 stays for the window.
+    let d = step(&policy, &d.memory, 18, 0.0, 100, 0);
+    assert_eq!(d.desired, 18, "{}", d.message);
+    let d = step(&policy, &d.memory, 18, 0.0, 182, 0);
+    assert_eq!((d.desired, d.reason), (2, Reason::NeedFell), "{}", d.message);
+}
+
+#[test]
+fn capacity_never_scales_in_on_stale_data() {
+    let policy = capacity_policy();
+    let d = step(&policy, &Memory::default(), 2, 60_000.0, 0, 0);
+    let memory = d.memory;
+    let samples = down(400);
+    let d = decide(
+        &policy,
+        &Inputs {
+            floor: 2,
+            prewarm: 0,
+            max: 100,
+            current: 29,
+            on_sale: true,
+            samples: &samples,
+            memory: &memory,
+            now: t(400),
+        },
+    );
+    assert!(d.desired >= 29, "{} on stale data: {}", d.desired, d.message);
 }

@@ -118,6 +118,7 @@ impl Scaler for Tiketi {
             &self.policy,
             &Inputs {
                 floor: self.floor.at(now),
+                prewarm: 0,
                 max: self.max,
                 current,
                 on_sale: now >= self.floor.on_sale_at,
