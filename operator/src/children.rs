@@ -21,7 +21,10 @@ use tiketi_shared::config::{
     SeatedSection,
 };
 
-use crate::crd::{Component, PullPolicy, TicketingEvent, parse_duration, secret_keys};
+use crate::crd::{
+    Component, MAX_SPEC_DURATION, PullPolicy, TicketingEvent, parse_duration, parse_duration_within,
+    secret_keys,
+};
 
 /// Label holding the owning TicketingEvent's name on every child (orphan clean-up selects on it).
 pub const EVENT_LABEL: &str = "tiketi.gg/event";
@@ -88,10 +91,15 @@ pub fn event_config(tev: &TicketingEvent) -> Result<EventConfig, BuildError> {
             rate_per_second: s.queue.admission.rate_per_second,
             max_active: s.queue.admission.max_active,
             token_ttl_seconds: secs("spec.queue.admission.tokenTtl", &s.queue.admission.token_ttl)?,
-            heartbeat_timeout_seconds: secs(
+            // Below 1 s every waiting user would be dropped each sweep (the services count whole
+            // seconds, so 500 ms would become 0).
+            heartbeat_timeout_seconds: parse_duration_within(
                 "spec.queue.admission.heartbeatTimeout",
                 &s.queue.admission.heartbeat_timeout,
-            )?,
+                std::time::Duration::from_secs(1),
+                MAX_SPEC_DURATION,
+            )?
+            .as_secs(),
         },
         reservation: ReservationSettings {
             hold_ttl_seconds: secs("spec.reservation.holdTtl", &s.reservation.hold_ttl)?,

@@ -1055,23 +1055,54 @@ fn unwrap_descriptions(
 
 // === derived values ===
 
-/// A duration string that the schema pattern admits but humantime cannot read (e.g. an overflow).
+/// The longest duration any field of the spec may hold: no part of a sale (pre-warm lead, hold,
+/// wind-down, cooldowns, token and hold lifetimes) needs more, and bounding every duration keeps
+/// the time arithmetic built on it far from chrono's range (year ±262,143).
+pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Written the way the schema's CEL rules and error messages say it.
+pub const MAX_SPEC_DURATION_TEXT: &str = "720h";
+
+/// A spec duration that cannot be used: not a duration (e.g. an overflow the schema pattern
+/// admits), or outside the bounds of its field.
 #[derive(Debug, thiserror::Error)]
-#[error("{field}: {value:?} is not a duration ({source})")]
+#[error("{field}: {value:?} {problem}")]
 pub struct DurationError {
     pub field: &'static str,
     pub value: String,
-    #[source]
-    pub source: humantime::DurationError,
+    pub problem: String,
 }
 
-/// Parses a spec duration (`180s`, `5m`, `1h30m`).
+/// Parses a spec duration (`180s`, `5m`, `1h30m`), refusing anything above [`MAX_SPEC_DURATION`].
 pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(value).map_err(|source| DurationError {
+    parse_duration_within(field, value, Duration::ZERO, MAX_SPEC_DURATION)
+}
+
+/// Parses a spec duration that must lie within `[min, max]`.
+pub fn parse_duration_within(
+    field: &'static str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, DurationError> {
+    let err = |problem: String| DurationError {
         field,
         value: value.to_string(),
-        source,
-    })
+        problem,
+    };
+    let d = humantime::parse_duration(value).map_err(|e| err(format!("is not a duration ({e})")))?;
+    if d > max {
+        return Err(err(format!(
+            "is longer than the maximum {}",
+            humantime::format_duration(max)
+        )));
+    }
+    if d < min {
+        return Err(err(format!(
+            "is shorter than the minimum {}",
+            humantime::format_duration(min)
+        )));
+    }
+    Ok(d)
 }
 
 impl TicketingEventSpec {

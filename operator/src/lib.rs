@@ -17,6 +17,7 @@ pub mod server;
 pub mod signals;
 pub mod simulate;
 pub mod status;
+pub mod supervise;
 
 /// Server-side-apply field managers, one per writer (see `status` for who owns which field).
 pub mod field_managers {

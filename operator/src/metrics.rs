@@ -20,6 +20,12 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// `reconcile` or the name of a supervised task (`autoscaler`, `server`, `leader-election`).
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ComponentLabels {
     pub namespace: String,
     pub event: String,
@@ -91,6 +97,7 @@ pub struct Metrics {
     pub autoscaler_decisions: Family<AutoscalerDecisionLabels, Counter>,
     pub autoscaler_tick_duration: Histogram,
     pub autoscaler_events: Gauge,
+    pub panics: Family<TaskLabels, Counter>,
 }
 
 impl Metrics {
@@ -112,6 +119,7 @@ impl Metrics {
             autoscaler_decisions: Family::default(),
             autoscaler_tick_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             autoscaler_events: Gauge::default(),
+            panics: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("tiketi_operator");
         r.register(
@@ -183,6 +191,11 @@ impl Metrics {
             "autoscaler_tick_duration_seconds",
             "One autoscaler tick: read every due event's signals, decide, apply",
             m.autoscaler_tick_duration.clone(),
+        );
+        r.register(
+            "panics",
+            "Panics caught, by task (a reconcile panic fails that reconcile; a task panic makes /healthz fail)",
+            m.panics.clone(),
         );
         r.register(
             "autoscaler_events",

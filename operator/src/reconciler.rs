@@ -89,6 +89,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("TicketingEvent has no namespace")]
     NoNamespace,
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -99,8 +101,14 @@ impl Error {
             Self::Build(_) => "build",
             Self::Schedule(_) => "schedule",
             Self::Scale(e) => e.metric_label(),
-            Self::Finalizer(_) => "finalizer",
+            // The finalizer wraps every apply/clean-up error: label what actually failed.
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
             Self::NoNamespace => "no_namespace",
+            Self::Panicked(_) => "panic",
         }
     }
 }
@@ -192,6 +200,11 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
             )));
         }
     }
+    for c in Component::ALL {
+        // The policy the autoscaler will run, parsed here so a policy it cannot run is
+        // InvalidSpec before anything is deployed (not a skip logged at debug later).
+        crate::autoscaler::Policy::try_from(tev.spec.scaling(c)).map_err(|e| invalid(e.in_component(c)))?;
+    }
     children::event_config(tev).map_err(|e| invalid(e.to_string()))?;
     schedule::evaluate(&tev.spec, None, tev.spec.on_sale_at).map_err(|e| invalid(e.to_string()))?;
     Ok(())
@@ -199,7 +212,30 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
 
 // === reconcile ===
 
-/// Entry point for the Controller.
+/// Entry point for the Controller: [`reconcile`], with a panic turned into an error for this
+/// event (logged, counted, retried with backoff) instead of taking down the process and, after
+/// it, every standby that takes the Lease and reconciles the same object.
+pub async fn reconcile_guarded(tev: Arc<TicketingEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use futures::FutureExt as _;
+    let key = format!("{}/{}", tev.namespace().unwrap_or_default(), tev.name_any());
+    match std::panic::AssertUnwindSafe(reconcile(tev, ctx.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = crate::supervise::panic_message(payload.as_ref());
+            ctx.metrics
+                .panics
+                .get_or_create(&crate::metrics::TaskLabels { task: "reconcile" })
+                .inc();
+            tracing::error!(event = %key, panic = %message, "reconcile panicked");
+            Err(Error::Panicked(message))
+        }
+    }
+}
+
+/// Reconciles one TicketingEvent (see [`reconcile_guarded`]).
 pub async fn reconcile(tev: Arc<TicketingEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leader.is_leader() {
         // Gaining leadership re-triggers every object (see `run`).

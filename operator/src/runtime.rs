@@ -145,21 +145,27 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
             }
         });
     }
-    let autoscaler =
-        tokio::spawn(Autoscaler::new(ctx.clone(), controller.store(), autoscaler).run(shutdown.clone()));
+    let failed = crate::supervise::Failures::default();
+    let autoscaler = crate::supervise::spawn(
+        "autoscaler",
+        Autoscaler::new(ctx.clone(), controller.store(), autoscaler).run(shutdown.clone()),
+        &failed,
+        &metrics,
+    );
     let server = metrics_addr.map(|addr| {
         let app = server::router(
             Arc::new(registry),
             Readiness {
                 watches_synced: synced,
                 leader: leader_state,
+                failed: failed.clone(),
             },
         );
         tokio::spawn(server::serve(addr, app, shutdown_signal(shutdown.clone())))
     });
 
     controller
-        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .run(reconciler::reconcile_guarded, reconciler::error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),

@@ -83,7 +83,14 @@ pub fn evaluate(
         None => (TimeDelta::zero(), 1, TimeDelta::zero()),
     };
     let on_sale = spec.on_sale_at;
-    let ramp_start = on_sale - lead;
+    // Every duration is bounded (≤ 30 days) but onSaleAt may be near the end of chrono's range:
+    // the instants are computed checked, once, and named when out of range.
+    let shift = |field: &'static str, at: DateTime<Utc>, by: TimeDelta| {
+        at.checked_add_signed(by)
+            .ok_or(ScheduleError::OutOfRange { field })
+    };
+    let ramp_start = shift("spec.prewarm.leadTime", on_sale, -lead)?;
+    let hold_end = shift("spec.prewarm.holdFor", on_sale, hold)?;
     // Sold out only counts once the sale is open; the earlier of the two ends the sale.
     let sold_out = sold_out_at.map(|t| t.max(on_sale));
     let (close_at, closed_by_sell_out) = match (spec.sale_ends_at, sold_out) {
@@ -102,11 +109,14 @@ pub fn evaluate(
     }
     boundaries.push(on_sale);
     if spec.prewarm.is_some() {
-        boundaries.push(on_sale + hold);
+        boundaries.push(hold_end);
     }
-    if let Some(c) = close_at {
+    let closed_at = close_at
+        .map(|c| shift("spec.windDown", c, wind_down))
+        .transpose()?;
+    if let (Some(c), Some(closed)) = (close_at, closed_at) {
         boundaries.push(c);
-        boundaries.push(c + wind_down);
+        boundaries.push(closed);
     }
     let next_boundary = boundaries.into_iter().filter(|b| *b > now).min();
 
@@ -120,7 +130,9 @@ pub fn evaluate(
 
     let (phase, pinned, reason, floor): (Phase, bool, String, Box<dyn Fn(Component) -> i32>) = match close_at
     {
-        Some(c) if now >= c + wind_down => (Phase::Closed, true, "closed".into(), Box::new(min)),
+        Some(_) if closed_at.is_some_and(|closed| now >= closed) => {
+            (Phase::Closed, true, "closed".into(), Box::new(min))
+        }
         Some(c) if now >= c => {
             let phase = if closed_by_sell_out {
                 Phase::SoldOut
@@ -130,7 +142,7 @@ pub fn evaluate(
             (phase, false, "sale over, winding down".into(), Box::new(min))
         }
         _ if now >= on_sale => {
-            if spec.prewarm.is_some() && now < on_sale + hold {
+            if spec.prewarm.is_some() && now < hold_end {
                 (
                     Phase::OnSale,
                     false,
@@ -340,6 +352,34 @@ spec:
         assert_eq!(sch.replicas(Component::Queue, 2, 30, Some(40)), 30);
         let closed = evaluate(&s, None, at("2026-12-02T00:00:00Z")).unwrap();
         assert_eq!(closed.replicas(Component::Queue, 2, 100, Some(40)), 2);
+    }
+
+    #[test]
+    fn durations_past_the_maximum_are_errors_naming_the_field_not_panics() {
+        for (field, set) in [
+            (
+                "spec.prewarm.holdFor",
+                (|s: &mut TicketingEventSpec, v: &str| s.prewarm.as_mut().unwrap().hold_for = v.into())
+                    as fn(&mut TicketingEventSpec, &str),
+            ),
+            ("spec.prewarm.leadTime", |s, v| {
+                s.prewarm.as_mut().unwrap().lead_time = v.into()
+            }),
+            ("spec.windDown", |s, v| s.wind_down = v.into()),
+        ] {
+            for v in ["3000000000h", "721h", "2600000000000000h"] {
+                let mut s = spec();
+                set(&mut s, v);
+                let err = evaluate(&s, None, at("2026-12-01T00:00:00Z")).unwrap_err();
+                assert!(err.to_string().contains(field), "{v}: {err}");
+            }
+        }
+        // At the end of chrono's range, a bounded duration still cannot panic.
+        let mut s = spec();
+        s.on_sale_at = DateTime::<Utc>::MAX_UTC - TimeDelta::seconds(1);
+        s.sale_ends_at = None;
+        let err = evaluate(&s, None, at("2026-12-01T00:00:00Z")).unwrap_err();
+        assert!(err.to_string().contains("spec.prewarm.holdFor"), "{err}");
     }
 
     #[test]

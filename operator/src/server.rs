@@ -14,16 +14,19 @@ use prometheus_client::registry::Registry;
 
 use crate::leader::LeaderState;
 
-/// What `/readyz` looks at.
+/// What `/readyz` (and, for dead tasks, `/healthz`) look at.
 #[derive(Clone)]
 pub struct Readiness {
     pub watches_synced: Arc<AtomicBool>,
     pub leader: LeaderState,
+    /// Supervised tasks that died: the process can no longer do its job, so both probes fail and
+    /// the kubelet restarts it (never a Ready, leading process with a dead autoscaler).
+    pub failed: crate::supervise::Failures,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.watches_synced.load(Ordering::Acquire) && self.leader.known()
+        self.watches_synced.load(Ordering::Acquire) && self.leader.known() && self.failed.is_empty()
     }
 }
 
@@ -36,7 +39,7 @@ struct AppState {
 pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, readiness })
 }
@@ -45,15 +48,23 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     tiketi_shared::http::metrics_response(&state.registry)
 }
 
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.readiness.failed.describe() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(dead) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {dead}")),
+    }
+}
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let r = &state.readiness;
     if r.is_ready() {
         (StatusCode::OK, "ready".to_string())
     } else {
         let why = format!(
-            "not ready: watches synced={}, leader state known={}",
+            "not ready: watches synced={}, leader state known={}{}",
             r.watches_synced.load(Ordering::Acquire),
-            r.leader.known()
+            r.leader.known(),
+            r.failed.describe().map(|d| format!(", {d}")).unwrap_or_default()
         );
         (StatusCode::SERVICE_UNAVAILABLE, why)
     }
@@ -78,13 +89,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn readyz_follows_watches_and_leader_state() {
+    async fn probes_follow_watches_leader_state_and_dead_tasks() {
         let mut registry = Registry::default();
         let _m = crate::metrics::Metrics::register(&mut registry);
         let synced = Arc::new(AtomicBool::new(false));
+        let failed = crate::supervise::Failures::default();
         let readiness = Readiness {
             watches_synced: synced.clone(),
             leader: LeaderState::always(),
+            failed: failed.clone(),
         };
         let app = router(Arc::new(registry), readiness);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -104,6 +117,14 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         synced.store(true, Ordering::Release);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        // A dead task fails both probes, naming it.
+        failed.record("task autoscaler panicked: boom".into());
+        let health = get("/healthz").await;
+        assert!(
+            health.starts_with("HTTP/1.1 503") && health.contains("task autoscaler panicked"),
+            "{health}"
+        );
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         let m = get("/metrics").await;
         assert!(
             m.starts_with("HTTP/1.1 200") && m.contains("tiketi_operator_reconciliations_total"),

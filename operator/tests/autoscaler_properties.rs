@@ -33,7 +33,15 @@ fn policy() -> impl Strategy<Value = Policy> {
         prop::option::of((100.0..5_000.0f64, 0.0..1.0f64)),
     )
         .prop_map(
-            |(mut steps, out_cd, max_step, (below, remove, window, in_cd, allow), (stale, fb), poll, capacity)| {
+            |(
+                mut steps,
+                out_cd,
+                max_step,
+                (below, remove, window, in_cd, allow),
+                (stale, fb),
+                poll,
+                capacity,
+            )| {
                 steps.sort_by(|a, b| a.0.total_cmp(&b.0));
                 steps.dedup_by(|a, b| a.0 == b.0);
                 let steps = steps

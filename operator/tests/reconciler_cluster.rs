@@ -619,7 +619,15 @@ async fn invalid_manifests_are_refused_or_marked_invalid() {
             panic!("{} has no expectation line", path.display());
         }
     }
-    assert!(refused >= 20 && marked >= 2, "refused {refused}, marked {marked}");
+    assert!(
+        refused >= 20 && marked >= 10,
+        "refused {refused}, marked {marked}"
+    );
+    // No input of the corpus may take the operator down (it used to panic on huge durations).
+    assert!(
+        op.is_running(),
+        "the operator stopped while reconciling the corpus"
+    );
     teardown(&client, ns, op).await.unwrap();
 }
 

@@ -349,7 +349,13 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
     }
     if let SignalHealth::Unhealthy { problems, .. } = &health {
         let message = format!("{}; holding, no scale-in on stale data", problems.join("; "));
-        return out(bounds(&ctx, memory, health.clone(), Reason::SignalsUnhealthy, message));
+        return out(bounds(
+            &ctx,
+            memory,
+            health.clone(),
+            Reason::SignalsUnhealthy,
+            message,
+        ));
     }
     out(scale_in_verdict(&ctx, need, memory, health))
 }
@@ -530,7 +536,12 @@ fn track_below_run(ctx: &Ctx<'_>, memory: &mut Memory) {
 /// recorded in the need history together with the crowd-sized pre-warm floor. `belowSince` is
 /// the start of the evidence: the first decision since the signals were last unhealthy. The
 /// history survives restarts (it is in status) and unhealthy spells (it can only hold replicas).
-fn track_need(ctx: &Ctx<'_>, cap: &super::policy::Capacity, healthy: bool, memory: &mut Memory) -> Option<u32> {
+fn track_need(
+    ctx: &Ctx<'_>,
+    cap: &super::policy::Capacity,
+    healthy: bool,
+    memory: &mut Memory,
+) -> Option<u32> {
     let window = ctx.policy.scale_in.stabilization_window;
     let need = ctx.fresh(&cap.signal).and_then(|s| cap.need(s.value));
     if let Some(n) = need {
@@ -560,7 +571,9 @@ struct StepMatch<'a> {
 fn best_step<'a>(ctx: &Ctx<'a>, need: Option<u32>) -> Option<StepMatch<'a>> {
     let mut per_signal: BTreeMap<&Signal, (f64, &super::policy::Step)> = BTreeMap::new();
     for step in &ctx.policy.scale_out.steps {
-        let Some(s) = ctx.fresh(&step.signal) else { continue };
+        let Some(s) = ctx.fresh(&step.signal) else {
+            continue;
+        };
         if s.value > step.above {
             match per_signal.get(&step.signal) {
                 Some((_, prev)) if prev.above > step.above => {}
@@ -705,13 +718,13 @@ fn scale_in_to_need(
     // A matching step keeps its boost (need + one step) while it matches, so scale-in and the
     // step never take turns.
     let boost = best_step(ctx, need).map(|m| (m.target, m.signal, m.value, m.above));
-    let target = highest
-        .max(boost.map_or(0, |b| b.0))
-        .max(ctx.floor)
-        .min(ctx.max);
+    let target = highest.max(boost.map_or(0, |b| b.0)).max(ctx.floor).min(ctx.max);
     if target >= ctx.base {
         let (reason, msg) = if n >= ctx.base {
-            (Reason::WithinThresholds, format!("{what}, at {} replicas", ctx.base))
+            (
+                Reason::WithinThresholds,
+                format!("{what}, at {} replicas", ctx.base),
+            )
         } else if let Some((_, signal, value, above)) = boost.filter(|b| b.0 >= ctx.base) {
             let step = format!("{signal} {} > {}", format::value(value), format::value(above));
             (
@@ -776,7 +789,13 @@ fn scale_in_below_threshold(ctx: &Ctx<'_>, mut memory: Memory, health: SignalHea
     let Some(s) = ctx.fresh(&rule.signal) else {
         // Unreachable while healthy (the scale-in signal is among the needed ones), but a hold is
         // the safe answer anyway.
-        return bounds(ctx, memory, health, Reason::SignalsUnhealthy, "no scale-in reading".into());
+        return bounds(
+            ctx,
+            memory,
+            health,
+            Reason::SignalsUnhealthy,
+            "no scale-in reading".into(),
+        );
     };
     if s.value.is_nan() || s.value >= rule.below {
         let msg = format!("{} {} within thresholds", rule.signal, format::value(s.value));

@@ -9,8 +9,13 @@ use super::decide::{MAX_NEED_MARKS, NeedMark};
 use super::{Capacity, Fallback, Memory, Policy, ScaleIn, ScaleOut, Signal, Step};
 use crate::crd;
 
-/// A `scaling:` block that passed the schema but cannot be used (a duration humantime refuses,
-/// a negative number the schema should have stopped).
+/// `pollInterval` bounds: faster than 250 ms costs Redis round trips for nothing (the signal
+/// read itself has a 1 s timeout), slower than 5 min is no longer reacting to a sale.
+pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+pub const MAX_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A `scaling:` block that passed the schema but cannot be used (a duration out of bounds, a
+/// negative number the schema should have stopped, steps that repeat or overlap scale-in).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]
@@ -22,6 +27,16 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
+    /// The message with the field path from the spec's root, e.g.
+    /// `spec.queue.scaling.pollInterval: "0s" is shorter than the minimum 250ms`.
+    pub fn in_component(&self, c: crd::Component) -> String {
+        match self {
+            Self::Invalid(problems) => format!("spec.{c}.scaling: {}", problems.join("; ")),
+            Self::Duration(_) => format!("spec.{c}.{self}"),
+            Self::Negative { .. } => format!("spec.{c}.{self}"),
+        }
+    }
+
     /// Bounded reason, for conditions and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -88,16 +103,21 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
                 Ok(Step {
                     signal: step.signal().into(),
                     above: *above,
-                    add: non_negative("scaleOut.steps[].add", *add)?,
+                    add: non_negative("scaling.scaleOut.steps[].add", *add)?,
                     add_percent: add_percent
-                        .map(|p| non_negative("scaleOut.steps[].addPercent", p))
+                        .map(|p| non_negative("scaling.scaleOut.steps[].addPercent", p))
                         .transpose()?,
                 })
             })
             .collect::<Result<Vec<_>, PolicyError>>()?;
 
         let policy = Policy {
-            poll_interval: crd::parse_duration("scaling.pollInterval", poll_interval)?,
+            poll_interval: crd::parse_duration_within(
+                "scaling.pollInterval",
+                poll_interval,
+                MIN_POLL_INTERVAL,
+                MAX_POLL_INTERVAL,
+            )?,
             scale_out: ScaleOut {
                 steps,
                 cooldown: crd::parse_duration("scaling.scaleOut.cooldown", out_cooldown)?,

@@ -3,6 +3,7 @@
 //! These are the values [`super::decide`] works on; the TicketingEvent's `scaling:` block
 //! (`crate::crd::ScalingPolicy`) converts into them in `from_crd`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What a threshold is compared against.
@@ -92,7 +93,10 @@ impl Capacity {
                 super::format::value(pct)
             )
         } else {
-            format!("needs {need} at {}/replica", super::format::value(self.per_replica))
+            format!(
+                "needs {need} at {}/replica",
+                super::format::value(self.per_replica)
+            )
         }
     }
 }
@@ -232,7 +236,7 @@ impl Policy {
 
     /// A sample older than this is stale: two poll intervals, at least one second.
     pub fn freshness(&self) -> Duration {
-        (self.poll_interval * 2).max(Duration::from_secs(1))
+        self.poll_interval.saturating_mul(2).max(Duration::from_secs(1))
     }
 
     /// Checks what a schema cannot: returns every problem found, empty when valid.
@@ -266,14 +270,27 @@ impl Policy {
                 ));
             }
         }
-        for pair in scale_out.steps.windows(2) {
-            if let [a, b] = pair
-                && a.signal == b.signal
-                && b.above <= a.above
+        // Per signal, thresholds strictly increasing (an identical step is a typo that a
+        // schema `indexOf` rule lets through), and the scale-in band below every scale-out band
+        // of the same signal (else replicas flap between the two).
+        let mut last_above: BTreeMap<&Signal, f64> = BTreeMap::new();
+        for (i, step) in scale_out.steps.iter().enumerate() {
+            if let Some(prev) = last_above.insert(&step.signal, step.above)
+                && step.above <= prev
             {
                 problems.push(format!(
-                    "scaleOut.steps for {} must be sorted by increasing `above` ({} then {})",
-                    a.signal, a.above, b.above
+                    "scaleOut.steps[{i}]: steps for {} must have strictly increasing `above` ({} then {})",
+                    step.signal,
+                    super::format::value(prev),
+                    super::format::value(step.above)
+                ));
+            }
+            if step.signal == scale_in.signal && scale_in.below > step.above {
+                problems.push(format!(
+                    "scaleIn.when.below ({}) is above scaleOut.steps[{i}].above ({}) for {}: the bands overlap and replicas would flap",
+                    super::format::value(scale_in.below),
+                    super::format::value(step.above),
+                    step.signal
                 ));
             }
         }
@@ -320,8 +337,31 @@ mod tests {
         p.scale_in.remove = 0;
         let problems = p.validate();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("sorted"));
+        assert!(problems[0].contains("strictly increasing"), "{problems:?}");
         assert!(problems[1].contains("remove"));
+    }
+
+    #[test]
+    fn identical_steps_and_overlapping_bands_are_refused() {
+        let mut p = Policy::default();
+        let first = p.scale_out.steps[0].clone();
+        p.scale_out.steps.insert(1, first);
+        let problems = p.validate();
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.contains("scaleOut.steps[1]") && m.contains("strictly increasing")),
+            "{problems:?}"
+        );
+        let mut p = Policy::default();
+        p.scale_in.below = p.scale_out.steps[0].above + 1.0;
+        let problems = p.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("the bands overlap"), "{problems:?}");
+        // Equal is not an overlap: below 5,000 scales in, above 5,000 scales out.
+        let mut p = Policy::default();
+        p.scale_in.below = p.scale_out.steps[0].above;
+        assert!(p.validate().is_empty());
     }
 
     #[test]

@@ -410,15 +410,20 @@ fn reason_labels_are_unique_camel_case() {
 }
 
 fn capacity_policy() -> Policy {
-    let mut policy = Policy::default();
-    policy.capacity = Some(Capacity {
-        signal: Signal::QueueDepth,
-        per_replica: 2_500.0,
-        headroom: 0.2,
-    });
-    policy.scale_in.stabilization_window = std::time::Duration::from_secs(180);
-    policy.scale_in.cooldown = std::time::Duration::from_secs(60);
-    policy
+    let defaults = Policy::default();
+    Policy {
+        capacity: Some(Capacity {
+            signal: Signal::QueueDepth,
+            per_replica: 2_500.0,
+            headroom: 0.2,
+        }),
+        scale_in: ScaleIn {
+            stabilization_window: std::time::Duration::from_secs(180),
+            cooldown: std::time::Duration::from_secs(60),
+            ..defaults.scale_in.clone()
+        },
+        ..defaults
+    }
 }
 
 fn step(policy: &Policy, memory: &Memory, current: u32, depth: f64, at: i64, prewarm: u32) -> Decision {
@@ -442,7 +447,10 @@ fn step(policy: &Policy, memory: &Memory, current: u32, depth: f64, at: i64, pre
 fn capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_window() {
     let policy = capacity_policy();
     let d = step(&policy, &Memory::default(), 10, 60_000.0, 0, 0);
-    assert_eq!((d.desired, d.reason, d.need), (29, Reason::CapacityNeed, Some(29)));
+    assert_eq!(
+        (d.desired, d.reason, d.need),
+        (29, Reason::CapacityNeed, Some(29))
+    );
     assert_eq!(
         d.summary("queue", 10),
         "ScaledOut queue 10→29: queueDepth 60,000 needs 29 at 2,500/replica (+20%)"
@@ -457,7 +465,11 @@ fn capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_win
             assert_eq!(d.reason, Reason::NeedFell, "{at}s: {}", d.message);
             downs.push((at, d.desired));
         } else if at < 180 {
-            assert_eq!(d.desired, current, "{at}s: moved inside the window: {}", d.message);
+            assert_eq!(
+                d.desired, current,
+                "{at}s: moved inside the window: {}",
+                d.message
+            );
         }
         memory = d.memory;
         current = d.desired;
@@ -476,7 +488,11 @@ fn capacity_scale_in_stops_at_the_highest_need_of_the_window() {
     assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
     let d = step(&policy, &d.memory, 29, 1_000.0, 180, 0);
     assert_eq!((d.desired, d.reason), (5, Reason::NeedFell), "{}", d.message);
-    assert!(d.message.ends_with("down to 5, the highest need of the window"), "{}", d.message);
+    assert!(
+        d.message.ends_with("down to 5, the highest need of the window"),
+        "{}",
+        d.message
+    );
 }
 
 #[test]

@@ -66,6 +66,11 @@ impl Operator {
         Self { stop, handle }
     }
 
+    /// False once the operator's run loop ended (a panic, an error) without being stopped.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     pub async fn stop(self) -> Result<()> {
         self.stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(20), self.handle).await???;
