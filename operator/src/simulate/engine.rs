@@ -1,7 +1,25 @@
 //! Runs a scaler over a trace on a one-second clock and measures the outcome.
 
 use super::model::{Pods, Scaler};
-use super::trace::Trace;
+use super::trace::{Trace, TracePoint};
+
+/// Which trace column is a component's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// The waiting room serves the users in the queue.
+    QueueDepth,
+    /// The reservation service serves the admitted users.
+    ActiveUsers,
+}
+
+impl Demand {
+    pub fn of(self, p: &TracePoint) -> f64 {
+        match self {
+            Self::QueueDepth => p.queue_depth,
+            Self::ActiveUsers => p.active_users.unwrap_or(0.0),
+        }
+    }
+}
 
 /// What one scaler did over one trace, sampled every second.
 #[derive(Debug, Clone)]
@@ -39,6 +57,7 @@ pub struct World {
     pub max: u32,
     pub per_pod_capacity: f64,
     pub pod_start_delay: std::time::Duration,
+    pub demand: Demand,
 }
 
 /// Replays `trace` through `scaler`. Decisions happen every `scaler.period()` seconds starting at
@@ -47,7 +66,7 @@ pub fn run(name: &str, trace: &Trace, scaler: &mut dyn Scaler, world: &World) ->
     let start = trace.points.first().map_or(0.0, |p| p.secs);
     let end = trace.points.last().map_or(0.0, |p| p.secs);
     let period = scaler.period();
-    let mut pods = Pods::new(world.min, start, world.pod_start_delay);
+    let mut pods = Pods::new(scaler.initial().unwrap_or(world.min), start, world.pod_start_delay);
     let mut next_decision = start;
     let mut timeline = Timeline {
         name: name.to_owned(),
@@ -66,7 +85,7 @@ pub fn run(name: &str, trace: &Trace, scaler: &mut dyn Scaler, world: &World) ->
             next_decision += period;
         }
         timeline.secs.push(now);
-        timeline.demand.push(point.queue_depth);
+        timeline.demand.push(world.demand.of(&point));
         timeline.desired.push(pods.total());
         timeline.ready.push(pods.ready(now));
     }

@@ -6,6 +6,7 @@
 //! delay. Demand is the queue depth; a Ready pod serves `--per-pod-capacity` of it.
 
 mod engine;
+pub mod event;
 mod model;
 mod plot;
 mod report;
@@ -71,6 +72,20 @@ pub struct SimulateArgs {
     /// Print the comparison as a Markdown table instead of aligned text.
     #[arg(long, env = "TIKETI_SIMULATE_MARKDOWN")]
     pub markdown: bool,
+    /// Simulate a whole TicketingEvent (YAML; other documents in the file, e.g. Secrets, are
+    /// skipped): its schedule, pre-warm and both components' policies, against KEDA + HPA, KEDA
+    /// + HPA + a cron pre-warm, and static peak provisioning. `--policy`, `--min`, `--max` and
+    /// the `--prewarm-*` flags are then taken from the event instead.
+    #[arg(long, env = "TIKETI_SIMULATE_EVENT")]
+    pub event: Option<PathBuf>,
+    /// Admitted users one Ready reservation pod serves, when the event's reservation policy has
+    /// no capacity (the source documents: about 1,000 concurrent users per instance).
+    #[arg(long, default_value_t = 1_000.0, env = "TIKETI_SIMULATE_RESERVATION_PER_POD_CAPACITY")]
+    pub reservation_per_pod_capacity: f64,
+    /// With --event: print the results as JSON (per trace, per row: name, kind, replicaMinutes,
+    /// underCapacityMinutes, unservedUserMinutes, timeToTargetSeconds, peakPods, components).
+    #[arg(long, requires = "event", env = "TIKETI_SIMULATE_JSON")]
+    pub json: bool,
 }
 
 /// A named tiketi policy to simulate.
@@ -121,6 +136,7 @@ pub fn simulate_trace(args: &SimulateArgs, policies: &[(String, Policy)], trace:
         max: args.max,
         per_pod_capacity: args.per_pod_capacity,
         pod_start_delay: args.pod_start_delay,
+        demand: engine::Demand::QueueDepth,
     };
     let on_sale_at = args.on_sale_at.unwrap_or_else(|| {
         // The last empty sample before the queue first fills: the queue opens right after it.
@@ -206,6 +222,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     if !(args.per_pod_capacity.is_finite() && args.per_pod_capacity > 0.0) {
         bail!("--per-pod-capacity must be a positive number");
+    }
+    if !(args.reservation_per_pod_capacity.is_finite() && args.reservation_per_pod_capacity > 0.0) {
+        bail!("--reservation-per-pod-capacity must be a positive number");
+    }
+    if let Some(event) = &args.event {
+        return event::run(&args, event);
     }
     let policies: Vec<(String, Policy)> = if args.policies.is_empty() {
         vec![("defaults".to_owned(), Policy::default())]

@@ -52,6 +52,29 @@ pub trait Scaler {
     fn period(&self) -> f64;
     /// The replicas to set at `now`, given the trace sample in force and the current replicas.
     fn decide(&mut self, now: f64, point: &TracePoint, current: u32) -> u32;
+    /// Pods that exist (and are Ready) when the trace starts; None: the world's minimum.
+    fn initial(&self) -> Option<u32> {
+        None
+    }
+}
+
+// === static peak provisioning ===
+
+/// Provisions the trace's peak need for the whole trace (what a team does without an autoscaler).
+pub struct Static(pub u32);
+
+impl Scaler for Static {
+    fn period(&self) -> f64 {
+        60.0
+    }
+
+    fn decide(&mut self, _now: f64, _point: &TracePoint, _current: u32) -> u32 {
+        self.0
+    }
+
+    fn initial(&self) -> Option<u32> {
+        Some(self.0)
+    }
 }
 
 // === tiketi ===
@@ -151,6 +174,13 @@ pub struct KedaHpa {
     pub polling: f64,
     pub tolerance: f64,
     pub scale_down_window: f64,
+    /// Which trace column the trigger reads (redis `listLength` of the queue; for the
+    /// reservation service a metric of the admitted users).
+    pub metric: super::engine::Demand,
+    /// A KEDA cron trigger next to the metric trigger: `(start, end, desiredReplicas)` in trace
+    /// seconds. KEDA exposes it as one more external metric; the HPA takes the largest
+    /// recommendation of all metrics, then applies its stabilization and rate policies.
+    pub cron: Option<(f64, f64, u32)>,
     /// (time, recommendation) for the scale-down stabilization window.
     recommendations: VecDeque<(f64, u32)>,
     /// (time, replicas added) for the scale-up rate policies.
@@ -169,6 +199,8 @@ impl KedaHpa {
             polling: 30.0,
             tolerance: 0.1,
             scale_down_window: 300.0,
+            metric: super::engine::Demand::QueueDepth,
+            cron: None,
             recommendations: VecDeque::new(),
             scale_ups: VecDeque::new(),
             last_poll: None,
@@ -185,11 +217,15 @@ impl Scaler for KedaHpa {
     }
 
     fn decide(&mut self, now: f64, point: &TracePoint, current: u32) -> u32 {
-        let metric = point.queue_depth;
+        let metric = self.metric.of(point);
+        let cron = self
+            .cron
+            .filter(|&(start, end, _)| now >= start && now < end)
+            .map_or(0, |(_, _, replicas)| replicas);
         // KEDA activation (0 ↔ 1) happens on its own polling interval.
         if self.min == 0 && self.last_poll.is_none_or(|p| now - p >= self.polling) {
             self.last_poll = Some(now);
-            self.active = metric > 0.0;
+            self.active = metric > 0.0 || cron > 0;
         }
         if !self.active {
             return 0;
@@ -201,7 +237,8 @@ impl Scaler for KedaHpa {
         } else {
             (metric / self.target).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
         };
-        let raw = raw.clamp(self.min.max(1), self.max);
+        // The cron metric (AverageValue 1 of desiredReplicas) recommends exactly its replicas.
+        let raw = raw.max(cron).clamp(self.min.max(1), self.max);
 
         // Stabilization: scale-up window 0 (raw), scale-down the max over the last 300 s.
         self.recommendations.push_back((now, raw));
@@ -250,6 +287,7 @@ mod tests {
             secs: 0.0,
             queue_depth: q,
             active_users: None,
+            pre_queue_depth: None,
         }
     }
 

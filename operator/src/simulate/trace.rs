@@ -1,4 +1,6 @@
-//! The CSV trace format: `seconds,queueDepth[,activeUsers]`.
+//! The CSV trace format: `seconds,queueDepth[,activeUsers[,preQueueDepth]]`. With a header row
+//! the columns are found by name (`seconds`, `queueDepth`, `activeUsers`, `preQueueDepth`; the
+//! last two optional, in any order); without one they are positional.
 
 use std::path::Path;
 
@@ -11,6 +13,8 @@ pub struct TracePoint {
     pub queue_depth: f64,
     /// Users admitted and shopping, if the trace has the column.
     pub active_users: Option<f64>,
+    /// Users in the pre-queue (before the on-sale), if the trace has the column.
+    pub pre_queue_depth: Option<f64>,
 }
 
 /// A whole trace, sorted by time.
@@ -47,6 +51,9 @@ impl Trace {
             .flexible(true)
             .from_reader(text.as_bytes());
         let mut points: Vec<TracePoint> = Vec::new();
+        // Column index of queueDepth, activeUsers, preQueueDepth (seconds is always first).
+        let mut columns: (usize, Option<usize>, Option<usize>) = (1, Some(2), Some(3));
+        let mut named = false;
         for (index, record) in reader.records().enumerate() {
             let record = record.map_err(|e| TraceError::Row {
                 line: e.position().map_or(0, |p| p.line()),
@@ -56,11 +63,30 @@ impl Trace {
             let row_err = |message: String| TraceError::Row { line, message };
             let first = record.get(0).unwrap_or_default();
             if index == 0 && first.parse::<f64>().is_err() {
+                let find = |name: &str| record.iter().position(|h| h == name);
+                let queue = find("queueDepth")
+                    .ok_or_else(|| row_err("the header has no `queueDepth` column".into()))?;
+                if first != "seconds" {
+                    return Err(row_err("the first column must be `seconds`".into()));
+                }
+                if let Some(unknown) = record
+                    .iter()
+                    .find(|h| !["seconds", "queueDepth", "activeUsers", "preQueueDepth"].contains(h))
+                {
+                    return Err(row_err(format!("unknown column `{unknown}`")));
+                }
+                columns = (queue, find("activeUsers"), find("preQueueDepth"));
+                named = true;
                 continue; // header
             }
-            if record.len() < 2 || record.len() > 3 {
+            let width = if named {
+                1 + usize::from(columns.1.is_some()) + usize::from(columns.2.is_some()) + 1
+            } else {
+                record.len()
+            };
+            if record.len() < 2 || record.len() > 4 || record.len() != width {
                 return Err(row_err(format!(
-                    "expected `seconds,queueDepth[,activeUsers]`, got {} fields",
+                    "expected `seconds,queueDepth[,activeUsers[,preQueueDepth]]` ({width} fields), got {} fields",
                     record.len()
                 )));
             }
@@ -76,13 +102,16 @@ impl Trace {
                 }
                 Ok(v)
             };
-            let secs = num(0, "seconds")?;
-            let queue_depth = num(1, "queueDepth")?;
-            let active_users = if record.len() == 3 {
-                Some(num(2, "activeUsers")?)
-            } else {
-                None
+            let optional = |i: Option<usize>, name: &str| -> Result<Option<f64>, TraceError> {
+                match i {
+                    Some(i) if i < record.len() => num(i, name).map(Some),
+                    _ => Ok(None),
+                }
             };
+            let secs = num(0, "seconds")?;
+            let queue_depth = num(columns.0, "queueDepth")?;
+            let active_users = optional(columns.1, "activeUsers")?;
+            let pre_queue_depth = optional(columns.2, "preQueueDepth")?;
             if let Some(prev) = points.last()
                 && secs <= prev.secs
             {
@@ -95,6 +124,7 @@ impl Trace {
                 secs,
                 queue_depth,
                 active_users,
+                pre_queue_depth,
             });
         }
         if points.is_empty() {
@@ -125,6 +155,7 @@ impl Trace {
                     secs,
                     queue_depth: 0.0,
                     active_users: None,
+                    pre_queue_depth: None,
                 },
                 |p| TracePoint { secs, ..*p },
             );
@@ -135,6 +166,10 @@ impl Trace {
             secs,
             queue_depth: lerp(a.queue_depth, b.queue_depth),
             active_users: match (a.active_users, b.active_users) {
+                (Some(x), Some(y)) => Some(lerp(x, y)),
+                (x, y) => x.or(y),
+            },
+            pre_queue_depth: match (a.pre_queue_depth, b.pre_queue_depth) {
                 (Some(x), Some(y)) => Some(lerp(x, y)),
                 (x, y) => x.or(y),
             },
@@ -156,9 +191,18 @@ mod tests {
             TracePoint {
                 secs: 10.0,
                 queue_depth: 100.0,
-                active_users: Some(5.0)
+                active_users: Some(5.0),
+                pre_queue_depth: None,
             }
         );
+        // Named columns in any order, preQueueDepth included.
+        let t = Trace::parse("seconds,preQueueDepth,queueDepth\n0,30000,0\n60,0,30000\n").unwrap();
+        assert_eq!(
+            (t.points[0].pre_queue_depth, t.points[1].queue_depth, t.points[1].active_users),
+            (Some(30_000.0), 30_000.0, None)
+        );
+        assert!(Trace::parse("seconds,depth\n0,1\n").unwrap_err().to_string().contains("queueDepth"));
+        assert!(Trace::parse("seconds,queueDepth,users\n0,1,2\n").unwrap_err().to_string().contains("unknown column `users`"));
         let t = Trace::parse("0,5\n1,6").unwrap();
         assert_eq!(t.points[1].active_users, None);
         assert_eq!(t.duration_secs(), 1.0);
