@@ -500,6 +500,9 @@ async fn handle(
 
     let mut health: Vec<(Component, SignalHealth)> = Vec::new();
     let mut below: BTreeMap<Component, Option<DateTime<Utc>>> = BTreeMap::new();
+    // The shape of each need history (its needs, not the refreshed times): a change is written at
+    // once, so a new leader inherits the window's highest need with the time it was last seen.
+    let mut need_shapes: BTreeMap<Component, Vec<u32>> = BTreeMap::new();
     let mut sizing: BTreeMap<Component, serde_json::Value> = BTreeMap::new();
     for c in Component::ALL {
         let mut entry = ctx.scaler.book().lock(tev, c).await;
@@ -546,6 +549,7 @@ async fn handle(
             entry.memory = Some(d.memory.clone());
         }
         below.insert(c, d.memory.below_since);
+        need_shapes.insert(c, d.memory.need_marks.iter().map(|m| m.need).collect());
         sizing.insert(c, component_sizing(&planned));
         health.push((c, d.health.clone()));
     }
@@ -654,6 +658,7 @@ async fn handle(
         "reason": reason,
         "soldOutAt": body.get("soldOutAt"),
         "below": below.iter().map(|(c, b)| (c.as_str(), *b)).collect::<BTreeMap<_, _>>(),
+        "needs": need_shapes.iter().map(|(c, n)| (c.as_str(), n.clone())).collect::<BTreeMap<_, _>>(),
     });
     let mut snapshot = serde_json::Value::Object(body.clone());
     snapshot["message"] = cond.message.clone().into();

@@ -1413,7 +1413,12 @@ spec:
             .map(|v| serde_yaml::from_value::<TicketingEvent>(v).unwrap())
             .unwrap();
         tev.validate_cel().unwrap();
-        assert_eq!(tev.spec.reservation.scaling.scale_out.steps.len(), 4);
+        assert_eq!(tev.spec.reservation.scaling.scale_out.steps.len(), 1);
+        assert!(tev.spec.queue.scaling.scale_out.steps.is_empty());
+        for c in Component::ALL {
+            let p = crate::autoscaler::Policy::try_from(tev.spec.scaling(c)).unwrap();
+            assert!(p.capacity.is_some(), "{c} has a capacity");
+        }
         crate::children::event_config(&tev).unwrap();
     }
 

@@ -534,7 +534,8 @@ fn track_below_run(ctx: &Ctx<'_>, memory: &mut Memory) {
 
 /// With a capacity: the need now (None when the capacity signal is not fresh or has no data),
 /// recorded in the need history together with the crowd-sized pre-warm floor. `belowSince` is
-/// the start of the evidence: the first decision since the signals were last unhealthy. The
+/// the start of the evidence: the first decision since the signals were last unhealthy or since
+/// a gap in the decisions. The
 /// history survives restarts (it is in status) and unhealthy spells (it can only hold replicas).
 fn track_need(
     ctx: &Ctx<'_>,
@@ -548,7 +549,16 @@ fn track_need(
         memory.record_need(n.max(ctx.prewarm), ctx.now, window);
     }
     if healthy && need.is_some() {
-        memory.below_since.get_or_insert(ctx.now);
+        // A gap longer than max(freshness, afterStale) (the operator was down, leadership moved)
+        // restarts the evidence: time nobody watched is not evidence.
+        let gap_allowed = ctx.freshness.max(ctx.policy.fallback.after_stale);
+        let continues = matches!(
+            (memory.below_since, memory.below_seen_at),
+            (Some(_), Some(seen)) if seen <= ctx.now && format::since(seen, ctx.now) <= gap_allowed
+        );
+        if !continues {
+            memory.below_since = Some(ctx.now);
+        }
         memory.below_seen_at = Some(ctx.now);
     } else {
         memory.below_since = None;

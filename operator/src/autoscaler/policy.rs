@@ -285,7 +285,8 @@ impl Policy {
                     super::format::value(step.above)
                 ));
             }
-            if step.signal == scale_in.signal && scale_in.below > step.above {
+            // (With a capacity, scale-in follows the need and `scaleIn.when` is not used.)
+            if capacity.is_none() && step.signal == scale_in.signal && scale_in.below > step.above {
                 problems.push(format!(
                     "scaleIn.when.below ({}) is above scaleOut.steps[{i}].above ({}) for {}: the bands overlap and replicas would flap",
                     super::format::value(scale_in.below),

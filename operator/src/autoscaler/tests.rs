@@ -478,21 +478,45 @@ fn capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_win
     assert_eq!(downs, vec![(180, 2)], "scale-in decisions");
 }
 
+/// Decisions every 2 s from `from` to `to` (inclusive) at a constant depth, applied like the
+/// operator applies them; the last decision.
+fn ticks(policy: &Policy, mut d: Decision, depth: f64, from: i64, to: i64, prewarm: u32) -> Decision {
+    for at in (from..=to).step_by(2) {
+        d = step(policy, &d.memory, d.desired, depth, at, prewarm);
+    }
+    d
+}
+
 #[test]
 fn capacity_scale_in_stops_at_the_highest_need_of_the_window() {
     let policy = capacity_policy();
     let d = step(&policy, &Memory::default(), 2, 60_000.0, 0, 0);
     assert_eq!(d.desired, 29);
-    // At 100 s the queue is 10,000 (need 5); at 180 s the 29 leaves the window but 5 stays.
-    let d = step(&policy, &d.memory, 29, 10_000.0, 100, 0);
+    // From 100 s the queue is 10,000 (need 5); at 278 s the 29 (last seen at 98 s) leaves the
+    // window but the 5 stays.
+    let d = ticks(&policy, d, 60_000.0, 2, 98, 0);
+    let d = ticks(&policy, d, 10_000.0, 100, 178, 0);
     assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
-    let d = step(&policy, &d.memory, 29, 1_000.0, 180, 0);
+    let d = ticks(&policy, d, 1_000.0, 180, 276, 0);
+    assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
+    let d = step(&policy, &d.memory, 29, 1_000.0, 278, 0);
     assert_eq!((d.desired, d.reason), (5, Reason::NeedFell), "{}", d.message);
-    assert!(
-        d.message.ends_with("down to 5, the highest need of the window"),
-        "{}",
-        d.message
-    );
+    assert!(d.message.ends_with("down to 5, the highest need of the window"), "{}", d.message);
+}
+
+#[test]
+fn a_gap_in_the_decisions_restarts_the_evidence() {
+    let policy = capacity_policy();
+    let d = step(&policy, &Memory::default(), 2, 60_000.0, 0, 0);
+    let d = ticks(&policy, d, 0.0, 2, 20, 0);
+    // The operator was down from 20 s to 400 s: the 29 is long out of the window, but nobody
+    // watched, so a whole window of observations comes first.
+    let d = step(&policy, &d.memory, 29, 0.0, 400, 0);
+    assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
+    let d = ticks(&policy, d, 0.0, 402, 578, 0);
+    assert_eq!(d.desired, 29, "{}", d.message);
+    let d = step(&policy, &d.memory, 29, 0.0, 580, 0);
+    assert_eq!((d.desired, d.reason), (2, Reason::NeedFell), "{}", d.message);
 }
 
 #[test]
@@ -512,10 +536,10 @@ fn crowd_prewarm_raises_the_floor_and_holds_through_the_window() {
     let policy = capacity_policy();
     let d = step(&policy, &Memory::default(), 2, 0.0, 0, 18);
     assert_eq!((d.desired, d.reason), (18, Reason::FloorRaised), "{}", d.message);
-    // The pre-warm ends (prewarm 0) with an empty queue: the 18 stays for the window.
-    let d = step(&policy, &d.memory, 18, 0.0, 100, 0);
+    // The pre-warm ends at 2 s (prewarm 0) with an empty queue: the 18 stays for the window.
+    let d = ticks(&policy, d, 0.0, 2, 178, 0);
     assert_eq!(d.desired, 18, "{}", d.message);
-    let d = step(&policy, &d.memory, 18, 0.0, 182, 0);
+    let d = step(&policy, &d.memory, 18, 0.0, 180, 0);
     assert_eq!((d.desired, d.reason), (2, Reason::NeedFell), "{}", d.message);
 }
 

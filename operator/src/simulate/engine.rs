@@ -99,7 +99,8 @@ pub fn measure(t: &Timeline, world: &World) -> Outcome {
     let target = ((peak / cap).ceil() as u32).clamp(world.min, world.max);
     let base_capacity = f64::from(world.min) * cap;
     let surge = t.demand.iter().position(|&d| d > base_capacity);
-    let time_to_target = surge.and_then(|s| {
+    // No surge (what `min` pods serve was always enough): at the target from the start.
+    let time_to_target = surge.map_or(Some(0.0), |s| {
         t.ready[s..]
             .iter()
             .position(|&r| r >= target)
