@@ -439,8 +439,10 @@ impl std::fmt::Display for Component {
 /// Step scaling in the shape of the source documents' alarms, with their numbers as defaults:
 /// +2 replicas above 5000 waiting users, +5 above 20000, -1 below 1000 after 5 minutes, cooldowns
 /// 180 s out and 600 s in.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.capacity) || !has(self.scaleOut) || size(self.scaleOut.steps) > 0")
+    .message("scaleOut.steps may be empty only when a capacity is set: nothing else would scale out"))]
 pub struct ScalingPolicy {
     /// How often signals are read, e.g. 2s.
     #[serde(default = "default_poll_interval")]
@@ -519,9 +521,9 @@ fn default_poll_interval() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ScaleOut {
     /// Steps; for each signal (and query) their `above` thresholds must be strictly increasing in
-    /// list order. The highest matching step applies.
+    /// list order. The highest matching step applies. Empty (`[]`) only with a capacity.
     #[serde(default = "default_steps")]
-    #[schemars(length(min = 1, max = 10))]
+    #[schemars(length(max = 10))]
     #[x_kube(validation = Rule::new(
         "self.all(a, self.all(b, !(a.signal == b.signal && (has(a.query) ? a.query : '') == (has(b.query) ? b.query : '') \
          && self.indexOf(a) < self.indexOf(b)) || a.above < b.above))"

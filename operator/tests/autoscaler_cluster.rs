@@ -485,3 +485,187 @@ async fn sold_out_with_an_empty_queue_ends_the_sale_early() {
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
+
+/// A queue policy with a capacity: 10,000 waiting users per replica (+20 %), no steps, a
+/// stabilization window of `window`.
+fn capacity_policy(window: &str) -> serde_json::Value {
+    serde_json::json!({
+        "pollInterval": "500ms",
+        "capacity": {"signal": "queueDepth", "perReplica": 10000, "headroomPercent": 20},
+        "scaleOut": {"steps": []},
+        "scaleIn": {"stabilizationWindow": window, "cooldown": "1s"},
+        "fallback": {"afterStale": "3s", "replicas": 6}
+    })
+}
+
+/// Every distinct value of the queue Deployment's replicas until `want` is seen, sampled every
+/// 100 ms (the writes happen at most once per 500 ms poll).
+async fn replica_path(deployments: &Api<Deployment>, name: &str, want: i32, timeout: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    let mut path = vec![queue_replicas(deployments, name).await];
+    while *path.last().unwrap() != want {
+        assert!(start.elapsed() < timeout, "{name}-queue never reached {want}: {path:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = queue_replicas(deployments, name).await;
+        if path.last() != Some(&r) {
+            path.push(r);
+        }
+    }
+    path
+}
+
+#[tokio::test]
+async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_window() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-capacity").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-capacity");
+    let mut conn = redis(&url).await;
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(&PostParams::default(), &on_sale_event("cap", &eid, capacity_policy("4s")))
+        .await
+        .unwrap();
+    on_sale_and_healthy(&api, "cap").await;
+    assert_eq!(queue_replicas(&deployments, "cap").await, 1);
+
+    // 60,000 waiting: ceil(60,000 × 1.2 / 10,000) = 8, in one write.
+    set_queue(&mut conn, &eid, 60_000).await;
+    let up = replica_path(&deployments, "cap", 8, Duration::from_secs(10)).await;
+    assert_eq!(up, vec![1, 8], "straight to the need");
+    let t = wait_tev(&api, "cap", "status.queue.need 8", Duration::from_secs(10), |t| {
+        queue_status(t).need == Some(8)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        queue_status(&t).last_scale_reason.as_deref(),
+        Some("queueDepth 60,000 needs 8 at 10,000/replica (+20%)")
+    );
+    let evs = events_of(&client, &ns.name, "cap").await.unwrap();
+    assert!(
+        evs.iter().any(|(_, r, n)| r == "ScaledOut"
+            && n.contains("queue 1→8: queueDepth 60,000 needs 8 at 10,000/replica (+20%)")),
+        "{evs:?}"
+    );
+
+    // Empty: down to the floor in one decision, once the window (4 s) has passed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let emptied = Instant::now();
+    set_queue(&mut conn, &eid, 0).await;
+    let down = replica_path(&deployments, "cap", 1, Duration::from_secs(20)).await;
+    let took = emptied.elapsed();
+    assert!(down.len() <= 3, "at most two decisions down: {down:?}");
+    assert_eq!(down, vec![8, 1], "down to the floor at once: {down:?}");
+    assert!(took >= Duration::from_millis(3_500), "scaled in {took:?} after emptying, inside the 4 s window");
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-prequeue").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-prequeue");
+    let mut conn = redis(&url).await;
+    let k = EventKeys::new(&eid);
+    let _: () = conn.del(k.prequeue()).await.unwrap();
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let on_sale_at = Utc::now() + TimeDelta::seconds(90);
+    let tev = event("pre", on_sale_at, |v| {
+        v["spec"]["eventId"] = eid.clone().into();
+        v["spec"]["prewarm"] = serde_json::json!({
+            "leadTime": "10m", "rampSteps": 1, "holdFor": "1m", "expectedGrowth": 1.5,
+            "queue": {"replicas": 2}, "reservation": {"replicas": 1}
+        });
+        v["spec"]["queue"]["scaling"] = capacity_policy("30s");
+    });
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    wait_tev(&api, "pre", "PreWarming with SignalsHealthy=True", Duration::from_secs(45), |t| {
+        t.status.as_ref().and_then(|s| s.phase) == Some(Phase::PreWarming)
+            && condition_is(t, types::SIGNALS_HEALTHY, "True")
+    })
+    .await
+    .unwrap();
+    wait_replicas(&deployments, "pre", 2, Duration::from_secs(10)).await;
+
+    // 30,000 in the pre-queue: ceil(30,000 × 1.5 × 1.2 / 10,000) = 6 before the on-sale.
+    let members: Vec<(f64, String)> = (0..30_000).map(|i| (f64::from(i), format!("pre-{i}"))).collect();
+    let _: () = conn.zadd_multiple(k.prequeue(), &members).await.unwrap();
+    wait_replicas(&deployments, "pre", 6, Duration::from_secs(10)).await;
+    wait_until("6 Ready queue pods", Duration::from_secs(30), || async {
+        let d = deployments.get("pre-queue").await?;
+        Ok(d.status.and_then(|s| s.ready_replicas) == Some(6))
+    })
+    .await
+    .unwrap();
+    assert!(Utc::now() < on_sale_at, "the pods were Ready only after the on-sale");
+    let t = wait_tev(&api, "pre", "status.queue.prewarmReplicas 6", Duration::from_secs(10), |t| {
+        queue_status(t).prewarm_replicas == Some(6)
+    })
+    .await
+    .unwrap();
+    assert_eq!(t.status.as_ref().unwrap().pre_queue_depth, Some(30_000));
+    let evs = events_of(&client, &ns.name, "pre").await.unwrap();
+    assert!(
+        evs.iter().any(|(_, _, n)| n.contains("pre-warm raised to 6: preQueueDepth 30,000 × 1.5 / 10,000 (+20%)")),
+        "{evs:?}"
+    );
+    let _: () = conn.del(k.prequeue()).await.unwrap();
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-capwin").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-capwin");
+    let mut conn = redis(&url).await;
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(&PostParams::default(), &on_sale_event("capwin", &eid, capacity_policy("12s")))
+        .await
+        .unwrap();
+    on_sale_and_healthy(&api, "capwin").await;
+    set_queue(&mut conn, &eid, 60_000).await;
+    wait_replicas(&deployments, "capwin", 8, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Empty the queue, then replace the operator 3 s into the 12 s window.
+    set_queue(&mut conn, &eid, 0).await;
+    let emptied = Instant::now();
+    let t = wait_tev(&api, "capwin", "the need history in status", Duration::from_secs(5), |t| {
+        let h = queue_status(t).need_history.unwrap_or_default();
+        h.first().map(|m| m.replicas) == Some(8) && h.len() >= 2
+    })
+    .await
+    .unwrap();
+    let eight_seen = queue_status(&t).need_history.unwrap()[0].at;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(emptied.elapsed())).await;
+    op.stop().await.unwrap();
+    assert_eq!(queue_replicas(&deployments, "capwin").await, 8);
+    let op = Operator::start(&client, &ns.name);
+    wait_replicas(&deployments, "capwin", 1, Duration::from_secs(40)).await;
+    let took = emptied.elapsed();
+    // Not before the 8 left the window it was seen in (the new operator read it from status),
+    // and not a whole window after the restart plus the window again.
+    let left_window = eight_seen + TimeDelta::seconds(12);
+    assert!(Utc::now() >= left_window, "scaled in before the need of 8 left the window");
+    assert!(took >= Duration::from_secs(11), "scaled in {took:?} after emptying, inside the 12 s window");
+    assert!(took < Duration::from_secs(30), "scale-in took {took:?}");
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
