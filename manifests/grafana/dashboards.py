@@ -166,16 +166,20 @@ def operator_dashboard():
     b.row("Replicas")
     for component in ("queue", "reservation"):
         b.timeseries(
-            f"Desired vs ready replicas: {component}",
+            f"Need vs desired vs ready replicas: {component}",
             [
+                (f'max by (namespace, event) (tiketi_operator_needed_replicas{{{sel}, component="{component}"}})',
+                 "{{event}} need"),
                 (f'sum by (namespace, event) (tiketi_operator_desired_replicas{{{sel}, component="{component}"}})',
                  "{{event}} desired"),
                 (f'sum by (namespace, event) (tiketi_operator_ready_replicas{{{sel}, component="{component}"}})',
                  "{{event}} ready"),
             ],
             w=12, unit="short",
-            description=f"Replicas the operator asks for (schedule floor or autoscaler decision) and ready pods "
-                        f"of the {component} Deployment. A lasting gap means pods cannot start (capacity, image, "
+            description=f"The capacity need (signal × (1 + headroom) / perReplica; only with scaling.capacity), "
+                        f"the replicas the operator asks for (schedule floor or autoscaler decision) and ready pods "
+                        f"of the {component} Deployment. Desired above need: the pre-warm floor or the scale-in "
+                        f"window holding; a lasting desired/ready gap means pods cannot start (capacity, image, "
                         f"probes).",
             overrides=[{"matcher": {"id": "byRegexp", "options": ".*desired"},
                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}],

@@ -550,6 +550,7 @@ async fn handle(
         }
         below.insert(c, d.memory.below_since);
         need_shapes.insert(c, d.memory.need_marks.iter().map(|m| m.need).collect());
+        ctx.metrics.set_need(&ns, &name, c, d.need);
         sizing.insert(c, component_sizing(&planned));
         health.push((c, d.health.clone()));
     }

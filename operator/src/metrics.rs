@@ -88,6 +88,7 @@ pub struct Metrics {
     pub phase: Family<PhaseLabels, Gauge>,
     pub desired_replicas: Family<ComponentLabels, Gauge>,
     pub ready_replicas: Family<ComponentLabels, Gauge>,
+    pub needed_replicas: Family<ComponentLabels, Gauge>,
     pub scaling_decisions: Family<DecisionLabels, Counter>,
     pub leader: Gauge,
     pub queue_depth: Family<EventLabels, Gauge>,
@@ -110,6 +111,7 @@ impl Metrics {
             phase: Family::default(),
             desired_replicas: Family::default(),
             ready_replicas: Family::default(),
+            needed_replicas: Family::default(),
             scaling_decisions: Family::default(),
             leader: Gauge::default(),
             queue_depth: Family::default(),
@@ -151,6 +153,11 @@ impl Metrics {
             "ready_replicas",
             "Ready replicas per event and component",
             m.ready_replicas.clone(),
+        );
+        r.register(
+            "needed_replicas",
+            "Replicas the capacity need asks for (signal × (1 + headroom) / perReplica), per event and component; absent without a capacity or a fresh signal",
+            m.needed_replicas.clone(),
         );
         r.register(
             "scaling_decisions",
@@ -230,6 +237,23 @@ impl Metrics {
                 phase: p.as_str(),
             };
             self.phase.get_or_create(&labels).set(i64::from(p == phase));
+        }
+    }
+
+    /// The capacity need of a component; `None` removes the series (no capacity, no fresh signal).
+    pub fn set_need(&self, namespace: &str, event: &str, c: Component, need: Option<u32>) {
+        let labels = ComponentLabels {
+            namespace: namespace.into(),
+            event: event.into(),
+            component: c.as_str(),
+        };
+        match need {
+            Some(n) => {
+                self.needed_replicas.get_or_create(&labels).set(i64::from(n));
+            }
+            None => {
+                self.needed_replicas.remove(&labels);
+            }
         }
     }
 

@@ -504,7 +504,10 @@ async fn replica_path(deployments: &Api<Deployment>, name: &str, want: i32, time
     let start = Instant::now();
     let mut path = vec![queue_replicas(deployments, name).await];
     while *path.last().unwrap() != want {
-        assert!(start.elapsed() < timeout, "{name}-queue never reached {want}: {path:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "{name}-queue never reached {want}: {path:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r = queue_replicas(deployments, name).await;
         if path.last() != Some(&r) {
@@ -526,9 +529,12 @@ async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after
     let op = Operator::start(&client, &ns.name);
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    api.create(&PostParams::default(), &on_sale_event("cap", &eid, capacity_policy("4s")))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("cap", &eid, capacity_policy("4s")),
+    )
+    .await
+    .unwrap();
     on_sale_and_healthy(&api, "cap").await;
     assert_eq!(queue_replicas(&deployments, "cap").await, 1);
 
@@ -560,7 +566,10 @@ async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after
     let took = emptied.elapsed();
     assert!(down.len() <= 3, "at most two decisions down: {down:?}");
     assert_eq!(down, vec![8, 1], "down to the floor at once: {down:?}");
-    assert!(took >= Duration::from_millis(3_500), "scaled in {took:?} after emptying, inside the 4 s window");
+    assert!(
+        took >= Duration::from_millis(3_500),
+        "scaled in {took:?} after emptying, inside the 4 s window"
+    );
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
@@ -589,10 +598,16 @@ async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
         v["spec"]["queue"]["scaling"] = capacity_policy("30s");
     });
     api.create(&PostParams::default(), &tev).await.unwrap();
-    wait_tev(&api, "pre", "PreWarming with SignalsHealthy=True", Duration::from_secs(45), |t| {
-        t.status.as_ref().and_then(|s| s.phase) == Some(Phase::PreWarming)
-            && condition_is(t, types::SIGNALS_HEALTHY, "True")
-    })
+    wait_tev(
+        &api,
+        "pre",
+        "PreWarming with SignalsHealthy=True",
+        Duration::from_secs(45),
+        |t| {
+            t.status.as_ref().and_then(|s| s.phase) == Some(Phase::PreWarming)
+                && condition_is(t, types::SIGNALS_HEALTHY, "True")
+        },
+    )
     .await
     .unwrap();
     wait_replicas(&deployments, "pre", 2, Duration::from_secs(10)).await;
@@ -607,16 +622,24 @@ async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
     })
     .await
     .unwrap();
-    assert!(Utc::now() < on_sale_at, "the pods were Ready only after the on-sale");
-    let t = wait_tev(&api, "pre", "status.queue.prewarmReplicas 6", Duration::from_secs(10), |t| {
-        queue_status(t).prewarm_replicas == Some(6)
-    })
+    assert!(
+        Utc::now() < on_sale_at,
+        "the pods were Ready only after the on-sale"
+    );
+    let t = wait_tev(
+        &api,
+        "pre",
+        "status.queue.prewarmReplicas 6",
+        Duration::from_secs(10),
+        |t| queue_status(t).prewarm_replicas == Some(6),
+    )
     .await
     .unwrap();
     assert_eq!(t.status.as_ref().unwrap().pre_queue_depth, Some(30_000));
     let evs = events_of(&client, &ns.name, "pre").await.unwrap();
     assert!(
-        evs.iter().any(|(_, _, n)| n.contains("pre-warm raised to 6: preQueueDepth 30,000 × 1.5 / 10,000 (+20%)")),
+        evs.iter()
+            .any(|(_, _, n)| n.contains("pre-warm raised to 6: preQueueDepth 30,000 × 1.5 / 10,000 (+20%)")),
         "{evs:?}"
     );
     let _: () = conn.del(k.prequeue()).await.unwrap();
@@ -636,9 +659,12 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
     let op = Operator::start(&client, &ns.name);
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    api.create(&PostParams::default(), &on_sale_event("capwin", &eid, capacity_policy("12s")))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("capwin", &eid, capacity_policy("12s")),
+    )
+    .await
+    .unwrap();
     on_sale_and_healthy(&api, "capwin").await;
     set_queue(&mut conn, &eid, 60_000).await;
     wait_replicas(&deployments, "capwin", 8, Duration::from_secs(10)).await;
@@ -647,10 +673,16 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
     // Empty the queue, then replace the operator 3 s into the 12 s window.
     set_queue(&mut conn, &eid, 0).await;
     let emptied = Instant::now();
-    let t = wait_tev(&api, "capwin", "the need history in status", Duration::from_secs(5), |t| {
-        let h = queue_status(t).need_history.unwrap_or_default();
-        h.first().map(|m| m.replicas) == Some(8) && h.len() >= 2
-    })
+    let t = wait_tev(
+        &api,
+        "capwin",
+        "the need history in status",
+        Duration::from_secs(5),
+        |t| {
+            let h = queue_status(t).need_history.unwrap_or_default();
+            h.first().map(|m| m.replicas) == Some(8) && h.len() >= 2
+        },
+    )
     .await
     .unwrap();
     let eight_seen = queue_status(&t).need_history.unwrap()[0].at;
@@ -663,8 +695,14 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
     // Not before the 8 left the window it was seen in (the new operator read it from status),
     // and not a whole window after the restart plus the window again.
     let left_window = eight_seen + TimeDelta::seconds(12);
-    assert!(Utc::now() >= left_window, "scaled in before the need of 8 left the window");
-    assert!(took >= Duration::from_secs(11), "scaled in {took:?} after emptying, inside the 12 s window");
+    assert!(
+        Utc::now() >= left_window,
+        "scaled in before the need of 8 left the window"
+    );
+    assert!(
+        took >= Duration::from_secs(11),
+        "scaled in {took:?} after emptying, inside the 12 s window"
+    );
     assert!(took < Duration::from_secs(30), "scale-in took {took:?}");
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();

@@ -170,3 +170,108 @@ fn a_prewarm_sized_to_the_crowd_has_no_under_capacity_where_keda_has_some() {
         assert!(tiketi.replica_minutes > keda.replica_minutes, "{name}");
     }
 }
+
+fn example_event() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/iu-2026-seoul.yaml")
+}
+
+#[test]
+fn the_event_mode_reports_four_rows_per_component_and_the_bar() {
+    let tev = simulate::event::load_event(&example_event()).unwrap();
+    let mut a = args(&[]);
+    a.event = Some(example_event());
+    for name in ["prequeue-surge.csv", "sellout-4min.csv", "flash-surge.csv"] {
+        let trace = Trace::load(&traces_dir().join(name)).unwrap();
+        let run = simulate::event::simulate(&a, &tev, &trace, name).unwrap();
+        let kinds: Vec<&str> = run.rows.iter().map(|r| r.total.kind).collect();
+        assert_eq!(kinds, vec!["tiketi", "keda", "keda-cron", "static"], "{name}");
+        for r in &run.rows {
+            assert_eq!(r.components.len(), 2, "{name}: both components simulated");
+            let sum: f64 = r.components.values().map(|c| c.replica_minutes).sum();
+            assert!(
+                (sum - r.total.replica_minutes).abs() < 0.5,
+                "{name}: total is the sum"
+            );
+        }
+        let get = |k: &str| &run.rows.iter().find(|r| r.total.kind == k).unwrap().total;
+        // Static peak provisioning is never under capacity, and costs the peak all along.
+        assert_eq!(get("static").under_capacity_minutes, 0.0, "{name}");
+        // The bar is computed from the rows.
+        let (t, kc) = (get("tiketi"), get("keda-cron"));
+        let rm = t.replica_minutes / kc.replica_minutes;
+        assert!(
+            (run.bar.replica_minutes_ratio - rm).abs() < 0.02,
+            "{name}: {:?}",
+            run.bar
+        );
+    }
+    // With a pre-queue, the crowd-sized pre-warm has the queue pods Ready for the on-sale: far
+    // less under-capacity than the cron pre-warm of the same configured replicas.
+    let trace = Trace::load(&traces_dir().join("sellout-4min.csv")).unwrap();
+    let run = simulate::event::simulate(&a, &tev, &trace, "sellout").unwrap();
+    let queue = |k: &str| run.rows.iter().find(|r| r.total.kind == k).unwrap().components["queue"].clone();
+    assert!(
+        queue("keda-cron").under_capacity_minutes > 0.5,
+        "{:?}",
+        queue("keda-cron")
+    );
+    assert!(
+        queue("tiketi").under_capacity_minutes < 0.1,
+        "{:?}",
+        queue("tiketi")
+    );
+    assert!(
+        queue("tiketi").peak_pods > 10,
+        "the pre-warm followed the pre-queue"
+    );
+}
+
+#[test]
+fn the_event_mode_prints_json_with_the_documented_keys() {
+    let dir = std::env::temp_dir().join(format!("tiketi-sim-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("{trace}.svg");
+    let argv = vec![
+        "simulate".to_owned(),
+        "--event".to_owned(),
+        example_event().display().to_string(),
+        "--trace".to_owned(),
+        traces_dir().join("prequeue-surge.csv").display().to_string(),
+        "--out-svg".to_owned(),
+        out.display().to_string(),
+        "--json".to_owned(),
+    ];
+    simulate::run(Cli::try_parse_from(argv).unwrap().args).unwrap();
+    for f in ["prequeue-surge.svg", "prequeue-surge-reservation.svg"] {
+        let svg = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("KEDA + HPA + cron"),
+            "{f}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The JSON shape itself (what outside checks read).
+    let tev = simulate::event::load_event(&example_event()).unwrap();
+    let mut a = args(&[]);
+    a.event = Some(example_event());
+    let trace = Trace::load(&traces_dir().join("prequeue-surge.csv")).unwrap();
+    let run = simulate::event::simulate(&a, &tev, &trace, "prequeue-surge").unwrap();
+    let v = serde_json::to_value(&run).unwrap();
+    for key in ["trace", "onSaleAtSeconds", "rows", "bar"] {
+        assert!(v.get(key).is_some(), "{key} in {v}");
+    }
+    let row = &v["rows"][0];
+    for key in [
+        "name",
+        "kind",
+        "replicaMinutes",
+        "underCapacityMinutes",
+        "unservedUserMinutes",
+        "timeToTargetSeconds",
+        "peakPods",
+        "components",
+    ] {
+        assert!(row.get(key).is_some(), "{key} in {row}");
+    }
+    assert!(v["bar"]["met"].is_boolean());
+}

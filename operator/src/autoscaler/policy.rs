@@ -258,7 +258,9 @@ impl Policy {
             }
         }
         if scale_out.steps.is_empty() && capacity.is_none() {
-            problems.push("scaleOut.steps is empty and no capacity is set: nothing would ever scale out".to_owned());
+            problems.push(
+                "scaleOut.steps is empty and no capacity is set: nothing would ever scale out".to_owned(),
+            );
         }
         if poll_interval.is_zero() {
             problems.push("pollInterval must be greater than zero".to_owned());

@@ -501,7 +501,11 @@ fn capacity_scale_in_stops_at_the_highest_need_of_the_window() {
     assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
     let d = step(&policy, &d.memory, 29, 1_000.0, 278, 0);
     assert_eq!((d.desired, d.reason), (5, Reason::NeedFell), "{}", d.message);
-    assert!(d.message.ends_with("down to 5, the highest need of the window"), "{}", d.message);
+    assert!(
+        d.message.ends_with("down to 5, the highest need of the window"),
+        "{}",
+        d.message
+    );
 }
 
 #[test]

@@ -66,7 +66,11 @@ pub fn run(name: &str, trace: &Trace, scaler: &mut dyn Scaler, world: &World) ->
     let start = trace.points.first().map_or(0.0, |p| p.secs);
     let end = trace.points.last().map_or(0.0, |p| p.secs);
     let period = scaler.period();
-    let mut pods = Pods::new(scaler.initial().unwrap_or(world.min), start, world.pod_start_delay);
+    let mut pods = Pods::new(
+        scaler.initial().unwrap_or(world.min),
+        start,
+        world.pod_start_delay,
+    );
     let mut next_decision = start;
     let mut timeline = Timeline {
         name: name.to_owned(),

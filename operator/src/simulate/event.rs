@@ -43,10 +43,11 @@ pub const KINDS: [(&str, &str); 4] = [
 pub fn load_event(path: &Path) -> anyhow::Result<TicketingEvent> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading event {}", path.display()))?;
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
+        let value =
+            serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {}", path.display()))?;
         if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("TicketingEvent") {
-            let tev: TicketingEvent =
-                serde_yaml::from_value(value).with_context(|| format!("the TicketingEvent in {}", path.display()))?;
+            let tev: TicketingEvent = serde_yaml::from_value(value)
+                .with_context(|| format!("the TicketingEvent in {}", path.display()))?;
             for c in Component::ALL {
                 Policy::try_from(tev.spec.scaling(c)).map_err(|e| anyhow::anyhow!(e.in_component(c)))?;
             }
@@ -211,7 +212,12 @@ pub fn on_sale_of(trace: &Trace, explicit: Option<f64>) -> f64 {
 
 /// Simulates `tev` over `trace`: the event's onSaleAt is moved to the trace's on-sale second
 /// (saleEndsAt keeps its distance).
-pub fn simulate(args: &SimulateArgs, tev: &TicketingEvent, trace: &Trace, name: &str) -> anyhow::Result<EventTraceRun> {
+pub fn simulate(
+    args: &SimulateArgs,
+    tev: &TicketingEvent,
+    trace: &Trace,
+    name: &str,
+) -> anyhow::Result<EventTraceRun> {
     let on_sale = on_sale_of(trace, args.on_sale_at);
     let epoch = Utc
         .with_ymd_and_hms(2026, 12, 1, 2, 0, 0)
@@ -238,7 +244,11 @@ pub fn simulate(args: &SimulateArgs, tev: &TicketingEvent, trace: &Trace, name: 
             Component::Queue => (Demand::QueueDepth, args.per_pod_capacity),
             Component::Reservation => (Demand::ActiveUsers, args.reservation_per_pod_capacity),
         };
-        let cap = policy.capacity.as_ref().map_or(fallback_cap, |k| k.per_replica).max(f64::MIN_POSITIVE);
+        let cap = policy
+            .capacity
+            .as_ref()
+            .map_or(fallback_cap, |k| k.per_replica)
+            .max(f64::MIN_POSITIVE);
         let world = World {
             min,
             max,
@@ -253,7 +263,11 @@ pub fn simulate(args: &SimulateArgs, tev: &TicketingEvent, trace: &Trace, name: 
             let lead = crate::crd::parse_duration("spec.prewarm.leadTime", &p.lead_time).ok()?;
             let hold = crate::crd::parse_duration("spec.prewarm.holdFor", &p.hold_for).ok()?;
             let replicas = u32::try_from(tev.spec.prewarm_replicas(c)?).ok()?;
-            Some((on_sale - lead.as_secs_f64(), on_sale + hold.as_secs_f64(), replicas.min(max)))
+            Some((
+                on_sale - lead.as_secs_f64(),
+                on_sale + hold.as_secs_f64(),
+                replicas.min(max),
+            ))
         });
         let mut scalers: Vec<Box<dyn Scaler>> = Vec::new();
         scalers.push(Box::new(EventScaler::new(tev.clone(), c, epoch)?));
@@ -273,7 +287,12 @@ pub fn simulate(args: &SimulateArgs, tev: &TicketingEvent, trace: &Trace, name: 
         }
         let needed = tl
             .first()
-            .map(|t| t.demand.iter().map(|&d| ((d / cap).ceil() as u32).clamp(min, max)).collect())
+            .map(|t| {
+                t.demand
+                    .iter()
+                    .map(|&d| ((d / cap).ceil() as u32).clamp(min, max))
+                    .collect()
+            })
             .unwrap_or_default();
         timelines.push((c, tl, needed));
     }
@@ -347,7 +366,11 @@ fn bar(rows: &[Row]) -> Bar {
 }
 
 fn ratio(v: f64) -> String {
-    if v.is_infinite() { "∞".to_owned() } else { format!("{v:.2}×") }
+    if v.is_infinite() {
+        "∞".to_owned()
+    } else {
+        format!("{v:.2}×")
+    }
 }
 
 /// The text (or Markdown) report of one trace.
@@ -364,7 +387,11 @@ pub fn report(run: &EventTraceRun, args: &SimulateArgs) -> String {
         .first()
         .map(|r| r.components.keys().cloned().collect())
         .unwrap_or_default();
-    for c in components.iter().map(String::as_str).chain(std::iter::once("total")) {
+    for c in components
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once("total"))
+    {
         out.push_str(&format!("{c}:\n"));
         let outcomes: Vec<Outcome> = run
             .rows
@@ -414,12 +441,15 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
                     Component::Queue => base,
                     Component::Reservation => base.with_file_name(format!(
                         "{}-reservation.svg",
-                        base.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+                        base.file_stem()
+                            .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
                     )),
                 };
                 let title = format!(
                     "{name} ({}): {c} load and replicas, pod start {}",
-                    event.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+                    event
+                        .file_stem()
+                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
                     humantime::format_duration(args.pod_start_delay)
                 );
                 super::plot::render(&out, &title, timelines, needed)?;
@@ -435,7 +465,8 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
     }
     if args.json {
         let all_met = runs.iter().all(|r| r.bar.met);
-        let doc = serde_json::json!({ "event": event.display().to_string(), "traces": runs, "barMet": all_met });
+        let doc =
+            serde_json::json!({ "event": event.display().to_string(), "traces": runs, "barMet": all_met });
         print(&serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())

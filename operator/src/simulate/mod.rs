@@ -73,14 +73,18 @@ pub struct SimulateArgs {
     #[arg(long, env = "TIKETI_SIMULATE_MARKDOWN")]
     pub markdown: bool,
     /// Simulate a whole TicketingEvent (YAML; other documents in the file, e.g. Secrets, are
-    /// skipped): its schedule, pre-warm and both components' policies, against KEDA + HPA, KEDA
-    /// + HPA + a cron pre-warm, and static peak provisioning. `--policy`, `--min`, `--max` and
+    /// skipped): its schedule, pre-warm and both components' policies, against KEDA + HPA, KEDA +
+    /// HPA with a cron pre-warm, and static peak provisioning. `--policy`, `--min`, `--max` and
     /// the `--prewarm-*` flags are then taken from the event instead.
     #[arg(long, env = "TIKETI_SIMULATE_EVENT")]
     pub event: Option<PathBuf>,
     /// Admitted users one Ready reservation pod serves, when the event's reservation policy has
     /// no capacity (the source documents: about 1,000 concurrent users per instance).
-    #[arg(long, default_value_t = 1_000.0, env = "TIKETI_SIMULATE_RESERVATION_PER_POD_CAPACITY")]
+    #[arg(
+        long,
+        default_value_t = 1_000.0,
+        env = "TIKETI_SIMULATE_RESERVATION_PER_POD_CAPACITY"
+    )]
     pub reservation_per_pod_capacity: f64,
     /// With --event: print the results as JSON (per trace, per row: name, kind, replicaMinutes,
     /// underCapacityMinutes, unservedUserMinutes, timeToTargetSeconds, peakPods, components).

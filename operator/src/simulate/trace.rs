@@ -198,11 +198,25 @@ mod tests {
         // Named columns in any order, preQueueDepth included.
         let t = Trace::parse("seconds,preQueueDepth,queueDepth\n0,30000,0\n60,0,30000\n").unwrap();
         assert_eq!(
-            (t.points[0].pre_queue_depth, t.points[1].queue_depth, t.points[1].active_users),
+            (
+                t.points[0].pre_queue_depth,
+                t.points[1].queue_depth,
+                t.points[1].active_users
+            ),
             (Some(30_000.0), 30_000.0, None)
         );
-        assert!(Trace::parse("seconds,depth\n0,1\n").unwrap_err().to_string().contains("queueDepth"));
-        assert!(Trace::parse("seconds,queueDepth,users\n0,1,2\n").unwrap_err().to_string().contains("unknown column `users`"));
+        assert!(
+            Trace::parse("seconds,depth\n0,1\n")
+                .unwrap_err()
+                .to_string()
+                .contains("queueDepth")
+        );
+        assert!(
+            Trace::parse("seconds,queueDepth,users\n0,1,2\n")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown column `users`")
+        );
         let t = Trace::parse("0,5\n1,6").unwrap();
         assert_eq!(t.points[1].active_users, None);
         assert_eq!(t.duration_secs(), 1.0);

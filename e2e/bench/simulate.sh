@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Autoscaler v2 against KEDA + HPA, in the simulator (ratios in the same run, nothing asserted):
+# the shipped example event exactly as it is, over every trace under e2e/traces/, rows tiketi,
+# KEDA + HPA, KEDA + HPA + cron pre-warm and static peak, per component and in total, and the
+# bar (under-capacity ≤ 0.2× the better KEDA row, replica-minutes ≤ 1.0× the cron row).
+#   TIKETI_SIMULATE_OUT=docs   also write the SVG timelines there (docs/simulate-<trace>.svg)
+#   TIKETI_SIMULATE_FORMAT=json|markdown|text (default text)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+traces=$(ls e2e/traces/*.csv | paste -sd, -)
+args=(simulate --event manifests/examples/iu-2026-seoul.yaml --trace "$traces")
+case "${TIKETI_SIMULATE_FORMAT:-text}" in
+  json) args+=(--json) ;;
+  markdown) args+=(--markdown) ;;
+esac
+if [[ -n "${TIKETI_SIMULATE_OUT:-}" ]]; then
+  args+=(--out-svg "${TIKETI_SIMULATE_OUT}/simulate-{trace}.svg")
+fi
+echo "== autoscaler: simulator, example event over $(ls e2e/traces/*.csv | wc -l) traces =="
+cargo run -q --release -p tiketi-operator --locked -- "${args[@]}"
