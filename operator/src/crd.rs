@@ -54,6 +54,9 @@ pub const MAX_NAME_LEN: usize = 51;
     ))),
 )]
 #[x_kube(
+    validation = Rule::new("has(self.eventId) == has(oldSelf.eventId) && (!has(self.eventId) || self.eventId == oldSelf.eventId)")
+        .message("spec.eventId is immutable: Redis keys, admission tokens and orders carry it (create a new TicketingEvent instead)")
+        .field_path(".eventId"),
     validation = Rule::new("!has(self.saleEndsAt) || self.saleEndsAt > self.onSaleAt")
         .message("spec.saleEndsAt must be after spec.onSaleAt").field_path(".saleEndsAt"),
     validation = Rule::new("!has(self.prewarm) || self.prewarm.queue.replicas <= self.queue.maxReplicas")

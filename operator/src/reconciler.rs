@@ -201,6 +201,13 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
         }
     }
     for c in Component::ALL {
+        let resources = match c {
+            Component::Queue => tev.spec.queue.resources.as_ref(),
+            Component::Reservation => tev.spec.reservation.resources.as_ref(),
+        };
+        check_quantities(c, resources).map_err(invalid)?;
+    }
+    for c in Component::ALL {
         // The policy the autoscaler will run, parsed here so a policy it cannot run is
         // InvalidSpec before anything is deployed (not a skip logged at debug later).
         crate::autoscaler::Policy::try_from(tev.spec.scaling(c)).map_err(|e| invalid(e.in_component(c)))?;
@@ -208,6 +215,45 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
     children::event_config(tev).map_err(|e| invalid(e.to_string()))?;
     schedule::evaluate(&tev.spec, None, tev.spec.on_sale_at).map_err(|e| invalid(e.to_string()))?;
     Ok(())
+}
+
+/// Every quantity in `resources` has the Kubernetes quantity syntax. The API server refuses a
+/// Deployment holding one that does not with a 500 (it fails converting the object), which a
+/// dry run cannot tell from an outage; so it is checked here, naming the field.
+fn check_quantities(
+    c: Component,
+    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+) -> Result<(), String> {
+    let Some(r) = resources else { return Ok(()) };
+    for (part, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (name, q) in map.iter().flatten() {
+            if !is_quantity(&q.0) {
+                return Err(format!(
+                    "spec.{c}.resources.{part}.{name}: {:?} is not a quantity (e.g. 500m, 1, 256Mi, 1Gi)",
+                    q.0
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$`, the API server's own quantity pattern.
+fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let digits = s
+        .find(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
+        .unwrap_or(s.len());
+    if digits == 0 {
+        return false;
+    }
+    let rest = &s[digits..];
+    let suffix = rest
+        .find(|ch: char| !"eEinumkKMGTP".contains(ch))
+        .unwrap_or(rest.len());
+    let rest = &rest[suffix..];
+    let rest = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    rest.chars().all(|ch| ch.is_ascii_digit())
 }
 
 // === reconcile ===
@@ -355,6 +401,12 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         .collect();
     let children = children::build(&tev, &create)?;
 
+    // dry run: what the API server would refuse in a Deployment (a quantity such as `cpu: lots`,
+    // requests above limits) is found before anything is applied, so nothing is deployed half-way
+    if let Err(invalid) = dry_run_deployments(&deployments, &children).await? {
+        return write_invalid(&tev, ctx, &api, &invalid, now).await;
+    }
+
     // apply
     let applied = apply_children(&ctx.client, &ns, &children).await?;
     if !create.is_empty() {
@@ -445,6 +497,32 @@ where
         &Patch::Apply(body),
     )
     .await
+}
+
+/// Server-side dry run of every Deployment: `Ok(Err(_))` when the API server refuses one (a 4xx
+/// other than a conflict), naming the component whose spec holds the problem.
+async fn dry_run_deployments(api: &Api<Deployment>, ch: &Children) -> Result<Result<(), Invalid>, Error> {
+    for (c, d) in &ch.deployments {
+        let mut body = serde_json::to_value(d).map_err(kube::Error::SerdeError)?;
+        body["apiVersion"] = Deployment::api_version(&()).into();
+        body["kind"] = Deployment::kind(&()).into();
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let params = PatchParams::apply(field_managers::OPERATOR).force().dry_run();
+        match api.patch(&name, &params, &Patch::Apply(body)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 422) => {
+                return Ok(Err(Invalid {
+                    reason: reasons::INVALID_SPEC,
+                    message: format!(
+                        "spec.{c}: the API server refuses Deployment {name:?} built from it: {}",
+                        s.message
+                    ),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Applies every child; returns the Deployments as the API server stored them.
@@ -713,6 +791,16 @@ async fn cleanup(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Erro
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_follow_the_api_servers_pattern() {
+        for ok in ["500m", "1", "0.5", "256Mi", "1Gi", "1e3", "+2", "100k"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["lots", "", "Mi", "1 Gi", "1Gi!", "m500"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
 
     const TEV: &str = r#"
 apiVersion: tiketi.gg/v1alpha1

@@ -607,12 +607,24 @@ async fn invalid_manifests_are_refused_or_marked_invalid() {
                 "{}: expected {fragment:?} in {msg}",
                 path.display()
             );
+            // Nothing deployed half-way: no Deployment, no ConfigMap.
             assert!(
                 Api::<Deployment>::namespaced(client.clone(), &ns.name)
                     .get_opt(&format!("{name}-queue"))
                     .await
                     .unwrap()
-                    .is_none()
+                    .is_none(),
+                "{}: a Deployment was created",
+                path.display()
+            );
+            assert!(
+                Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+                    .get_opt(&tiketi_operator::children::config_map_name(&name))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{}: the ConfigMap was created",
+                path.display()
             );
             marked += 1;
         } else {
@@ -688,4 +700,33 @@ async fn restarted_operator_picks_up_without_a_replica_change() {
         .count();
     assert_eq!(scaled_after, scaled_before, "no scaling after restart");
     teardown(&client, ns, second).await.unwrap();
+}
+
+#[tokio::test]
+async fn event_id_cannot_change_once_created() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-eventid").await.unwrap();
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let tev = event("fixed", Utc::now() + TimeDelta::days(30), |v| {
+        v["spec"]["eventId"] = "fixed-2030".into();
+    });
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    for patch in [
+        serde_json::json!({"spec": {"eventId": "other-2030"}}),
+        serde_json::json!({"spec": {"eventId": null}}),
+    ] {
+        let err = api
+            .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("eventId changed");
+        assert!(err.to_string().contains("spec.eventId is immutable"), "{err}");
+    }
+    // Other fields stay editable.
+    let ok = serde_json::json!({"spec": {"windDown": "45m"}});
+    api.patch("fixed", &PatchParams::default(), &Patch::Merge(&ok))
+        .await
+        .unwrap();
+    strip_finalizers(&client, &ns.name).await.unwrap();
+    ns.delete().await.unwrap();
 }
