@@ -197,6 +197,11 @@ impl Autoscaler {
         let mut due: Vec<(Arc<TicketingEvent>, EventState)> = Vec::new();
         for tev in all {
             let Some(uid) = tev.uid() else { continue };
+            // While an edit is invalid the last good spec stays in force (scaling included).
+            let tev = match tev.in_force() {
+                std::borrow::Cow::Borrowed(_) => tev,
+                std::borrow::Cow::Owned(good) => Arc::new(good),
+            };
             let phase = tev.status.as_ref().and_then(|s| s.phase);
             // Not yet deployed by the reconciler, invalid, or being deleted: nothing to scale.
             if tev.metadata.deletion_timestamp.is_some() || matches!(phase, None | Some(Phase::Failed)) {

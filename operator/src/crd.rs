@@ -861,9 +861,18 @@ pub mod secret_keys {
 #[serde(rename_all = "camelCase")]
 pub struct TicketingEventStatus {
     /// Schedule phase: Scheduled, PreWarming, OnSale, SoldOut, Closing, Closed, or Failed (the spec
-    /// is invalid; see condition Ready).
+    /// is invalid and no earlier spec was ever applied; see condition Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// The spec of the last generation that was valid and applied. While a later edit (or a
+    /// deleted Secret) makes the spec invalid, this one stays in force — schedule, replicas and
+    /// autoscaling — and condition InvalidSpec=True says what is wrong: a live sale is never frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub last_good_spec: Option<serde_json::Value>,
+    /// The metadata.generation of lastGoodSpec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_generation: Option<i64>,
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -1055,6 +1064,42 @@ fn unwrap_descriptions(
     ) = p.items.as_mut()
     {
         unwrap_descriptions(items);
+    }
+}
+
+/// An object whose fields the schema does not describe (a copy of the spec, validated when it
+/// was the spec).
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+impl TicketingEvent {
+    /// True while condition InvalidSpec is True and an earlier valid spec is kept in force.
+    pub fn keeps_last_good_spec(&self) -> bool {
+        let st = self.status.as_ref();
+        st.is_some_and(|s| s.last_good_spec.is_some() && s.phase != Some(Phase::Failed))
+            && crate::status::find(self, crate::status::types::INVALID_SPEC)
+                .is_some_and(|c| c.status == "True")
+    }
+
+    /// The event as it is in force: with the last good spec while the current one is invalid
+    /// (see [`TicketingEventStatus::last_good_spec`]), else as it is.
+    pub fn in_force(&self) -> std::borrow::Cow<'_, TicketingEvent> {
+        if self.keeps_last_good_spec()
+            && let Some(spec) = self
+                .status
+                .as_ref()
+                .and_then(|s| s.last_good_spec.clone())
+                .and_then(|v| serde_json::from_value::<TicketingEventSpec>(v).ok())
+        {
+            let mut tev = self.clone();
+            tev.spec = spec;
+            return std::borrow::Cow::Owned(tev);
+        }
+        std::borrow::Cow::Borrowed(self)
     }
 }
 

@@ -373,10 +373,15 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         existing.insert(c, deployments.get_opt(&component_name(&name, c)).await?);
     }
 
-    // validate
-    if let Err(invalid) = validate(&tev, &secrets) {
-        return write_invalid(&tev, ctx, &api, &invalid, now).await;
-    }
+    // validate; an event already deployed keeps its last good spec in force on a bad edit or a
+    // deleted Secret (schedule, replicas, autoscaling), with InvalidSpec=True saying why
+    let (tev, kept) = match validate(&tev, &secrets) {
+        Ok(()) => (tev, None),
+        Err(invalid) => match last_good(&tev, &existing) {
+            Some(good) => (Arc::new(good), Some(invalid)),
+            None => return write_invalid(&tev, ctx, &api, &invalid, now).await,
+        },
+    };
 
     // schedule and build
     let status = tev.status.clone().unwrap_or_default();
@@ -403,12 +408,23 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
 
     // dry run: what the API server would refuse in a Deployment (a quantity such as `cpu: lots`,
     // requests above limits) is found before anything is applied, so nothing is deployed half-way
-    if let Err(invalid) = dry_run_deployments(&deployments, &children).await? {
-        return write_invalid(&tev, ctx, &api, &invalid, now).await;
+    if kept.is_none()
+        && let Err(invalid) = dry_run_deployments(&deployments, &children).await?
+    {
+        return match last_good(&tev, &existing) {
+            Some(good) => Box::pin(keep_in_force(Arc::new(good), invalid, ctx)).await,
+            None => write_invalid(&tev, ctx, &api, &invalid, now).await,
+        };
     }
 
-    // apply
-    let applied = apply_children(&ctx.client, &ns, &children).await?;
+    // apply (children stay as the last good spec built them while it is kept in force)
+    let applied = match &kept {
+        None => apply_children(&ctx.client, &ns, &children).await?,
+        Some(_) => Component::ALL
+            .into_iter()
+            .filter_map(|c| existing.get(&c).cloned().flatten().map(|d| (c, d)))
+            .collect(),
+    };
     if !create.is_empty() {
         let note = format!(
             "created {}",
@@ -447,7 +463,9 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     }
 
     // clean up children that are no longer desired
-    delete_orphans(ctx, &tev, &ns, &children).await?;
+    if kept.is_none() {
+        delete_orphans(ctx, &tev, &ns, &children).await?;
+    }
 
     // status
     let ready: BTreeMap<Component, i32> = applied
@@ -463,13 +481,96 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
             (*c, gen_seen && up)
         })
         .collect();
-    write_status(&tev, ctx, &api, &sched, &targets, &ready, &updated, now).await?;
+    let obs = Observed {
+        sched: &sched,
+        targets: &targets,
+        ready: &ready,
+        updated: &updated,
+        kept: kept.as_ref(),
+    };
+    write_status(&tev, ctx, &api, &obs, now).await?;
     for c in Component::ALL {
         ctx.metrics.set_replicas(&ns, &name, c, targets[&c], ready[&c]);
     }
     ctx.metrics.set_phase(&ns, &name, sched.phase);
 
-    Ok(requeue_at(sched.next_boundary, now))
+    let next = requeue_at(sched.next_boundary, now);
+    Ok(match &kept {
+        // Re-check soon: a recreated Secret or a fixed edit ends the fallback to the last good spec.
+        Some(_) => {
+            let at = sched.next_boundary.map_or(MISSING_SECRET_RETRY, |b| {
+                (b - now).to_std().unwrap_or_default().min(MISSING_SECRET_RETRY)
+            });
+            Action::requeue(at)
+        }
+        None => next,
+    })
+}
+
+/// The event with its last good spec, when it has one and its Deployments exist (it was deployed).
+fn last_good(
+    tev: &TicketingEvent,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+) -> Option<TicketingEvent> {
+    if !existing.values().all(Option::is_some) {
+        return None;
+    }
+    let spec = tev.status.as_ref()?.last_good_spec.clone()?;
+    let spec: crate::crd::TicketingEventSpec = serde_json::from_value(spec).ok()?;
+    let mut good = tev.clone();
+    good.spec = spec;
+    Some(good)
+}
+
+/// A dry-run refusal found after validation: the same as an invalid spec with the last good one
+/// kept. Runs the pipeline again with the last good spec.
+async fn keep_in_force(good: Arc<TicketingEvent>, invalid: Invalid, ctx: &Context) -> Result<Action, Error> {
+    // Marked as kept through the condition the next reconcile reads; the current pass applies
+    // nothing new (children stay as they are) and writes status with the refusal.
+    let ns = good.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Utc::now();
+    let status = good.status.clone().unwrap_or_default();
+    let sched = schedule::evaluate(&good.spec, status.sold_out_at, now)?;
+    let mut targets = BTreeMap::new();
+    let mut ready = BTreeMap::new();
+    let mut updated = BTreeMap::new();
+    for c in Component::ALL {
+        let d = deployments.get_opt(&component_name(&good.name_any(), c)).await?;
+        let entry = ctx.scaler.book().lock(&good, c).await;
+        targets.insert(
+            c,
+            sched.replicas(
+                c,
+                good.spec.min_replicas(c),
+                good.spec.max_replicas(c),
+                entry.recorded(&good, c),
+            ),
+        );
+        let st = d.as_ref().and_then(|d| d.status.as_ref());
+        ready.insert(c, st.and_then(|s| s.ready_replicas).unwrap_or(0));
+        updated.insert(c, false);
+    }
+    let obs = Observed {
+        sched: &sched,
+        targets: &targets,
+        ready: &ready,
+        updated: &updated,
+        kept: Some(&invalid),
+    };
+    write_status(&good, ctx, &api, &obs, now).await?;
+    Ok(Action::requeue(MISSING_SECRET_RETRY))
+}
+
+/// What a reconcile pass saw and decided, for its status write.
+struct Observed<'a> {
+    sched: &'a Schedule,
+    targets: &'a BTreeMap<Component, i32>,
+    ready: &'a BTreeMap<Component, i32>,
+    updated: &'a BTreeMap<Component, bool>,
+    /// The current spec is invalid (why) and the last good one is kept in force.
+    kept: Option<&'a Invalid>,
 }
 
 /// Requeue exactly at the next schedule boundary (a few ms after, so `now` is past it).
@@ -607,14 +708,40 @@ async fn write_status(
     tev: &TicketingEvent,
     ctx: &Context,
     api: &Api<TicketingEvent>,
-    sched: &Schedule,
-    targets: &BTreeMap<Component, i32>,
-    ready: &BTreeMap<Component, i32>,
-    updated: &BTreeMap<Component, bool>,
+    obs: &Observed<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    let Observed {
+        sched,
+        targets,
+        ready,
+        updated,
+        kept,
+    } = *obs;
     let gen_ = tev.metadata.generation;
     let old = tev.status.clone().unwrap_or_default();
+    let (last_good_spec, last_good_generation) = match kept {
+        None => (
+            Some(serde_json::to_value(&tev.spec).map_err(kube::Error::SerdeError)?),
+            gen_,
+        ),
+        Some(_) => (old.last_good_spec.clone(), old.last_good_generation),
+    };
+    let invalid_condition = match kept {
+        None => (false, reasons::VALID_SPEC, "the spec is valid".to_owned()),
+        Some(invalid) => (
+            true,
+            invalid.reason,
+            format!(
+                "{}; keeping the spec of generation {} in force (schedule, replicas and autoscaling continue)",
+                invalid.message,
+                last_good_generation.unwrap_or_default()
+            ),
+        ),
+    };
+    let kept_already = crate::status::find(tev, types::INVALID_SPEC).is_some_and(|c| {
+        c.status == "True" && c.message == invalid_condition.2 && c.observed_generation == gen_
+    });
     let existing = old.conditions.clone().unwrap_or_default();
     let all_ready = Component::ALL.iter().all(|c| ready[c] >= targets[c]);
     let settled = all_ready && Component::ALL.iter().all(|c| updated[c]);
@@ -654,9 +781,9 @@ async fn write_status(
         condition(
             &existing,
             types::INVALID_SPEC,
-            false,
-            reasons::VALID_SPEC,
-            "the spec is valid",
+            invalid_condition.0,
+            invalid_condition.1,
+            invalid_condition.2.clone(),
             gen_,
             now,
         ),
@@ -673,10 +800,24 @@ async fn write_status(
         next_transition_at: sched.next_boundary,
         queue: Some(component(Component::Queue)),
         reservation: Some(component(Component::Reservation)),
+        last_good_spec,
+        last_good_generation,
         ..Default::default()
     };
     let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
     apply_status(api, tev, field_managers::OPERATOR, value).await?;
+    if kept.is_some() && !kept_already {
+        tracing::warn!(event = %tev.name_any(), message = %invalid_condition.2, "invalid spec, last good spec kept");
+        ctx.events
+            .publish(
+                tev,
+                EventType::Warning,
+                reasons::INVALID_SPEC,
+                "Validate",
+                invalid_condition.2.clone(),
+            )
+            .await;
+    }
     if old.phase != Some(sched.phase) {
         let from = old.phase.map_or("none", Phase::as_str);
         let note = format!("{from} → {}: {}", sched.phase, sched.reason);

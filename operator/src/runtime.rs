@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt as _;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
@@ -116,7 +119,26 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     .reflect(writer)
     .applied_objects()
     .predicate_filter(reconcile_relevant, PredicateConfig::default());
+    // A Secret an event refers to that is deleted, created or changed reconciles that event at
+    // once (a deleted Secret mid-sale shows as InvalidSpec=True with the last good spec kept; a
+    // recreated one ends it). Metadata only: the operator never caches Secret data.
+    let secret_refs = store.clone();
+    let secrets = watcher(
+        api::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let controller = Controller::for_stream(events_stream, store)
+        .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+            let (sns, sname) = (s.namespace(), s.name_any());
+            secret_refs
+                .state()
+                .into_iter()
+                .filter(|t| t.namespace() == sns && reconciler::required_secrets(t).contains_key(&sname))
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .owns(api::<Deployment>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
         .owns(api::<ConfigMap>(&client, ns), children.clone())

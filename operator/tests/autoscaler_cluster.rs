@@ -707,3 +707,102 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_live_sale_keeps_running_on_its_last_good_spec() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-lastgood").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-lastgood");
+    let mut conn = redis(&url).await;
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("good", &eid, capacity_policy("4s")),
+    )
+    .await
+    .unwrap();
+    on_sale_and_healthy(&api, "good").await;
+    let generation = api.get("good").await.unwrap().metadata.generation.unwrap();
+
+    // 1. The auth Secret is deleted mid-sale: InvalidSpec=True says why, the sale goes on.
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .delete("tiketi-auth", &Default::default())
+        .await
+        .unwrap();
+    let t = wait_tev(&api, "good", "InvalidSpec=True", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "True")
+    })
+    .await
+    .unwrap();
+    let cond = tiketi_operator::status::find(&t, types::INVALID_SPEC).unwrap();
+    assert!(
+        cond.message.contains("\"tiketi-auth\" does not exist")
+            && cond
+                .message
+                .contains(&format!("keeping the spec of generation {generation} in force")),
+        "{}",
+        cond.message
+    );
+    assert_eq!(
+        t.status.as_ref().unwrap().phase,
+        Some(Phase::OnSale),
+        "not frozen as Failed"
+    );
+    set_queue(&mut conn, &eid, 60_000).await;
+    wait_replicas(&deployments, "good", 8, Duration::from_secs(10)).await;
+    let evs = events_of(&client, &ns.name, "good").await.unwrap();
+    assert!(
+        evs.iter().any(|(ty, r, n)| ty == "Warning"
+            && r == reasons::INVALID_SPEC
+            && n.contains("keeping the spec")),
+        "{evs:?}"
+    );
+
+    // 2. The Secret comes back and an edit breaks the policy: the old policy keeps scaling.
+    create_secrets(&client, &ns.name).await.unwrap();
+    let patch = serde_json::json!({"spec": {"queue": {"scaling": {"pollInterval": "0s"}}}});
+    api.patch(
+        "good",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    wait_tev(
+        &api,
+        "good",
+        "InvalidSpec=True for pollInterval",
+        Duration::from_secs(20),
+        |t| {
+            tiketi_operator::status::find(t, types::INVALID_SPEC)
+                .is_some_and(|c| c.status == "True" && c.message.contains("pollInterval"))
+        },
+    )
+    .await
+    .unwrap();
+    set_queue(&mut conn, &eid, 0).await;
+    wait_replicas(&deployments, "good", 1, Duration::from_secs(20)).await;
+
+    // 3. Fixed: valid again, the new generation is the good one.
+    let patch = serde_json::json!({"spec": {"queue": {"scaling": {"pollInterval": "500ms"}}}});
+    api.patch(
+        "good",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let t = wait_tev(&api, "good", "InvalidSpec=False", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "False")
+    })
+    .await
+    .unwrap();
+    assert!(t.status.as_ref().unwrap().last_good_generation > Some(generation));
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}

@@ -130,7 +130,13 @@ pub async fn create_secrets(client: &Client, ns: &str) -> Result<()> {
         let s: Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name}, "stringData": data
         }))?;
-        api.create(&PostParams::default(), &s).await?;
+        match api.create(&PostParams::default(), &s).await {
+            // Already there (a test recreating the one it deleted): keep it.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            other => {
+                other?;
+            }
+        }
     }
     Ok(())
 }
