@@ -6,6 +6,7 @@
 //! before its Lease can expire. On shutdown the holder releases the Lease so a standby takes over
 //! at once.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -48,17 +49,27 @@ impl LeaderConfig {
 #[derive(Clone, Debug)]
 pub struct LeaderState {
     rx: watch::Receiver<Option<bool>>,
+    /// Leadership is valid until this instant (the start of the last successful renewal plus
+    /// renew_deadline); `None` without a bound (election disabled).
+    until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl LeaderState {
     /// A state that is always leader (leader election disabled: one replica, or tests).
     pub fn always() -> Self {
         let (_tx, rx) = watch::channel(Some(true));
-        Self { rx }
+        Self {
+            rx,
+            until: Arc::default(),
+        }
     }
 
+    /// True while this replica leads *now*: the flag is set and the renew deadline measured from
+    /// the start of the last successful renewal has not passed. Writers call it right before
+    /// each write, so a renewal stuck in a slow API call cannot leave two writers.
     pub fn is_leader(&self) -> bool {
-        *self.rx.borrow() == Some(true)
+        let until = *self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self.rx.borrow() == Some(true) && until.is_none_or(|u| Instant::now() < u)
     }
 
     /// True once the first election attempt has finished (readiness needs it).
@@ -73,7 +84,8 @@ impl LeaderState {
 }
 
 /// Starts an election; returns the state handle and a future that runs it until `shutdown`
-/// resolves (then releases the Lease if held).
+/// resolves (then releases the Lease if held). The caller resolves `shutdown` only once its
+/// writers have stopped, so no write follows the release.
 pub fn elect(
     client: Client,
     cfg: LeaderConfig,
@@ -83,7 +95,12 @@ pub fn elect(
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = watch::channel(None);
-    (LeaderState { rx }, run(client, cfg, tx, shutdown))
+    let until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(Some(Instant::now())));
+    let state = LeaderState {
+        rx,
+        until: until.clone(),
+    };
+    (state, run(client, cfg, tx, until, shutdown))
 }
 
 /// The record last observed and when (by this replica's monotonic clock).
@@ -97,34 +114,57 @@ async fn run(
     client: Client,
     cfg: LeaderConfig,
     tx: watch::Sender<Option<bool>>,
+    until: Arc<Mutex<Option<Instant>>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut observed: Option<Observed> = None;
-    let mut last_renew = Instant::now();
+    let set_until = |at: Instant| *until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    let mut valid_until = Instant::now();
     tokio::pin!(shutdown);
     loop {
-        let outcome = try_acquire_or_renew(&api, &cfg, &mut observed).await;
         let was_leader = *tx.borrow() == Some(true);
+        // Every attempt is bounded: a leader's by what is left of its renew deadline (it steps
+        // down when that passes, whatever the API server does), a candidate's by renew_deadline.
+        let started = Instant::now();
+        let bound = if was_leader {
+            valid_until.saturating_duration_since(started)
+        } else {
+            cfg.renew_deadline
+        };
+        let outcome = match tokio::time::timeout(bound, try_acquire_or_renew(&api, &cfg, &mut observed)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {bound:?}")),
+        };
         let leader = match outcome {
             Ok(true) => {
-                last_renew = Instant::now();
+                valid_until = started + cfg.renew_deadline;
+                set_until(valid_until);
                 true
             }
             Ok(false) => false,
             Err(e) => {
                 tracing::warn!(error = %e, lease = %cfg.lease_name, "leader election: cannot read or write the Lease");
                 // Keep leading only while the Lease we hold cannot have expired yet.
-                was_leader && last_renew.elapsed() < cfg.renew_deadline
+                was_leader && Instant::now() < valid_until
             }
         };
         if leader != was_leader || tx.borrow().is_none() {
             tracing::info!(identity = %cfg.identity, leader, "leadership changed");
         }
+        if !leader {
+            set_until(Instant::now());
+        }
         tx.send_replace(Some(leader));
+        // Sleep until the next attempt, but wake to step down the moment the deadline passes.
+        let step_down = tokio::time::sleep_until(tokio::time::Instant::from_std(valid_until));
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(cfg.retry_period) => {}
+            () = step_down, if leader => {
+                tracing::warn!(identity = %cfg.identity, "renew deadline passed: stepping down");
+                tx.send_replace(Some(false));
+            }
         }
     }
     if *tx.borrow() == Some(true) {
@@ -219,4 +259,29 @@ async fn release(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<(), kube::Error
     api.replace(&cfg.lease_name, &PostParams::default(), &lease)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod deadline_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leadership_ends_at_the_renew_deadline_even_without_an_answer() {
+        let (tx, rx) = watch::channel(Some(true));
+        let until = Arc::new(Mutex::new(Some(Instant::now() + Duration::from_millis(80))));
+        let state = LeaderState {
+            rx,
+            until: until.clone(),
+        };
+        assert!(state.is_leader());
+        // No renewal arrives (a stalled API call): the flag still says leader, the deadline not.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(*tx.borrow(), Some(true));
+        assert!(!state.is_leader(), "a replica past its renew deadline must not write");
+        // A renewal moves the deadline.
+        *until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
+        assert!(state.is_leader());
+        assert!(LeaderState::always().is_leader());
+    }
 }

@@ -48,7 +48,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, events: EventPublisher, metrics: Metrics, leader: LeaderState) -> Self {
-        let scaler = Scaler::new(client.clone(), events.clone(), metrics.clone());
+        let scaler = Scaler::new(client.clone(), events.clone(), metrics.clone(), leader.clone());
         Self {
             client,
             events,

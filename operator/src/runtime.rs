@@ -73,9 +73,15 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
 
+    // The Lease is released only after the controller and the autoscaler have stopped (SIGTERM:
+    // stop work first, then release), so a standby never writes while this replica still does.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let (leader_state, election) = match leader_cfg {
         Some(cfg) => {
-            let (state, fut) = leader::elect(client.clone(), cfg, shutdown_signal(shutdown.clone()));
+            let release = async move {
+                let _ = release_rx.await;
+            };
+            let (state, fut) = leader::elect(client.clone(), cfg, release);
             (state, Some(tokio::spawn(fut)))
         }
         None => (LeaderState::always(), None),
@@ -198,6 +204,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         .await;
     tracing::info!("controller stopped");
     autoscaler.await?;
+    let _ = release_tx.send(());
     if let Some(h) = server {
         h.await??;
     }

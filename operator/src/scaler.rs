@@ -84,6 +84,8 @@ pub enum ScaleError {
     NoNamespace,
     #[error("kube API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("not the leader (any more): no write")]
+    NotLeader,
 }
 
 impl ScaleError {
@@ -92,6 +94,7 @@ impl ScaleError {
             Self::NoDeployment(_) => "no_deployment",
             Self::NoNamespace => "no_namespace",
             Self::Kube(_) => "kube",
+            Self::NotLeader => "not_leader",
         }
     }
 }
@@ -168,15 +171,17 @@ pub struct Scaler {
     events: EventPublisher,
     metrics: Metrics,
     book: Arc<Book>,
+    leader: crate::leader::LeaderState,
 }
 
 impl Scaler {
-    pub fn new(client: Client, events: EventPublisher, metrics: Metrics) -> Self {
+    pub fn new(client: Client, events: EventPublisher, metrics: Metrics, leader: crate::leader::LeaderState) -> Self {
         Self {
             client,
             events,
             metrics,
             book: Arc::new(Book::default()),
+            leader,
         }
     }
 
@@ -228,6 +233,10 @@ impl Scaler {
             "metadata": {"name": deploy_name},
             "spec": {"replicas": desired},
         });
+        // Leadership is checked right before the write, not only when the tick or reconcile began.
+        if !self.leader.is_leader() {
+            return Err(ScaleError::NotLeader);
+        }
         deployments
             .patch(
                 &deploy_name,
