@@ -68,7 +68,10 @@ impl LeaderState {
     /// the start of the last successful renewal has not passed. Writers call it right before
     /// each write, so a renewal stuck in a slow API call cannot leave two writers.
     pub fn is_leader(&self) -> bool {
-        let until = *self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *self.rx.borrow() == Some(true) && until.is_none_or(|u| Instant::now() < u)
     }
 
@@ -132,7 +135,8 @@ async fn run(
         } else {
             cfg.renew_deadline
         };
-        let outcome = match tokio::time::timeout(bound, try_acquire_or_renew(&api, &cfg, &mut observed)).await {
+        let outcome = match tokio::time::timeout(bound, try_acquire_or_renew(&api, &cfg, &mut observed)).await
+        {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {bound:?}")),
         };
@@ -278,7 +282,10 @@ mod deadline_tests {
         // No renewal arrives (a stalled API call): the flag still says leader, the deadline not.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(*tx.borrow(), Some(true));
-        assert!(!state.is_leader(), "a replica past its renew deadline must not write");
+        assert!(
+            !state.is_leader(),
+            "a replica past its renew deadline must not write"
+        );
         // A renewal moves the deadline.
         *until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
         assert!(state.is_leader());

@@ -175,7 +175,12 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    pub fn new(client: Client, events: EventPublisher, metrics: Metrics, leader: crate::leader::LeaderState) -> Self {
+    pub fn new(
+        client: Client,
+        events: EventPublisher,
+        metrics: Metrics,
+        leader: crate::leader::LeaderState,
+    ) -> Self {
         Self {
             client,
             events,

@@ -144,3 +144,137 @@ async fn a_follower_does_not_write_until_it_leads() {
     .unwrap();
     teardown(&client, ns, op).await.unwrap();
 }
+
+/// A TCP proxy in front of the API server that can be stalled: while stalled, bytes are held
+/// (connections stay open, nothing answers), the way a throttled or partitioned API server looks.
+struct StallProxy {
+    addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallProxy {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    let pump =
+                        |mut r: tokio::net::tcp::OwnedReadHalf,
+                         mut w: tokio::net::tcp::OwnedWriteHalf,
+                         flag: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let Ok(n) = r.read(&mut buf).await else { return };
+                                if n == 0 {
+                                    return;
+                                }
+                                while flag.load(Ordering::Acquire) {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                    tokio::join!(pump(ri, wo, flag.clone()), pump(ro, wi, flag));
+                });
+            }
+        });
+        Self { addr, stalled }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[tokio::test]
+async fn a_leader_behind_a_stalled_api_steps_down_before_the_standby_leads() {
+    let client = kube_client().await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-stall").await.unwrap();
+    // a talks to the API server through the proxy, b directly.
+    let mut config = kube::Config::infer().await.unwrap();
+    let upstream = format!(
+        "{}:{}",
+        config.cluster_url.host().unwrap(),
+        config.cluster_url.port_u16().unwrap()
+    );
+    let proxy = StallProxy::start(upstream).await;
+    config.cluster_url = format!("https://{}", proxy.addr).parse().unwrap();
+    let proxied = kube::Client::try_from(config).unwrap();
+    let (_stop_a, rx_a) = watch::channel(false);
+    let (stop_b, rx_b) = watch::channel(false);
+    let (a, run_a) = elect(
+        proxied,
+        fast(&ns.name, "a"),
+        tiketi_operator::runtime::shutdown_signal(rx_a),
+    );
+    let run_a = tokio::spawn(run_a);
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        Ok(a.is_leader())
+    })
+    .await
+    .unwrap();
+    let (b, run_b) = elect(
+        client.clone(),
+        fast(&ns.name, "b"),
+        tiketi_operator::runtime::shutdown_signal(rx_b),
+    );
+    let run_b = tokio::spawn(run_b);
+    wait_until("b to know it follows", Duration::from_secs(10), || async {
+        Ok(b.known())
+    })
+    .await
+    .unwrap();
+
+    // Stall a's API server: its renewals hang. It must stop leading within the renew deadline
+    // (2 s) of its last renewal, and b may lead only after the lease duration (3 s) — never both.
+    let stalled_at = std::time::Instant::now();
+    proxy.stall(true);
+    let mut a_stepped_down = None;
+    let mut b_led = None;
+    while stalled_at.elapsed() < Duration::from_secs(10) {
+        let (la, lb) = (a.is_leader(), b.is_leader());
+        assert!(
+            !(la && lb),
+            "two leaders at {:?} after the stall",
+            stalled_at.elapsed()
+        );
+        if !la && a_stepped_down.is_none() {
+            a_stepped_down = Some(stalled_at.elapsed());
+        }
+        if lb && b_led.is_none() {
+            b_led = Some(stalled_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let down = a_stepped_down.expect("a never stepped down behind a stalled API server");
+    let up = b_led.expect("b never took over");
+    assert!(
+        down <= Duration::from_millis(2_100),
+        "a stepped down only after {down:?}"
+    );
+    assert!(up > down, "b led at {up:?}, before a stepped down at {down:?}");
+    println!("stalled API server: leader stepped down after {down:?}, standby led after {up:?}");
+
+    proxy.stall(false);
+    stop_b.send_replace(true);
+    run_b.await.unwrap();
+    run_a.abort();
+    ns.delete().await.unwrap();
+}
