@@ -22,8 +22,7 @@ use tiketi_shared::config::{
 };
 
 use crate::crd::{
-    Component, MAX_SPEC_DURATION, PullPolicy, TicketingEvent, parse_duration, parse_duration_within,
-    secret_keys,
+    Component, MAX_SPEC_DURATION, PullPolicy, TicketingEvent, parse_duration_within, secret_keys,
 };
 
 /// Label holding the owning TicketingEvent's name on every child (orphan clean-up selects on it).
@@ -82,7 +81,29 @@ pub fn event_config(tev: &TicketingEvent) -> Result<EventConfig, BuildError> {
         .as_deref()
         .ok_or(BuildError::Missing("metadata.name"))?;
     let s = &tev.spec;
-    let secs = |field, v: &str| parse_duration(field, v).map(|d| d.as_secs());
+    // Whole seconds of at least one (the services count seconds: 500 ms would become 0).
+    let secs = |field, v: &str| {
+        parse_duration_within(field, v, std::time::Duration::from_secs(1), MAX_SPEC_DURATION)
+            .map(|d| d.as_secs())
+    };
+    for (field, value) in [
+        (
+            "spec.queue.admission.ratePerSecond",
+            u64::from(s.queue.admission.rate_per_second),
+        ),
+        (
+            "spec.queue.admission.maxActive",
+            u64::from(s.queue.admission.max_active),
+        ),
+        (
+            "spec.reservation.maxSeatsPerUser",
+            u64::from(s.reservation.max_seats_per_user),
+        ),
+    ] {
+        if value == 0 {
+            return Err(BuildError::Config(format!("{field} must be at least 1")));
+        }
+    }
     let cfg = EventConfig {
         event_id: s.event_id_or(name),
         on_sale_at: s.on_sale_at,
@@ -91,15 +112,11 @@ pub fn event_config(tev: &TicketingEvent) -> Result<EventConfig, BuildError> {
             rate_per_second: s.queue.admission.rate_per_second,
             max_active: s.queue.admission.max_active,
             token_ttl_seconds: secs("spec.queue.admission.tokenTtl", &s.queue.admission.token_ttl)?,
-            // Below 1 s every waiting user would be dropped each sweep (the services count whole
-            // seconds, so 500 ms would become 0).
-            heartbeat_timeout_seconds: parse_duration_within(
+            // Below 1 s every waiting user would be dropped each sweep.
+            heartbeat_timeout_seconds: secs(
                 "spec.queue.admission.heartbeatTimeout",
                 &s.queue.admission.heartbeat_timeout,
-                std::time::Duration::from_secs(1),
-                MAX_SPEC_DURATION,
-            )?
-            .as_secs(),
+            )?,
         },
         reservation: ReservationSettings {
             hold_ttl_seconds: secs("spec.reservation.holdTtl", &s.reservation.hold_ttl)?,
