@@ -270,6 +270,19 @@ impl Metrics {
     }
 
     /// Drops every series of a deleted event.
+    /// Drops every per-event gauge (a replica that stepped down no longer knows; the leader's
+    /// series are the truth, and a stale `event_phase{phase="Failed"}` here would keep alerts
+    /// firing). Counters stay: they are this replica's history.
+    pub fn forget_event_gauges(&self) {
+        self.phase.clear();
+        self.desired_replicas.clear();
+        self.ready_replicas.clear();
+        self.needed_replicas.clear();
+        self.queue_depth.clear();
+        self.active_users.clear();
+        self.signals_healthy.clear();
+    }
+
     pub fn forget_event(&self, namespace: &str, event: &str) {
         for p in [
             Phase::Scheduled,
@@ -294,6 +307,18 @@ impl Metrics {
             };
             self.desired_replicas.remove(&labels);
             self.ready_replicas.remove(&labels);
+            self.needed_replicas.remove(&labels);
+            for direction in [Direction::up, Direction::down] {
+                for reason in crate::scaler::kinds::ALL {
+                    self.scaling_decisions.remove(&DecisionLabels {
+                        namespace: namespace.into(),
+                        event: event.into(),
+                        component: c.as_str(),
+                        direction,
+                        reason,
+                    });
+                }
+            }
         }
         let labels = EventLabels {
             namespace: namespace.into(),
@@ -360,5 +385,47 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(!out.contains(r#"event="ev""#));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod forget_tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_deleted_event_and_a_step_down_leave_no_stale_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.set_replicas("ns", "iu", Component::Queue, 8, 6);
+        m.set_need("ns", "iu", Component::Queue, Some(8));
+        m.set_phase("ns", "iu", Phase::Failed);
+        m.scaling_decisions
+            .get_or_create(&DecisionLabels {
+                namespace: "ns".into(),
+                event: "iu".into(),
+                component: "queue",
+                direction: Direction::up,
+                reason: crate::scaler::kinds::SCALE_OUT,
+            })
+            .inc();
+        assert!(text(&registry).contains("event=\"iu\""));
+        m.forget_event("ns", "iu");
+        assert!(!text(&registry).contains("event=\"iu\""), "{}", text(&registry));
+
+        m.set_phase("ns", "iu", Phase::Failed);
+        m.set_replicas("ns", "iu", Component::Queue, 8, 6);
+        m.forget_event_gauges();
+        let t = text(&registry);
+        assert!(
+            !t.contains("tiketi_operator_event_phase{") && !t.contains("tiketi_operator_desired_replicas{"),
+            "{t}"
+        );
     }
 }

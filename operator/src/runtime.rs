@@ -88,11 +88,18 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     };
     {
         // Mirror leadership into the metric.
+        // Mirror leadership into the metric; on stepping down, drop the per-event gauges.
         let mut rx = leader_state.subscribe();
-        let gauge = metrics.leader.clone();
+        let m = metrics.clone();
         tokio::spawn(async move {
+            let mut was = false;
             loop {
-                gauge.set(i64::from(*rx.borrow_and_update() == Some(true)));
+                let leads = *rx.borrow_and_update() == Some(true);
+                m.leader.set(i64::from(leads));
+                if was && !leads {
+                    m.forget_event_gauges();
+                }
+                was = leads;
                 if rx.changed().await.is_err() {
                     break;
                 }

@@ -48,6 +48,8 @@ pub mod kinds {
     pub const FALLBACK: &str = "fallback";
     /// maxReplicas was lowered below the current replicas.
     pub const MAX_LOWERED: &str = "maxLowered";
+    /// Every kind (to forget an event's series).
+    pub const ALL: [&str; 6] = [SCHEDULE, CLOSED, SCALE_OUT, SCALE_IN, FALLBACK, MAX_LOWERED];
 }
 
 /// Why replicas change: a fixed `kind` for metrics and a free-text message for people.
