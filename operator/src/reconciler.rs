@@ -373,6 +373,15 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         existing.insert(c, deployments.get_opt(&component_name(&name, c)).await?);
     }
 
+    // never adopt: a Deployment with a child's name that this event does not own (someone
+    // else's, or a leftover) would be taken over by the apply and deleted with the event
+    if let Some(invalid) = foreign_child(&tev, &existing) {
+        // Re-checked: a recreated event waits for the garbage collector to remove its
+        // predecessor's Deployments.
+        write_invalid(&tev, ctx, &api, &invalid, now).await?;
+        return Ok(Action::requeue(MISSING_SECRET_RETRY));
+    }
+
     // validate; an event already deployed keeps its last good spec in force on a bad edit or a
     // deleted Secret (schedule, replicas, autoscaling), with InvalidSpec=True saying why
     let (tev, kept) = match validate(&tev, &secrets) {
@@ -504,6 +513,26 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
             Action::requeue(at)
         }
         None => next,
+    })
+}
+
+/// A Deployment that has a child's name but no owner reference to this event (by uid).
+fn foreign_child(
+    tev: &TicketingEvent,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+) -> Option<Invalid> {
+    let uid = tev.uid()?;
+    existing.iter().find_map(|(c, d)| {
+        let d = d.as_ref()?;
+        let owned = d.owner_references().iter().any(|o| o.uid == uid);
+        (!owned).then(|| Invalid {
+            reason: reasons::INVALID_SPEC,
+            message: format!(
+                "spec.{c}: Deployment {:?} already exists and is not owned by this TicketingEvent; \
+                 the operator does not adopt it (delete or rename it, or rename the TicketingEvent)",
+                d.name_any()
+            ),
+        })
     })
 }
 

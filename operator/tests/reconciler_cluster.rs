@@ -730,3 +730,61 @@ async fn event_id_cannot_change_once_created() {
     strip_finalizers(&client, &ns.name).await.unwrap();
     ns.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_deployment_it_does_not_own_is_never_adopted() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-adopt").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    // Someone else's Deployment with the name the event's queue would get.
+    let theirs: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "taken-queue", "labels": {"app": "theirs"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "theirs"}},
+                 "template": {"metadata": {"labels": {"app": "theirs"}},
+                              "spec": {"containers": [{"name": "c", "image": "theirs:1"}]}}}
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &theirs).await.unwrap();
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &event("taken", Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    let t = wait_tev(&api, "taken", "InvalidSpec=True", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "True")
+    })
+    .await
+    .unwrap();
+    let msg = &tiketi_operator::status::find(&t, types::INVALID_SPEC)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("\"taken-queue\" already exists and is not owned"),
+        "{msg}"
+    );
+    let d = deployments.get("taken-queue").await.unwrap();
+    assert!(
+        d.metadata.owner_references.unwrap_or_default().is_empty(),
+        "adopted"
+    );
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("theirs:1"),
+        "overwritten"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+            .get_opt(&tiketi_operator::children::config_map_name("taken"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    teardown(&client, ns, op).await.unwrap();
+}
