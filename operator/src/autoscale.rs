@@ -85,9 +85,48 @@ struct EventState {
     last_ok: Option<EventSignals>,
     /// soldOutAt once this loop set it (the cache may not show it yet).
     sold_out_at: Option<DateTime<Utc>>,
-    /// Health as of the last tick (Events are published on flips).
-    healthy: Option<bool>,
+    /// Reported health (condition, metric and Events follow it; see [`HealthGate`]).
+    health_gate: HealthGate,
     written: Option<Written>,
+}
+
+/// Reported signal health with hysteresis: the first reading is reported at once, after that a
+/// flip needs [`HealthGate::TICKS`] consecutive readings the other way, so a Redis that hovers
+/// around the timeout does not flood Events and status writes. Decisions do not wait for it: a
+/// tick with unhealthy signals never scales in, whatever is reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthGate {
+    reported: Option<bool>,
+    /// Consecutive readings that disagree with `reported`.
+    pub against: u32,
+}
+
+impl HealthGate {
+    pub const TICKS: u32 = 3;
+
+    /// Feeds one reading; returns (reported health, whether it flipped now).
+    pub fn observe(&mut self, healthy: bool) -> (bool, bool) {
+        match self.reported {
+            None => {
+                self.reported = Some(healthy);
+                (healthy, !healthy)
+            }
+            Some(r) if r == healthy => {
+                self.against = 0;
+                (r, false)
+            }
+            Some(r) => {
+                self.against += 1;
+                if self.against >= Self::TICKS {
+                    self.reported = Some(healthy);
+                    self.against = 0;
+                    (healthy, true)
+                } else {
+                    (r, false)
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +142,7 @@ impl EventState {
             next_due: now,
             last_ok: None,
             sold_out_at: None,
-            healthy: None,
+            health_gate: HealthGate::default(),
             written: None,
         }
     }
@@ -580,12 +619,24 @@ async fn handle(
             }
         }
     }
-    let healthy = problems.is_empty();
+    let (healthy, flipped) = st.health_gate.observe(problems.is_empty());
+    if healthy {
+        // Reported healthy while a short spell of problems has not yet flipped it.
+        problems.clear();
+    }
     ctx.metrics
         .signals_healthy
         .get_or_create(&labels)
         .set(i64::from(healthy));
     let (reason, message) = match problems.first() {
+        None if !healthy => (
+            reasons::SIGNALS_UNHEALTHY,
+            format!(
+                "signals fresh again ({} of {} readings before reporting healthy)",
+                st.health_gate.against,
+                HealthGate::TICKS
+            ),
+        ),
         None => (
             reasons::SIGNALS_FRESH,
             "every signal the scaling policies use is fresh".to_owned(),
@@ -603,7 +654,7 @@ async fn handle(
             ),
         ),
     };
-    if st.healthy != Some(healthy) && (st.healthy.is_some() || !healthy) {
+    if flipped {
         let (type_, ev_reason) = if healthy {
             (EventType::Normal, reasons::SIGNALS_RECOVERED)
         } else {
@@ -618,7 +669,6 @@ async fn handle(
             .publish(tev, type_, ev_reason, "Autoscale", message.clone())
             .await;
     }
-    st.healthy = Some(healthy);
 
     // The autoscaler's status fields, throttled.
     let existing = status.conditions.clone().unwrap_or_default();
@@ -703,4 +753,33 @@ async fn handle(
         }
     }
     st
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod health_gate_tests {
+    use super::HealthGate;
+
+    #[test]
+    fn a_hovering_signal_does_not_flip_the_reported_health() {
+        let mut g = HealthGate::default();
+        assert_eq!(
+            g.observe(true),
+            (true, false),
+            "first healthy reading: reported, no Event"
+        );
+        // Unhealthy every other tick: never three in a row, never reported.
+        for i in 0..20 {
+            assert_eq!(g.observe(i % 2 == 1), (true, false), "tick {i}");
+        }
+        // Three in a row flip it (one Event), and three healthy flip it back.
+        assert_eq!(g.observe(false), (true, false));
+        assert_eq!(g.observe(false), (true, false));
+        assert_eq!(g.observe(false), (false, true));
+        assert_eq!(g.observe(true), (false, false));
+        assert_eq!(g.observe(true), (false, false));
+        assert_eq!(g.observe(true), (true, true));
+        // An operator that starts on a broken Redis reports it at once.
+        assert_eq!(HealthGate::default().observe(false), (false, true));
+    }
 }
