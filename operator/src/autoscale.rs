@@ -456,14 +456,15 @@ pub fn kind_of(reason: Reason) -> &'static str {
 
 /// The sizing fields of a component's status this loop owns: `need`, `prewarmReplicas` and the
 /// `needHistory` that carries the stabilization window across restarts (null: removed).
-fn component_sizing(planned: &crate::autoscaler::plan::Planned) -> serde_json::Value {
+fn component_sizing(planned: &crate::autoscaler::plan::Planned) -> crate::status::AutoscalerComponentStatus {
     let d = &planned.decision;
     let history: Vec<crate::crd::NeedMark> = d.memory.need_marks.iter().map(|m| m.to_status()).collect();
-    serde_json::json!({
-        "need": d.need,
-        "prewarmReplicas": planned.prewarm,
-        "needHistory": if history.is_empty() { None } else { Some(history) },
-    })
+    crate::status::AutoscalerComponentStatus {
+        below_since: None,
+        need: d.need,
+        prewarm_replicas: planned.prewarm,
+        need_history: (!history.is_empty()).then_some(history),
+    }
 }
 
 /// Decides and applies one event; returns its updated state.
@@ -547,7 +548,7 @@ async fn handle(
     // The shape of each need history (its needs, not the refreshed times): a change is written at
     // once, so a new leader inherits the window's highest need with the time it was last seen.
     let mut need_shapes: BTreeMap<Component, Vec<u32>> = BTreeMap::new();
-    let mut sizing: BTreeMap<Component, serde_json::Value> = BTreeMap::new();
+    let mut sizing: BTreeMap<Component, crate::status::AutoscalerComponentStatus> = BTreeMap::new();
     for c in Component::ALL {
         let mut entry = ctx.scaler.book().lock(tev, c).await;
         let memory: Option<Memory> = entry.memory.clone();
@@ -681,42 +682,32 @@ async fn handle(
         tev.metadata.generation,
         now,
     );
-    let mut body = serde_json::Map::new();
     let last = st.last_ok.as_ref();
-    let queue_depth = last
-        .map(|s| s.queue_depth)
-        .or(status.queue_depth.and_then(|v| u64::try_from(v).ok()));
-    let active = last
-        .map(|s| s.active_users)
-        .or(status.active_users.and_then(|v| u64::try_from(v).ok()));
     let observed = last.map(|s| s.observed_at).or(status.signals_observed_at);
-    if let Some(v) = queue_depth {
-        body.insert("queueDepth".into(), v.into());
-    }
-    if let Some(v) = active {
-        body.insert("activeUsers".into(), v.into());
-    }
-    if let Some(t) = st.sold_out_at.or(status.sold_out_at) {
-        body.insert("soldOutAt".into(), serde_json::json!(t));
-    }
-    if let Some(v) = last.map(|s| s.pre_queue_depth) {
-        body.insert("preQueueDepth".into(), v.into());
-    }
+    let mut body = crate::status::AutoscalerStatus {
+        queue_depth: last
+            .map(|s| s.queue_depth)
+            .or(status.queue_depth.and_then(|v| u64::try_from(v).ok())),
+        active_users: last
+            .map(|s| s.active_users)
+            .or(status.active_users.and_then(|v| u64::try_from(v).ok())),
+        pre_queue_depth: last.map(|s| s.pre_queue_depth),
+        sold_out_at: st.sold_out_at.or(status.sold_out_at),
+        ..Default::default()
+    };
     for (c, b) in &below {
-        let mut fields = serde_json::json!({ "belowSince": b });
-        if let (Some(serde_json::Value::Object(extra)), Some(m)) = (sizing.get(c), fields.as_object_mut()) {
-            m.extend(extra.clone());
-        }
-        body.insert(c.as_str().into(), fields);
+        let mut fields = sizing.get(c).cloned().unwrap_or_default();
+        fields.below_since = *b;
+        *body.component_mut(*c) = Some(fields);
     }
     let urgent = serde_json::json!({
         "healthy": healthy,
         "reason": reason,
-        "soldOutAt": body.get("soldOutAt"),
+        "soldOutAt": body.sold_out_at,
         "below": below.iter().map(|(c, b)| (c.as_str(), *b)).collect::<BTreeMap<_, _>>(),
         "needs": need_shapes.iter().map(|(c, n)| (c.as_str(), n.clone())).collect::<BTreeMap<_, _>>(),
     });
-    let mut snapshot = serde_json::Value::Object(body.clone());
+    let mut snapshot = serde_json::to_value(&body).unwrap_or_default();
     snapshot["message"] = cond.message.clone().into();
     let write = match &st.written {
         None => true,
@@ -729,18 +720,11 @@ async fn handle(
     if !write {
         return st;
     }
-    if let Some(t) = observed {
-        body.insert("signalsObservedAt".into(), serde_json::json!(t));
-    }
-    body.insert("conditions".into(), serde_json::json!([cond]));
-    // A field this manager leaves out is removed: an ended stabilization run drops belowSince.
-    for c in Component::ALL {
-        if let Some(serde_json::Value::Object(m)) = body.get_mut(c.as_str()) {
-            m.retain(|_, v| !v.is_null());
-        }
-    }
+    body.signals_observed_at = observed;
+    body.conditions = vec![cond];
     let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    match apply_status(&api, tev, crate::field_managers::AUTOSCALER, body.into()).await {
+    let value = serde_json::to_value(&body).unwrap_or_default();
+    match apply_status(&api, tev, crate::field_managers::AUTOSCALER, value).await {
         Ok(_) => {
             st.written = Some(Written {
                 at: Instant::now(),

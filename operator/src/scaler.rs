@@ -390,6 +390,16 @@ mod tests {
         assert!(patch["reservation"].get("lastScaleInTime").is_some());
         assert!(patch["reservation"].get("lastScaleOutTime").is_none());
         assert_eq!(patch["reservation"]["desiredReplicas"], 4);
+        // Every key the scaler writes is one the API server keeps.
+        crate::status::schema_key_tests::assert_in_status_schema(&patch);
+        let out = status_patch(
+            &tev_fixture(),
+            Component::Queue,
+            ScaleChange { from: 1, to: 3 },
+            &ScaleReason::new(kinds::SCALE_OUT, "z"),
+            now,
+        );
+        crate::status::schema_key_tests::assert_in_status_schema(&out);
     }
 
     #[test]

@@ -212,3 +212,151 @@ mod tests {
         assert!(c.message.ends_with("..."));
     }
 }
+
+// === what the autoscaler writes (field manager tiketi-autoscaler) ===
+
+/// The autoscaler's part of the status, applied server-side as its own field manager: a field
+/// it leaves out (None) is removed, so an ended stabilization run drops `belowSince`.
+#[derive(serde::Serialize, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_users: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_queue_depth: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sold_out_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signals_observed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<AutoscalerComponentStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<AutoscalerComponentStatus>,
+}
+
+/// Per component: the scale-in evidence and the capacity sizing.
+#[derive(serde::Serialize, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerComponentStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub below_since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub need: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prewarm_replicas: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub need_history: Option<Vec<crate::crd::NeedMark>>,
+}
+
+impl AutoscalerStatus {
+    pub fn component_mut(&mut self, c: crate::crd::Component) -> &mut Option<AutoscalerComponentStatus> {
+        match c {
+            crate::crd::Component::Queue => &mut self.queue,
+            crate::crd::Component::Reservation => &mut self.reservation,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod schema_key_tests {
+    use kube::CustomResourceExt as _;
+
+    use super::*;
+
+    /// Every key of `value` exists in `schema` (objects by `properties`, arrays by `items`;
+    /// preserve-unknown-fields objects accept anything). The API server silently prunes a key
+    /// the schema lacks, so a typo here would be a field that is never stored.
+    fn keys_in_schema(
+        value: &serde_json::Value,
+        schema: &serde_json::Value,
+        path: &str,
+        missing: &mut Vec<String>,
+    ) {
+        if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true)) {
+            return;
+        }
+        match value {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match schema.get("properties").and_then(|p| p.get(k)) {
+                        Some(s) => keys_in_schema(v, s, &format!("{path}.{k}"), missing),
+                        None => missing.push(format!("{path}.{k}")),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    match schema.get("items") {
+                        Some(s) => keys_in_schema(v, s, &format!("{path}[{i}]"), missing),
+                        None => missing.push(format!("{path}[]")),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// For other modules' tests: every key of a status body is in the CRD's status schema.
+    pub(crate) fn assert_in_status_schema(value: &serde_json::Value) {
+        let mut missing = Vec::new();
+        keys_in_schema(value, &status_schema(), "status", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in the CRD's status schema (pruned by the API server): {missing:?}"
+        );
+    }
+
+    fn status_schema() -> serde_json::Value {
+        let crd = serde_json::to_value(crate::crd::TicketingEvent::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].clone()
+    }
+
+    #[test]
+    fn every_key_the_autoscaler_writes_is_in_the_status_schema() {
+        let now = Utc::now();
+        let component = AutoscalerComponentStatus {
+            below_since: Some(now),
+            need: Some(8),
+            prewarm_replicas: Some(6),
+            need_history: Some(vec![crate::crd::NeedMark { at: now, replicas: 8 }]),
+        };
+        let body = AutoscalerStatus {
+            queue_depth: Some(1),
+            active_users: Some(2),
+            pre_queue_depth: Some(3),
+            sold_out_at: Some(now),
+            signals_observed_at: Some(now),
+            conditions: vec![Condition {
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                message: "m".into(),
+                observed_generation: Some(1),
+                reason: "R".into(),
+                status: "True".into(),
+                type_: types::SIGNALS_HEALTHY.into(),
+            }],
+            queue: Some(component.clone()),
+            reservation: Some(component),
+        };
+        let value = serde_json::to_value(&body).unwrap();
+        let mut missing = Vec::new();
+        keys_in_schema(&value, &status_schema(), "status", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in the CRD's status schema (pruned by the API server): {missing:?}"
+        );
+        // And the checker itself finds a key that is not there.
+        let mut missing = Vec::new();
+        keys_in_schema(
+            &serde_json::json!({"queue": {"needz": 1}}),
+            &status_schema(),
+            "status",
+            &mut missing,
+        );
+        assert_eq!(missing, vec!["status.queue.needz".to_owned()]);
+    }
+}
