@@ -47,6 +47,9 @@ pub struct AutoscalerOptions {
     pub secret_ttl: Duration,
     /// Events decided at once (bounds the API writes in flight).
     pub concurrency: usize,
+    /// Bound of deciding and applying one event (its API calls): a hung call holds that event
+    /// for at most this long, never the tick of every other event.
+    pub event_timeout: Duration,
 }
 
 impl Default for AutoscalerOptions {
@@ -57,6 +60,7 @@ impl Default for AutoscalerOptions {
             status_heartbeat: Duration::from_secs(60),
             secret_ttl: Duration::from_secs(30),
             concurrency: 16,
+            event_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -280,8 +284,16 @@ impl Autoscaler {
                 let opts = self.opts.clone();
                 async move {
                     let uid = tev.uid().unwrap_or_default();
-                    let st = handle(&ctx, &opts, &tev, reading, prom, st, now).await;
-                    (uid, st)
+                    let before = st.clone();
+                    let bound = opts.event_timeout;
+                    match tokio::time::timeout(bound, handle(&ctx, &opts, &tev, reading, prom, st, now)).await {
+                        Ok(st) => (uid, st),
+                        Err(_) => {
+                            // What was applied is in the scaler's book; the next tick decides again.
+                            tracing::warn!(event = %tev.name_any(), ?bound, "deciding the event took too long (API calls hanging): skipped this tick");
+                            (uid, before)
+                        }
+                    }
                 }
             })
             .collect();

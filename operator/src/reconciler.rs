@@ -91,6 +91,8 @@ pub enum Error {
     NoNamespace,
     #[error("reconcile panicked: {0}")]
     Panicked(String),
+    #[error("reconcile did not finish within {0:?} (API calls hanging)")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -109,6 +111,7 @@ impl Error {
             },
             Self::NoNamespace => "no_namespace",
             Self::Panicked(_) => "panic",
+            Self::Timeout(_) => "timeout",
         }
     }
 }
@@ -258,17 +261,20 @@ fn is_quantity(s: &str) -> bool {
 
 // === reconcile ===
 
+/// The most one reconcile may take: a normal one is a few API round trips (milliseconds).
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Entry point for the Controller: [`reconcile`], with a panic turned into an error for this
 /// event (logged, counted, retried with backoff) instead of taking down the process and, after
 /// it, every standby that takes the Lease and reconciles the same object.
 pub async fn reconcile_guarded(tev: Arc<TicketingEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
     use futures::FutureExt as _;
     let key = format!("{}/{}", tev.namespace().unwrap_or_default(), tev.name_any());
-    match std::panic::AssertUnwindSafe(reconcile(tev, ctx.clone()))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
+    let bounded = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile(tev, ctx.clone()));
+    match std::panic::AssertUnwindSafe(bounded).catch_unwind().await {
+        Ok(Ok(result)) => result,
+        // A hung API call fails this reconcile (retried with backoff), not the queue behind it.
+        Ok(Err(_)) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
         Err(payload) => {
             let message = crate::supervise::panic_message(payload.as_ref());
             ctx.metrics
