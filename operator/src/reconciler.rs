@@ -842,16 +842,7 @@ async fn write_status(
     let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
     apply_status(api, tev, field_managers::OPERATOR, value).await?;
     if kept.is_some() && !kept_already {
-        tracing::warn!(event = %tev.name_any(), message = %invalid_condition.2, "invalid spec, last good spec kept");
-        ctx.events
-            .publish(
-                tev,
-                EventType::Warning,
-                reasons::INVALID_SPEC,
-                "Validate",
-                invalid_condition.2.clone(),
-            )
-            .await;
+        warn_invalid(ctx, tev, invalid_condition.2.clone()).await;
     }
     if old.phase != Some(sched.phase) {
         let from = old.phase.map_or("none", Phase::as_str);
@@ -915,16 +906,7 @@ async fn write_invalid(
     let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
     apply_status(api, tev, field_managers::OPERATOR, value).await?;
     if !already {
-        tracing::warn!(event = %tev.name_any(), reason = invalid.reason, message = %invalid.message, "invalid spec");
-        ctx.events
-            .publish(
-                tev,
-                EventType::Warning,
-                reasons::INVALID_SPEC,
-                "Validate",
-                invalid.message.clone(),
-            )
-            .await;
+        warn_invalid(ctx, tev, invalid.message.clone()).await;
     }
     ctx.metrics.set_phase(
         &tev.namespace().unwrap_or_default(),
@@ -936,6 +918,20 @@ async fn write_invalid(
     } else {
         Action::await_change()
     })
+}
+
+/// The log line and the Warning Event of an invalid spec (once per distinct message).
+async fn warn_invalid(ctx: &Context, tev: &TicketingEvent, message: String) {
+    tracing::warn!(event = %tev.name_any(), %message, "invalid spec");
+    ctx.events
+        .publish(
+            tev,
+            EventType::Warning,
+            reasons::INVALID_SPEC,
+            "Validate",
+            message,
+        )
+        .await;
 }
 
 /// Deletion: remove the children now (owner references would too, but only once the garbage

@@ -486,6 +486,43 @@ async fn sold_out_with_an_empty_queue_ends_the_sale_early() {
     teardown(&client, ns, op).await.unwrap();
 }
 
+/// What every test below starts with: a namespace with the Secrets, an operator watching it, a
+/// unique eventId and a Redis connection.
+struct Stage {
+    client: kube::Client,
+    ns: TestNamespace,
+    url: String,
+    eid: String,
+    conn: redis::aio::MultiplexedConnection,
+    op: Operator,
+    api: Api<TicketingEvent>,
+    deployments: Api<Deployment>,
+}
+
+impl Stage {
+    async fn new(prefix: &str) -> Self {
+        let client = kube_client().await.unwrap();
+        install_crd(&client).await.unwrap();
+        let ns = TestNamespace::create(&client, prefix).await.unwrap();
+        create_secrets(&client, &ns.name).await.unwrap();
+        let url = stack_env("REDIS_URL").unwrap();
+        let conn = redis(&url).await;
+        let op = Operator::start(&client, &ns.name);
+        let api = Api::namespaced(client.clone(), &ns.name);
+        let deployments = Api::namespaced(client.clone(), &ns.name);
+        Self {
+            eid: unique(prefix),
+            client,
+            ns,
+            url,
+            conn,
+            op,
+            api,
+            deployments,
+        }
+    }
+}
+
 /// A queue policy with a capacity: 10,000 waiting users per replica (+20 %), no steps, a
 /// stabilization window of `window`.
 fn capacity_policy(window: &str) -> serde_json::Value {
@@ -519,16 +556,16 @@ async fn replica_path(deployments: &Api<Deployment>, name: &str, want: i32, time
 
 #[tokio::test]
 async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after_the_window() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, "as-capacity").await.unwrap();
-    create_secrets(&client, &ns.name).await.unwrap();
-    let url = stack_env("REDIS_URL").unwrap();
-    let eid = unique("as-capacity");
-    let mut conn = redis(&url).await;
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let Stage {
+        client,
+        ns,
+        url,
+        eid,
+        mut conn,
+        op,
+        api,
+        deployments,
+    } = Stage::new("as-capacity").await;
     api.create(
         &PostParams::default(),
         &on_sale_event("cap", &eid, capacity_policy("4s")),
@@ -576,18 +613,18 @@ async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after
 
 #[tokio::test]
 async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, "as-prequeue").await.unwrap();
-    create_secrets(&client, &ns.name).await.unwrap();
-    let url = stack_env("REDIS_URL").unwrap();
-    let eid = unique("as-prequeue");
-    let mut conn = redis(&url).await;
+    let Stage {
+        client,
+        ns,
+        url,
+        eid,
+        mut conn,
+        op,
+        api,
+        deployments,
+    } = Stage::new("as-prequeue").await;
     let k = EventKeys::new(&eid);
     let _: () = conn.del(k.prequeue()).await.unwrap();
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let on_sale_at = Utc::now() + TimeDelta::seconds(90);
     let tev = event("pre", on_sale_at, |v| {
         v["spec"]["eventId"] = eid.clone().into();
@@ -649,16 +686,16 @@ async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
 
 #[tokio::test]
 async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, "as-capwin").await.unwrap();
-    create_secrets(&client, &ns.name).await.unwrap();
-    let url = stack_env("REDIS_URL").unwrap();
-    let eid = unique("as-capwin");
-    let mut conn = redis(&url).await;
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let Stage {
+        client,
+        ns,
+        url,
+        eid,
+        mut conn,
+        op,
+        api,
+        deployments,
+    } = Stage::new("as-capwin").await;
     api.create(
         &PostParams::default(),
         &on_sale_event("capwin", &eid, capacity_policy("12s")),
@@ -710,16 +747,16 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
 
 #[tokio::test]
 async fn a_live_sale_keeps_running_on_its_last_good_spec() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, "as-lastgood").await.unwrap();
-    create_secrets(&client, &ns.name).await.unwrap();
-    let url = stack_env("REDIS_URL").unwrap();
-    let eid = unique("as-lastgood");
-    let mut conn = redis(&url).await;
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let Stage {
+        client,
+        ns,
+        url,
+        eid,
+        mut conn,
+        op,
+        api,
+        deployments,
+    } = Stage::new("as-lastgood").await;
     api.create(
         &PostParams::default(),
         &on_sale_event("good", &eid, capacity_policy("4s")),
