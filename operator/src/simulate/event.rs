@@ -162,6 +162,10 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -357,9 +361,9 @@ fn bar(rows: &[Row]) -> Bar {
     };
     let rm = t.replica_minutes / kc.replica_minutes.max(f64::MIN_POSITIVE);
     Bar {
-        under_capacity_ratio: round2(under),
+        under_capacity_ratio: round3(under),
         under_capacity_bar: 0.2,
-        replica_minutes_ratio: round2(rm),
+        replica_minutes_ratio: round3(rm),
         replica_minutes_bar: 1.0,
         met: under <= 0.2 && rm <= 1.0,
     }
@@ -369,7 +373,7 @@ fn ratio(v: f64) -> String {
     if v.is_infinite() {
         "∞".to_owned()
     } else {
-        format!("{v:.2}×")
+        format!("{v:.3}×")
     }
 }
 
@@ -452,7 +456,11 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
                         .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
                     humantime::format_duration(args.pod_start_delay)
                 );
-                super::plot::render(&out, &title, timelines, needed)?;
+                let load = match c {
+                    Component::Queue => "queue depth",
+                    Component::Reservation => "active users",
+                };
+                super::plot::render(&out, &title, timelines, needed, load)?;
                 if !args.json && !print(&format!("timeline written to {}", out.display()))? {
                     return Ok(());
                 }

@@ -262,7 +262,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 humantime::format_duration(args.pod_start_delay),
                 crate::autoscaler::format::value(args.per_pod_capacity),
             );
-            plot::render(&out, &title, &run.timelines, &run.needed)?;
+            plot::render(&out, &title, &run.timelines, &run.needed, "queue depth")?;
             if !print(&format!("timeline written to {}\n", out.display()))? {
                 return Ok(());
             }

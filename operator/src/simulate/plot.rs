@@ -1,4 +1,5 @@
-//! The SVG timeline: queue depth (right axis) and desired/ready replicas per scaler (left axis).
+//! The SVG timeline: the load (right axis: queue depth, or active users) and desired/ready
+//! replicas per scaler (left axis).
 
 use std::path::Path;
 
@@ -15,9 +16,16 @@ const PALETTE: [RGBColor; 4] = [
 ];
 
 /// Renders `timelines` (all over the same trace) to an SVG file.
-pub fn render(path: &Path, title: &str, timelines: &[Timeline], needed: &[u32]) -> anyhow::Result<()> {
+pub fn render(
+    path: &Path,
+    title: &str,
+    timelines: &[Timeline],
+    needed: &[u32],
+    load: &str,
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
-    draw(&root, title, timelines, needed).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    draw(&root, title, timelines, needed, load)
+        .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
     root.present()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("writing {}", path.display()))?;
@@ -50,6 +58,7 @@ fn draw<DB: DrawingBackend>(
     title: &str,
     timelines: &[Timeline],
     needed: &[u32],
+    load: &str,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let Some(first) = timelines.first() else {
@@ -85,7 +94,7 @@ fn draw<DB: DrawingBackend>(
         .draw()?;
     chart
         .configure_secondary_axes()
-        .y_desc("queue depth")
+        .y_desc(load)
         .y_label_formatter(&|v| crate::autoscaler::format::value(v.round()))
         .draw()?;
 
@@ -105,7 +114,7 @@ fn draw<DB: DrawingBackend>(
                 .collect::<Vec<_>>(),
             grey.mix(0.3).filled(),
         )))?
-        .label("queue depth (right axis)")
+        .label(format!("{load} (right axis)"))
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], grey.mix(0.4).filled()));
     chart
         .draw_series(LineSeries::new(
