@@ -326,6 +326,12 @@ pub fn error_policy(tev: Arc<TicketingEvent>, err: &Error, ctx: Arc<Context>) ->
         })
         .inc();
     let key = format!("{}/{}", tev.namespace().unwrap_or_default(), tev.name_any());
+    if err.metric_label() == "not_leader" {
+        // Leadership ended during the reconcile: nothing to report (a follower writes nothing,
+        // Events included); regaining leadership reconciles everything again.
+        tracing::info!(event = %key, "leadership ended during the reconcile; stopped before writing");
+        return Action::await_change();
+    }
     let backoff = ctx.backoff(&key);
     tracing::warn!(event = %key, error = %err, ?backoff, "reconcile failed");
     let note = format!("{err}");
