@@ -284,16 +284,14 @@ impl Autoscaler {
                 let opts = self.opts.clone();
                 async move {
                     let uid = tev.uid().unwrap_or_default();
-                    let before = st.clone();
+                    let mut st = st;
                     let bound = opts.event_timeout;
-                    match tokio::time::timeout(bound, handle(&ctx, &opts, &tev, reading, prom, st, now)).await {
-                        Ok(st) => (uid, st),
-                        Err(_) => {
-                            // What was applied is in the scaler's book; the next tick decides again.
-                            tracing::warn!(event = %tev.name_any(), ?bound, "deciding the event took too long (API calls hanging): skipped this tick");
-                            (uid, before)
-                        }
+                    let handled = handle(&ctx, &opts, &tev, reading, prom, &mut st, now);
+                    if tokio::time::timeout(bound, handled).await.is_err() {
+                        // What was applied is in the scaler's book; the next tick decides again.
+                        tracing::warn!(event = %tev.name_any(), ?bound, "deciding the event took too long (API calls hanging): skipped this tick");
                     }
+                    (uid, st)
                 }
             })
             .collect();
@@ -479,16 +477,16 @@ fn component_sizing(planned: &crate::autoscaler::plan::Planned) -> crate::status
     }
 }
 
-/// Decides and applies one event; returns its updated state.
+/// Decides and applies one event, updating its state (a timeout may cut it short: every field stays consistent on its own).
 async fn handle(
     ctx: &Context,
     opts: &AutoscalerOptions,
     tev: &TicketingEvent,
     reading: Result<EventSignals, SignalError>,
     prom: Samples,
-    mut st: EventState,
+    st: &mut EventState,
     now: DateTime<Utc>,
-) -> EventState {
+) {
     let ns = tev.namespace().unwrap_or_default();
     let name = tev.name_any();
     let labels = EventLabels {
@@ -499,7 +497,7 @@ async fn handle(
     let sold_out_at = st.sold_out_at.or(status.sold_out_at);
     let sched = match schedule::evaluate(&tev.spec, sold_out_at, now) {
         Ok(s) => s,
-        Err(_) => return st, // the reconciler reports the invalid spec
+        Err(_) => return, // the reconciler reports the invalid spec
     };
 
     match &reading {
@@ -612,7 +610,7 @@ async fn handle(
         health.push((c, d.health.clone()));
     }
     if health.is_empty() {
-        return st; // Closed: the schedule pins replicas; nothing of ours to report
+        return; // Closed: the schedule pins replicas; nothing of ours to report
     }
 
     // SignalsHealthy and the Events on its flips.
@@ -730,7 +728,7 @@ async fn handle(
         }
     };
     if !write {
-        return st;
+        return;
     }
     body.signals_observed_at = observed;
     body.conditions = vec![cond];
@@ -748,7 +746,6 @@ async fn handle(
             tracing::warn!(namespace = %ns, event = %name, error = %e, "writing the autoscaler's status failed");
         }
     }
-    st
 }
 
 #[cfg(test)]

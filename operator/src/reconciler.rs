@@ -407,14 +407,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     // schedule and build
     let status = tev.status.clone().unwrap_or_default();
     let sched = schedule::evaluate(&tev.spec, status.sold_out_at, now)?;
-    let target_of = |c: Component, entry: &BookEntry| {
-        sched.replicas(
-            c,
-            tev.spec.min_replicas(c),
-            tev.spec.max_replicas(c),
-            entry.recorded(&tev, c),
-        )
-    };
+    let target_of = |c: Component, entry: &BookEntry| schedule_target(&sched, &tev, c, entry);
     let mut targets: BTreeMap<Component, i32> = BTreeMap::new();
     for c in Component::ALL {
         let entry = ctx.scaler.book().lock(&tev, c).await;
@@ -433,7 +426,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         && let Err(invalid) = dry_run_deployments(&deployments, &children).await?
     {
         return match last_good(&tev, &existing) {
-            Some(good) => Box::pin(keep_in_force(Arc::new(good), invalid, ctx)).await,
+            Some(good) => Box::pin(keep_in_force(Arc::new(good), invalid, &existing, ctx)).await,
             None => write_invalid(&tev, ctx, &api, &invalid, now).await,
         };
     }
@@ -563,14 +556,27 @@ fn last_good(
     Some(good)
 }
 
+/// The replicas the schedule asks for now, keeping the last decision recorded in the book.
+fn schedule_target(sched: &Schedule, tev: &TicketingEvent, c: Component, entry: &BookEntry) -> i32 {
+    sched.replicas(
+        c,
+        tev.spec.min_replicas(c),
+        tev.spec.max_replicas(c),
+        entry.recorded(tev, c),
+    )
+}
+
 /// A dry-run refusal found after validation: the same as an invalid spec with the last good one
-/// kept. Runs the pipeline again with the last good spec.
-async fn keep_in_force(good: Arc<TicketingEvent>, invalid: Invalid, ctx: &Context) -> Result<Action, Error> {
-    // Marked as kept through the condition the next reconcile reads; the current pass applies
-    // nothing new (children stay as they are) and writes status with the refusal.
+/// kept. The current pass applies nothing new (children stay as the last good spec built them)
+/// and writes status with the refusal; the next reconcile reads it from the condition.
+async fn keep_in_force(
+    good: Arc<TicketingEvent>,
+    invalid: Invalid,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let ns = good.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Utc::now();
     let status = good.status.clone().unwrap_or_default();
     let sched = schedule::evaluate(&good.spec, status.sold_out_at, now)?;
@@ -578,18 +584,12 @@ async fn keep_in_force(good: Arc<TicketingEvent>, invalid: Invalid, ctx: &Contex
     let mut ready = BTreeMap::new();
     let mut updated = BTreeMap::new();
     for c in Component::ALL {
-        let d = deployments.get_opt(&component_name(&good.name_any(), c)).await?;
         let entry = ctx.scaler.book().lock(&good, c).await;
-        targets.insert(
-            c,
-            sched.replicas(
-                c,
-                good.spec.min_replicas(c),
-                good.spec.max_replicas(c),
-                entry.recorded(&good, c),
-            ),
-        );
-        let st = d.as_ref().and_then(|d| d.status.as_ref());
+        targets.insert(c, schedule_target(&sched, &good, c, &entry));
+        let st = existing
+            .get(&c)
+            .and_then(Option::as_ref)
+            .and_then(|d| d.status.as_ref());
         ready.insert(c, st.and_then(|s| s.ready_replicas).unwrap_or(0));
         updated.insert(c, false);
     }
