@@ -60,7 +60,7 @@ redis-cli -p "$rport" flushall >/dev/null
 
 # --- tokens: one distinct user per request
 ntok=$(( secs * 40000 ))
-"$bin" gen-tokens --secret bench-secret --count "$ntok" --prefix bench-user- > "$work/tokens.txt"
+"$bin" gen-tokens --secret bench-user-secret-for-the-queue-bench-001 --count "$ntok" --prefix bench-user- > "$work/tokens.txt"
 cat > "$work/join.lua" <<'LUA'
 local threads = {}
 function setup(thread)
@@ -97,8 +97,8 @@ qport=$(free_port)
 cat > "$work/event.json" <<JSON
 {"eventId":"bench","onSaleAt":"2020-01-01T00:00:00Z","queue":{"ratePerSecond":50,"maxActive":2000,"tokenTtlSeconds":600,"heartbeatTimeoutSeconds":600}}
 JSON
-TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="$redis_url" TIKETI_JWT_SECRET=bench-secret \
-TIKETI_ADMISSION_SECRET=bench-admission TIKETI_EVENT_CONFIG="$work/event.json" \
+TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="$redis_url" TIKETI_JWT_SECRET=bench-user-secret-for-the-queue-bench-001 \
+TIKETI_ADMISSION_SECRET=bench-admission-secret-for-the-bench-01 TIKETI_EVENT_CONFIG="$work/event.json" \
 TIKETI_RATE_LIMIT_IP=10000000 TIKETI_ADMISSION=false TIKETI_DRAIN_DELAY_MS=0 \
 TIKETI_MAX_STREAMS=100000 RUST_LOG=warn "$bin" 2> "$work/queue.log" &
 qpid=$!

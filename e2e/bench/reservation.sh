@@ -63,7 +63,7 @@ cat "$work"/pgb.* | awk '{print $3}' | sort -n > "$work/pg-lat.txt"
 # One service run per scenario: "contended" sells a small inventory out (most holds collide),
 # "spread" has 20x the seats so nearly every hold succeeds and confirms dominate.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export TIKETI_JWT_SECRET=bench-user-secret TIKETI_ADMISSION_SECRET=bench-admission-secret
+export TIKETI_JWT_SECRET=bench-user-secret-for-the-reservation-01 TIKETI_ADMISSION_SECRET=bench-admission-secret-for-the-bench-01
 run_service() {
   local label=$1 rows=$2 per_row=$3 db="${svc_db}_$1" ev="$event-$1"
   echo "== tiketi-reservation ($label): $CLIENTS buyers, $((rows * per_row)) seats, up to ${DURATION}s"

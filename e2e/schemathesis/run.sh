@@ -35,7 +35,7 @@ cat > "$work/event.json" <<JSON
  "inventory": {"sections": [{"name": "A", "rows": 10, "seatsPerRow": 10}]}}
 JSON
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export TIKETI_JWT_SECRET=st-user-secret TIKETI_ADMISSION_SECRET=st-admission-secret
+export TIKETI_JWT_SECRET=st-user-secret-for-schemathesis-only-0001 TIKETI_ADMISSION_SECRET=st-admission-secret-for-schemathesis-01
 TIKETI_LISTEN="127.0.0.1:$port" TIKETI_REDIS_URL="$REDIS_URL" TIKETI_EVENT_CONFIG="$work/event.json" \
   TIKETI_DATABASE_URL="${base%/*}/$db" TIKETI_DRAIN_DELAY=0s RUST_LOG=warn "$BIN" > "$work/service.log" 2>&1 &
 pid=$!

@@ -499,6 +499,10 @@ fn env(tev: &TicketingEvent, c: Component) -> Vec<EnvVar> {
             false,
         ),
     ];
+    if c == Component::Queue {
+        let hops = s.queue.trusted_proxy_hops.unwrap_or(0);
+        env.push(plain("TIKETI_TRUSTED_PROXY_HOPS", hops.to_string()));
+    }
     if c == Component::Reservation {
         let db = &s.database.secret_ref.name;
         env.push(secret(

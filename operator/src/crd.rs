@@ -288,6 +288,12 @@ pub struct QueueSpec {
     /// How users move from the queue to the active set.
     #[serde(default)]
     pub admission: AdmissionSpec,
+    /// Proxies in front of the waiting room that append to `X-Forwarded-For` (1 behind an AWS
+    /// ALB; 0-10, default 0 = the TCP peer is the client). The per-address rate limit reads the
+    /// entry that many hops from the right; client-written entries are never trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub trusted_proxy_hops: Option<u32>,
     /// The step-scaling policy of the queue Deployment.
     #[serde(default)]
     pub scaling: ScalingPolicy,

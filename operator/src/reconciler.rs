@@ -170,6 +170,17 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
             message: missing.join("; "),
         });
     }
+    let auth = &tev.spec.auth.secret_ref.name;
+    for key in [secret_keys::JWT_SECRET, secret_keys::ADMISSION_SECRET] {
+        let value = secrets
+            .get(auth)
+            .and_then(Option::as_ref)
+            .and_then(|d| d.get(key))
+            .map_or(&[][..], Vec::as_slice);
+        // The services refuse to start with such a key; saying so here names the Secret.
+        tiketi_shared::token::check_signing_key(&format!("Secret {auth:?} key {key:?}"), value)
+            .map_err(invalid)?;
+    }
     let r = &tev.spec.redis.url_secret_ref;
     if tev.spec.redis.tls {
         let url = secrets
@@ -998,6 +1009,8 @@ spec:
         serde_yaml::from_str(TEV).unwrap()
     }
 
+    const KEY: &str = "a-signing-key-of-at-least-32-bytes!";
+
     fn secrets() -> SecretData {
         let s = |pairs: &[(&str, &str)]| {
             Some(
@@ -1010,8 +1023,30 @@ spec:
         BTreeMap::from([
             ("redis".into(), s(&[("url", "rediss://u:p@host:6379")])),
             ("db".into(), s(&[("url", "postgres://x")])),
-            ("auth".into(), s(&[("jwtSecret", "a"), ("admissionSecret", "b")])),
+            ("auth".into(), s(&[("jwtSecret", KEY), ("admissionSecret", KEY)])),
         ])
+    }
+
+    #[test]
+    fn short_empty_or_placeholder_signing_keys_are_invalid() {
+        for (value, expect) in [
+            ("", "empty"),
+            ("short", "5 bytes"),
+            ("CHANGE_ME_ADMISSION_HS256_KEY_0123456789", "placeholder"),
+        ] {
+            let mut s = secrets();
+            s.get_mut("auth")
+                .and_then(Option::as_mut)
+                .unwrap()
+                .insert("admissionSecret".into(), value.as_bytes().to_vec());
+            let err = validate(&tev(), &s).unwrap_err();
+            assert_eq!(err.reason, reasons::INVALID_SPEC);
+            assert!(
+                err.message.contains(r#"Secret "auth" key "admissionSecret""#) && err.message.contains(expect),
+                "{value:?}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -33,13 +33,13 @@ qport=$(free_port)
 cat > "$work/event.json" <<JSON
 {"eventId":"st-event","onSaleAt":"2020-01-01T00:00:00Z","queue":{"ratePerSecond":5,"maxActive":50,"tokenTtlSeconds":600,"heartbeatTimeoutSeconds":600}}
 JSON
-TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="redis://127.0.0.1:$rport" TIKETI_JWT_SECRET=st-secret \
-TIKETI_ADMISSION_SECRET=st-admission TIKETI_EVENT_CONFIG="$work/event.json" TIKETI_RATE_LIMIT_USER=100000 \
+TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="redis://127.0.0.1:$rport" TIKETI_JWT_SECRET=st-user-secret-for-schemathesis-only-0001 \
+TIKETI_ADMISSION_SECRET=st-admission-secret-for-schemathesis-01 TIKETI_EVENT_CONFIG="$work/event.json" TIKETI_RATE_LIMIT_USER=100000 \
 TIKETI_RATE_LIMIT_IP=100000 TIKETI_DRAIN_DELAY_MS=0 RUST_LOG=warn "$bin" 2> "$work/queue.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$qport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
-token=$("$bin" gen-tokens --secret st-secret --count 1 --prefix st-user-)
+token=$("$bin" gen-tokens --secret st-user-secret-for-schemathesis-only-0001 --count 1 --prefix st-user-)
 cat > "$work/st-fixed.toml" <<TOML
 [parameters]
 "path.event" = "st-event"

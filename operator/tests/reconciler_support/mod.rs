@@ -124,7 +124,7 @@ pub async fn create_secrets(client: &Client, ns: &str) -> Result<()> {
         ),
         (
             "tiketi-auth",
-            serde_json::json!({"jwtSecret": "test-jwt-key", "admissionSecret": "test-admission-key"}),
+            serde_json::json!({"jwtSecret": "test-jwt-key-of-at-least-32-bytes-long", "admissionSecret": "test-admission-key-of-32-bytes-or-more"}),
         ),
     ] {
         let s: Secret = serde_json::from_value(serde_json::json!({

@@ -94,9 +94,11 @@ pub struct ServeArgs {
     /// Requests per second allowed per client address (burst twice this).
     #[arg(long, env = "TIKETI_RATE_LIMIT_IP", default_value_t = 200)]
     pub rate_limit_ip: u32,
-    /// Take the client address from the first `X-Forwarded-For` entry (only behind a trusted proxy).
-    #[arg(long, env = "TIKETI_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
-    pub trust_forwarded_for: bool,
+    /// Proxies in front of the service that append to `X-Forwarded-For` (1 behind an ALB): the
+    /// client address is the entry that many hops from the right; 0 ignores the header and uses
+    /// the TCP peer. Entries left of it are written by the client and never trusted.
+    #[arg(long, env = "TIKETI_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u32,
     /// Stream ticker period in milliseconds (how often positions are pushed).
     #[arg(long, env = "TIKETI_STREAM_TICK_MS", default_value_t = 1000)]
     pub stream_tick_ms: u64,

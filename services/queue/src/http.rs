@@ -47,7 +47,8 @@ pub struct App {
     pub stop: watch::Receiver<bool>,
     pub per_user: DefaultKeyedRateLimiter<String>,
     pub per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    pub trust_forwarded_for: bool,
+    /// See `--trusted-proxy-hops`.
+    pub trusted_proxy_hops: u32,
     pub max_streams: usize,
 }
 
@@ -596,18 +597,27 @@ async fn fallback() -> Problem {
 
 // === middleware ===
 
-/// Client address: the TCP peer, or the first X-Forwarded-For entry behind a trusted proxy.
+/// Client address: the TCP peer, or behind `trusted_proxy_hops` proxies the `X-Forwarded-For`
+/// entry that many hops from the right (what the outermost trusted proxy saw). A client can put
+/// anything left of it, so nothing there is read.
 fn client_ip(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
-    if app.trust_forwarded_for
-        && let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
-    }
-    peer.map(|p| p.ip())
+    forwarded_client(app.trusted_proxy_hops, headers).or(peer.map(|p| p.ip()))
+}
+
+fn forwarded_client(hops: u32, headers: &HeaderMap) -> Option<IpAddr> {
+    let hops = usize::try_from(hops).ok().filter(|&h| h > 0)?;
+    // Several X-Forwarded-For headers are one list, in order (RFC 9110 §5.3).
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    // Fewer entries than trusted hops: every entry was written by a trusted proxy; the left-most
+    // is the closest to the client.
+    let at = entries.len().checked_sub(hops).unwrap_or(0);
+    entries.get(at)?.parse().ok()
 }
 
 async fn per_ip_limit(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
@@ -627,7 +637,7 @@ async fn track(AxState(app): AxState<Shared>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = tiketi_shared::http::method_label(req.method());
     let res = next.run(req).await;
     timer.set(RequestLabels {
         method,
@@ -666,3 +676,30 @@ pub fn router(app: Shared) -> Router {
     tags((name = "queue", description = "the waiting room"), (name = "ops", description = "probes"))
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_address_is_the_right_most_untrusted_hop() {
+        let forged = headers(&["6.6.6.6, 10.0.0.1", "203.0.113.7"]);
+        // Behind one proxy (an ALB): the entry it appended, not what the client wrote.
+        assert_eq!(forwarded_client(1, &forged), Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(forwarded_client(2, &forged), Some("10.0.0.1".parse().unwrap()));
+        // No trusted proxy: the header is not read at all.
+        assert_eq!(forwarded_client(0, &forged), None);
+        // Fewer entries than hops: the left-most, which a trusted proxy wrote.
+        assert_eq!(forwarded_client(5, &headers(&["198.51.100.1"])), Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(forwarded_client(1, &headers(&["not-an-ip"])), None);
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use tiketi_shared::token::{AdmissionKeys, UserVerifier};
+use tiketi_shared::token::{AdmissionKeys, UserVerifier, check_signing_key};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,7 +39,7 @@ pub async fn serve(
         lease_ttl_ms,
         rate_limit_user,
         rate_limit_ip,
-        trust_forwarded_for,
+        trusted_proxy_hops,
         stream_tick_ms,
         stream_refresh_budget,
         max_streams,
@@ -47,12 +47,12 @@ pub async fn serve(
         shutdown_timeout_ms,
         replica_id,
     } = args;
-    let jwt_secret = jwt_secret
-        .filter(|s| !s.is_empty())
-        .context("TIKETI_JWT_SECRET (--jwt-secret) is required")?;
-    let admission_secret = admission_secret
-        .filter(|s| !s.is_empty())
-        .context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
+    let jwt_secret = jwt_secret.context("TIKETI_JWT_SECRET (--jwt-secret) is required")?;
+    let admission_secret =
+        admission_secret.context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
+    check_signing_key("TIKETI_JWT_SECRET", jwt_secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes())
+        .map_err(anyhow::Error::msg)?;
     let store =
         Store::new(&redis_url, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
     let events = Events::default();
@@ -77,7 +77,7 @@ pub async fn serve(
         stop: stop_rx.clone(),
         per_user: limiter(rate_limit_user),
         per_ip: limiter(rate_limit_ip),
-        trust_forwarded_for,
+        trusted_proxy_hops,
         max_streams,
     });
 

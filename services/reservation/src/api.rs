@@ -77,7 +77,7 @@ async fn record_latency(State(state): State<Arc<AppState>>, req: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = tiketi_shared::http::method_label(req.method());
     let res = next.run(req).await;
     if let Some(route) = route {
         let status_class = match res.status().as_u16() {

@@ -21,7 +21,7 @@ pub struct ConflictLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status_class: &'static str,
 }

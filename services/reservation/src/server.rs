@@ -38,6 +38,10 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         drain_delay: _,
         shutdown_timeout: _,
     } = settings;
+    tiketi_shared::token::check_signing_key("TIKETI_JWT_SECRET", jwt_secret.as_bytes())
+        .map_err(anyhow::Error::msg)?;
+    tiketi_shared::token::check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes())
+        .map_err(anyhow::Error::msg)?;
     let configs: BTreeMap<_, _> = tiketi_shared::config::load(event_config)
         .with_context(|| format!("loading TIKETI_EVENT_CONFIG {}", event_config.display()))?;
     if configs.is_empty() {

@@ -38,6 +38,35 @@ impl TokenError {
     }
 }
 
+/// Shortest HMAC key accepted (bytes): HS256's own output size; RFC 7518 §3.2 requires a key of at
+/// least the hash size, and anything shorter can be brute-forced offline from one token.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Values that are shipped placeholders, never real keys (compared case-insensitively, with `_`
+/// read as `-`): a key containing one of them is refused.
+const PLACEHOLDERS: [&str; 4] = ["change-me", "changeme", "replace-me", "placeholder"];
+
+/// Checks a signing key before a service trusts it: not empty, at least [`MIN_KEY_BYTES`], not a
+/// known placeholder. `what` names the key in the error (e.g. `TIKETI_JWT_SECRET`).
+pub fn check_signing_key(what: &str, key: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("{what} is empty: anyone could mint tokens"));
+    }
+    if key.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "{what} is {} bytes; at least {MIN_KEY_BYTES} are required (e.g. `openssl rand -base64 32`)",
+            key.len()
+        ));
+    }
+    let lowered = String::from_utf8_lossy(key).to_ascii_lowercase().replace('_', "-");
+    if let Some(p) = PLACEHOLDERS.iter().find(|p| lowered.contains(*p)) {
+        return Err(format!(
+            "{what} is a placeholder (it contains {p:?}); set a random key (e.g. `openssl rand -base64 32`)"
+        ));
+    }
+    Ok(())
+}
+
 /// Claims of the platform's user token. Only `sub` is required by tiketi.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserClaims {
@@ -189,6 +218,16 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn signing_keys_must_be_long_and_not_placeholders() {
+        assert!(check_signing_key("K", b"").unwrap_err().contains("empty"));
+        assert!(check_signing_key("K", b"short").unwrap_err().contains("5 bytes"));
+        let e = check_signing_key("K", b"CHANGE_ME_CHANGE_ME_CHANGE_ME_CHANGE_ME").unwrap_err();
+        assert!(e.contains("placeholder"), "{e}");
+        assert!(check_signing_key("K", b"change-me-admission-key-at-least-32-bytes").is_err());
+        check_signing_key("K", b"0123456789abcdef0123456789abcdef").unwrap();
+    }
 
     #[test]
     fn admission_token_round_trips_and_refuses_misuse() {

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use tiketi_queue::cli::ServeArgs;
 use tiketi_shared::keys::EventKeys;
 
-pub const JWT_SECRET: &str = "test-user-secret";
-pub const ADMISSION_SECRET: &str = "test-admission-secret";
+pub const JWT_SECRET: &str = "test-user-secret-of-at-least-32-bytes";
+pub const ADMISSION_SECRET: &str = "test-admission-secret-of-32-bytes-or-more";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").expect(
@@ -106,7 +106,7 @@ pub fn args(redis_url: &str, config: Option<PathBuf>) -> ServeArgs {
         lease_ttl_ms: 2000,
         rate_limit_user: 10_000,
         rate_limit_ip: 100_000,
-        trust_forwarded_for: false,
+        trusted_proxy_hops: 0,
         stream_tick_ms: 200,
         stream_refresh_budget: 1000,
         max_streams: 10_000,

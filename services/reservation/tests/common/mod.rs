@@ -13,8 +13,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tiketi_reservation::Settings;
 use tiketi_shared::token::{AdmissionKeys, sign_user_token};
 
-pub const JWT_SECRET: &str = "test-user-secret";
-pub const ADMISSION_SECRET: &str = "test-admission-secret";
+pub const JWT_SECRET: &str = "test-user-secret-of-at-least-32-bytes";
+pub const ADMISSION_SECRET: &str = "test-admission-secret-of-32-bytes-or-more";
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
