@@ -1042,7 +1042,8 @@ spec:
             let err = validate(&tev(), &s).unwrap_err();
             assert_eq!(err.reason, reasons::INVALID_SPEC);
             assert!(
-                err.message.contains(r#"Secret "auth" key "admissionSecret""#) && err.message.contains(expect),
+                err.message.contains(r#"Secret "auth" key "admissionSecret""#)
+                    && err.message.contains(expect),
                 "{value:?}: {}",
                 err.message
             );

@@ -616,7 +616,7 @@ fn forwarded_client(hops: u32, headers: &HeaderMap) -> Option<IpAddr> {
         .collect();
     // Fewer entries than trusted hops: every entry was written by a trusted proxy; the left-most
     // is the closest to the client.
-    let at = entries.len().checked_sub(hops).unwrap_or(0);
+    let at = entries.len().saturating_sub(hops);
     entries.get(at)?.parse().ok()
 }
 
@@ -699,7 +699,10 @@ mod tests {
         // No trusted proxy: the header is not read at all.
         assert_eq!(forwarded_client(0, &forged), None);
         // Fewer entries than hops: the left-most, which a trusted proxy wrote.
-        assert_eq!(forwarded_client(5, &headers(&["198.51.100.1"])), Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(
+            forwarded_client(5, &headers(&["198.51.100.1"])),
+            Some("198.51.100.1".parse().unwrap())
+        );
         assert_eq!(forwarded_client(1, &headers(&["not-an-ip"])), None);
     }
 }

@@ -51,8 +51,7 @@ pub async fn serve(
     let admission_secret =
         admission_secret.context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
     check_signing_key("TIKETI_JWT_SECRET", jwt_secret.as_bytes()).map_err(anyhow::Error::msg)?;
-    check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes())
-        .map_err(anyhow::Error::msg)?;
+    check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let store =
         Store::new(&redis_url, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
     let events = Events::default();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Postgres, Row};
 use tiketi_shared::config::{EventConfig, SeatSpec};
 use uuid::Uuid;
 
@@ -96,12 +96,29 @@ pub struct StoredResponse {
     pub body: Option<serde_json::Value>,
 }
 
-/// What a confirm transaction decided.
+/// Why PostgreSQL refused a hold's claim (see `tiketi_claim_hold` in the migrations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimRefused {
+    /// These seats have a live order line.
+    Sold(Vec<String>),
+    /// These seats are claimed by other live holds: (seat, owner hold, owner expiry when known).
+    Held(Vec<(String, Option<Uuid>, Option<DateTime<Utc>>)>),
+    /// The user's held and bought seats would exceed the limit; `current` is their count now.
+    OverLimit { current: u32 },
+}
+
+/// What a confirm decided.
 #[derive(Debug)]
 pub enum ConfirmOutcome {
     Created(Order),
-    /// These seats are already booked by a live order.
+    /// These seats are already booked by a live order, or claimed by another live hold.
     SeatsTaken(Vec<String>),
+    /// The event's sale ended (`saleEndsAt`) before this confirm.
+    SaleEnded,
+    /// A lapsed hold taken back would put the user past the limit; `current` is their count.
+    OverLimit {
+        current: u32,
+    },
     /// The hold already became this order (under another Idempotency-Key).
     AlreadyConfirmed(Option<Uuid>),
     /// The hold was released before it could be confirmed.
@@ -344,26 +361,44 @@ impl Db {
         Ok(n.max(0) as u64)
     }
 
-    /// Mirrors a hold in PostgreSQL unless one of its seats is already sold; returns the sold
-    /// seats (empty = inserted). One round trip.
-    pub async fn insert_hold_unless_sold(&self, hold: &Hold) -> Result<Vec<String>, DbError> {
-        self.bounded(
-            sqlx::query_scalar(
-                "WITH sold AS (SELECT seat_id FROM order_lines \
-                               WHERE event_id = $2 AND live AND seat_id = ANY($4)), \
-                      ins AS (INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at) \
-                              SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM sold) \
-                              RETURNING hold_id) \
-                 SELECT seat_id FROM sold",
+    /// Claims the hold's seats in PostgreSQL and mirrors the hold, in one statement
+    /// (`tiketi_claim_hold`): refused when a seat is sold, claimed by another live hold, or when
+    /// the user's held and bought seats would exceed `cap`.
+    /// `Ok(Ok(()))`: the seats are this hold's and the hold is mirrored.
+    pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> Result<Result<(), ClaimRefused>, DbError> {
+        type Row = (
+            String,
+            Option<String>,
+            Option<Uuid>,
+            Option<DateTime<Utc>>,
+            Option<i32>,
+        );
+        let rows: Vec<Row> = self
+            .bounded(
+                sqlx::query_as("SELECT * FROM tiketi_claim_hold($1, $2, $3, $4, $5, $6)")
+                    .bind(hold.hold_id)
+                    .bind(&hold.event_id)
+                    .bind(&hold.user_id)
+                    .bind(&hold.seats)
+                    .bind(hold.expires_at)
+                    .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+                    .fetch_all(&self.writer),
             )
-            .bind(hold.hold_id)
-            .bind(&hold.event_id)
-            .bind(&hold.user_id)
-            .bind(&hold.seats)
-            .bind(hold.expires_at)
-            .fetch_all(&self.writer),
-        )
-        .await
+            .await?;
+        let Some((kind, ..)) = rows.first() else {
+            return Ok(Ok(()));
+        };
+        Ok(Err(match kind.as_str() {
+            "limit" => ClaimRefused::OverLimit {
+                current: rows[0].4.unwrap_or(0).max(0) as u32,
+            },
+            "sold" => ClaimRefused::Sold(rows.into_iter().filter_map(|r| r.1).collect()),
+            _ => ClaimRefused::Held(
+                rows.into_iter()
+                    .filter_map(|(_, seat, owner, expires, _)| seat.map(|s| (s, owner, expires)))
+                    .collect(),
+            ),
+        }))
     }
 
     pub async fn get_hold(&self, id: Uuid) -> Result<Option<HoldRow>, DbError> {
@@ -393,19 +428,24 @@ impl Db {
         .map_err(DbError::from)
     }
 
-    /// Marks a held hold released; returns false when it was not in state `held`.
+    /// Marks a held hold released and frees the claims it still owns, in one statement; returns
+    /// false when it was not in state `held`.
     pub async fn release_hold(&self, id: Uuid) -> Result<bool, DbError> {
-        let done = self
+        let released: i64 = self
             .bounded(
-                sqlx::query(
-                    "UPDATE holds SET status = 'released', released_at = now() \
-                     WHERE hold_id = $1 AND status = 'held'",
+                sqlx::query_scalar(
+                    "WITH h AS (UPDATE holds SET status = 'released', released_at = now() \
+                                WHERE hold_id = $1 AND status = 'held' RETURNING event_id, seat_ids), \
+                          freed AS (DELETE FROM seat_claims c USING h \
+                                    WHERE c.event_id = h.event_id AND c.seat_id = ANY (h.seat_ids) \
+                                      AND c.hold_id = $1 RETURNING 1) \
+                     SELECT count(*) FROM h",
                 )
                 .bind(id)
-                .execute(&self.writer),
+                .fetch_one(&self.writer),
             )
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(released == 1)
     }
 
     /// The idempotency record for (user, key) and the hold, in one round trip.
@@ -505,23 +545,35 @@ impl Db {
         Ok(())
     }
 
-    /// The confirm transaction: claim the idempotency key, flip the hold to confirmed, insert the
-    /// order and its lines, store the answer — all or nothing. The partial unique index decides
-    /// which of two racing orders for a seat wins.
+    /// The confirm, one statement (`tiketi_confirm`): lock the hold, check the sale end and (for
+    /// a lapsed hold) the user's limit, claim its seats for good unless another live hold has
+    /// them, claim the idempotency key with its answer, write the order and its lines — all or
+    /// nothing. The partial unique index on live order lines stays the last word on a seat.
     pub async fn confirm(
         &self,
         hold: &Hold,
         user: &str,
         key: &str,
         fingerprint: &str,
+        cap: u32,
+        sale_ends: Option<DateTime<Utc>>,
     ) -> Result<ConfirmOutcome, DbError> {
         let mut conn = self.acquire().await?;
-        let order_id = Uuid::now_v7();
-        let result = tokio::time::timeout(
-            self.timeout,
-            confirm_tx(&mut conn, hold, order_id, user, key, fingerprint),
+        let order = new_order(hold, user);
+        let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
+        let statement = sqlx::query_as::<_, (String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(
+            "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
-        .await;
+        .bind(hold.hold_id)
+        .bind(user)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(&body)
+        .bind(order.order_id)
+        .bind(order.created_at)
+        .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+        .bind(sale_ends);
+        let result = tokio::time::timeout(self.timeout, statement.fetch_one(&mut *conn)).await;
         match result {
             Err(_) => {
                 conn.close_on_drop();
@@ -546,7 +598,17 @@ impl Db {
                     _ => Err(DbError::Sqlx(e)),
                 }
             }
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((outcome, seats, order_id, count))) => Ok(match outcome.as_str() {
+                "created" => ConfirmOutcome::Created(order),
+                "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
+                "sale-ended" => ConfirmOutcome::SaleEnded,
+                "limit" => ConfirmOutcome::OverLimit {
+                    current: count.unwrap_or(0).max(0) as u32,
+                },
+                "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
+                "key-in-use" => ConfirmOutcome::KeyInUse,
+                other => ConfirmOutcome::NotHeld(other.to_owned()),
+            }),
         }
     }
 
@@ -612,71 +674,20 @@ impl Db {
     }
 }
 
-async fn confirm_tx(
-    conn: &mut PoolConnection<Postgres>,
-    hold: &Hold,
-    order_id: Uuid,
-    user: &str,
-    key: &str,
-    fingerprint: &str,
-) -> Result<ConfirmOutcome, sqlx::Error> {
-    // PostgreSQL keeps microseconds; truncate first so the stored answer equals the live one.
+/// The order a confirm of `hold` writes (PostgreSQL keeps microseconds; the time is truncated
+/// first so the stored answer equals the live one).
+fn new_order(hold: &Hold, user: &str) -> Order {
     let now = Utc::now();
     let created_at = DateTime::<Utc>::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let mut seats = hold.seats.clone();
     seats.sort();
-    let order = Order {
-        order_id,
+    Order {
+        order_id: Uuid::now_v7(),
         event_id: hold.event_id.clone(),
         hold_id: hold.hold_id,
         user_id: user.to_owned(),
         seats,
         status: "confirmed".into(),
         created_at,
-    };
-    let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
-    let mut tx = conn.begin().await?;
-    // One statement, three round trips in all (BEGIN, this, COMMIT): claim the key with its
-    // answer, flip the hold, insert the order and its lines. Any unique violation aborts it.
-    let (claimed, confirmed, lines): (i64, i64, i64) = sqlx::query_as(
-        "WITH idem AS ( \
-             INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint, status_code, response) \
-             VALUES ($1, $2, $3, 201, $4) ON CONFLICT DO NOTHING RETURNING 1), \
-         h AS (UPDATE holds SET status = 'confirmed' WHERE hold_id = $5 AND status = 'held' RETURNING hold_id), \
-         o AS (INSERT INTO orders (order_id, event_id, user_id, hold_id, created_at) \
-               SELECT $6, $7, $1, hold_id, $8 FROM h RETURNING order_id), \
-         l AS (INSERT INTO order_lines (order_id, event_id, seat_id) \
-               SELECT o.order_id, $7, s FROM o, unnest($9::text[]) AS s RETURNING 1) \
-         SELECT (SELECT count(*) FROM idem), (SELECT count(*) FROM h), (SELECT count(*) FROM l)",
-    )
-    .bind(user)
-    .bind(key)
-    .bind(fingerprint)
-    .bind(&body)
-    .bind(hold.hold_id)
-    .bind(order_id)
-    .bind(&hold.event_id)
-    .bind(created_at)
-    .bind(&hold.seats)
-    .fetch_one(&mut *tx)
-    .await?;
-    if claimed == 1 && confirmed == 1 && lines == hold.seats.len() as i64 {
-        tx.commit().await?;
-        return Ok(ConfirmOutcome::Created(order));
     }
-    tx.rollback().await?;
-    if claimed == 0 {
-        return Ok(ConfirmOutcome::KeyInUse);
-    }
-    let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
-        "SELECT h.status, o.order_id FROM holds h LEFT JOIN orders o USING (hold_id) WHERE h.hold_id = $1",
-    )
-    .bind(hold.hold_id)
-    .fetch_optional(&mut **conn)
-    .await?;
-    Ok(match row {
-        Some((status, order)) if status == "confirmed" => ConfirmOutcome::AlreadyConfirmed(order),
-        Some((status, _)) => ConfirmOutcome::NotHeld(status),
-        None => ConfirmOutcome::NotHeld("missing".into()),
-    })
 }

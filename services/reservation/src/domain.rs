@@ -160,6 +160,9 @@ pub enum HoldOutcome {
     OverCap {
         current: u64,
     },
+    /// The queue has admitted users for this event and this user is not (or no longer) one of
+    /// them: left the line, or the admission expired.
+    NotAdmitted,
 }
 
 #[cfg(test)]

@@ -24,19 +24,32 @@ pub enum RedisError {
 const HOLD_OK: i64 = 1;
 const HOLD_TAKEN: i64 = 0;
 const HOLD_OVER_CAP: i64 = 2;
+const HOLD_NOT_ADMITTED: i64 = 3;
 
-/// KEYS: hold record, user's held-seat set, the event's held-seat index, then one lock key per
-/// seat. ARGV: hold id, ttl ms, now ms, per-user cap, hold record JSON, then the seat ids (same
-/// order). Both sets are sorted sets scored by expiry, so lapsed holds drop out by themselves.
+/// KEYS: hold record, user's held-seat set, the event's held-seat index, the event's active set,
+/// its admitted-total counter, then one lock key per seat. ARGV: hold id, ttl ms, now ms,
+/// per-user cap, hold record JSON, user, then the seat ids (same order). Both seat sets are
+/// sorted sets scored by expiry, so lapsed holds drop out by themselves.
+///
+/// Admission: once the queue has admitted anyone for the event (admitted-total exists), the user
+/// must still be in the active set with an unexpired score — leaving the line (`DELETE …/me`) or
+/// an expired admission ends the right to hold even though the token is still signed. If Redis
+/// lost the queue's records (no counter), the signed, time-bound token alone decides.
 const HOLD_SCRIPT: &str = r#"
-local n = #KEYS - 3
+local n = #KEYS - 5
 local ttl = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local until_ms = redis.call('ZSCORE', KEYS[4], ARGV[6])
+  if not until_ms or tonumber(until_ms) < now then
+    return {3, {}}
+  end
+end
 local taken = {}
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i + 3]) == 1 then
-    taken[#taken + 1] = ARGV[5 + i]
+  if redis.call('EXISTS', KEYS[i + 5]) == 1 then
+    taken[#taken + 1] = ARGV[6 + i]
   end
 end
 if #taken > 0 then
@@ -48,9 +61,9 @@ if current + n > cap then
   return {2, {tostring(current)}}
 end
 for i = 1, n do
-  redis.call('SET', KEYS[i + 3], ARGV[1], 'PX', ttl)
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[5 + i])
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[5 + i])
+  redis.call('SET', KEYS[i + 5], ARGV[1], 'PX', ttl)
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[6 + i])
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[6 + i])
 end
 redis.call('SET', KEYS[1], ARGV[5], 'PX', ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -75,17 +88,25 @@ redis.call('DEL', KEYS[1])
 return freed
 "#;
 
-/// KEYS: hold record, user's held-seat set, held-seat index, then the seat lock keys. ARGV: seat
-/// ids. After a confirmed order: seats become sold markers without TTL, the hold is gone.
+/// KEYS: hold record, user's held-seat set, held-seat index, then the seat lock keys. ARGV: hold
+/// id, then seat ids. After a confirmed order: seats become sold markers without TTL, the hold is
+/// gone. A lock another hold owns is left alone (PostgreSQL has the seat claimed for this order,
+/// so that hold is being undone and its lock lapses with its TTL): a sold marker never
+/// overwrites another hold's lock.
 const SOLD_SCRIPT: &str = r#"
 local n = #KEYS - 3
+local marked = 0
 for i = 1, n do
-  redis.call('SET', KEYS[i + 3], 'sold')
-  redis.call('ZREM', KEYS[2], ARGV[i])
-  redis.call('ZREM', KEYS[3], ARGV[i])
+  local v = redis.call('GET', KEYS[i + 3])
+  if (not v) or v == ARGV[1] or v == 'sold' then
+    redis.call('SET', KEYS[i + 3], 'sold')
+    redis.call('ZREM', KEYS[3], ARGV[i + 1])
+    marked = marked + 1
+  end
+  redis.call('ZREM', KEYS[2], ARGV[i + 1])
 end
 redis.call('DEL', KEYS[1])
-return n
+return marked
 "#;
 
 #[derive(Clone)]
@@ -148,7 +169,9 @@ impl HoldStore {
         let mut inv = self.hold.prepare_invoke();
         inv.key(keys.hold(hold_id))
             .key(keys.user_holds(user))
-            .key(keys.held_seats());
+            .key(keys.held_seats())
+            .key(keys.active())
+            .key(keys.admitted_total());
         for s in seats {
             inv.key(keys.seat_hold(s));
         }
@@ -156,7 +179,8 @@ impl HoldStore {
             .arg(ttl.as_millis() as u64)
             .arg(now_ms)
             .arg(cap)
-            .arg(record_json);
+            .arg(record_json)
+            .arg(user);
         for s in seats {
             inv.arg(s.as_str());
         }
@@ -164,6 +188,7 @@ impl HoldStore {
         let (code, list): (i64, Vec<String>) = self.bounded(inv.invoke_async(&mut c)).await?;
         match code {
             HOLD_OK => Ok(HoldOutcome::Held),
+            HOLD_NOT_ADMITTED => Ok(HoldOutcome::NotAdmitted),
             HOLD_TAKEN => Ok(HoldOutcome::Taken(list)),
             HOLD_OVER_CAP => {
                 let current = list
@@ -214,12 +239,39 @@ impl HoldStore {
         for s in seats {
             inv.key(keys.seat_hold(s));
         }
+        inv.arg(hold_id);
         for s in seats {
             inv.arg(s.as_str());
         }
         let mut c = self.conn.clone();
         let _: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
         Ok(())
+    }
+
+    /// Puts back the locks of live holds PostgreSQL knows and Redis forgot (after an eviction or
+    /// a flush), so Redis refuses their seats early again. `SET NX`: a lock present is kept.
+    pub async fn restore_locks(
+        &self,
+        keys: &EventKeys,
+        locks: &[(String, String, i64)],
+        now_ms: i64,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        for (seat, owner, until_ms) in locks {
+            let ttl = until_ms - now_ms;
+            if ttl > 0 {
+                pipe.cmd("SET")
+                    .arg(keys.seat_hold(seat))
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
+                pipe.zadd(keys.held_seats(), seat, until_ms).ignore();
+            }
+        }
+        let mut c = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut c)).await
     }
 
     /// Sold markers for seats PostgreSQL knows are sold but Redis forgot (after a flush).

@@ -17,7 +17,7 @@ use tiketi_shared::token::{AdmissionKeys, UserVerifier};
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
-use crate::db::{ConfirmOutcome, Db, DbError, SeatRow};
+use crate::db::{ClaimRefused, ConfirmOutcome, Db, DbError, SeatRow};
 use crate::domain::{self, Counts, HoldOutcome, HoldRequestError, SeatStatus};
 use crate::metrics::{
     ConflictLabels, DependencyLabels, EventLabels, Metrics, OutcomeLabels, PoolLabels, SeatLabels,
@@ -39,6 +39,8 @@ pub struct EventState {
     pub id: String,
     pub keys: EventKeys,
     pub rules: ReservationSettings,
+    /// Confirms are refused from this instant on (`saleEndsAt`).
+    pub sale_ends_at: Option<DateTime<Utc>>,
     pub seats: Vec<SeatRow>,
     pub seat_ids: Vec<String>,
     pub index: HashMap<String, usize>,
@@ -54,6 +56,7 @@ impl EventState {
             id: cfg.event_id.clone(),
             keys: EventKeys::new(&cfg.event_id),
             rules: cfg.reservation.clone(),
+            sale_ends_at: cfg.sale_ends_at,
             seats,
             seat_ids,
             index,
@@ -96,6 +99,17 @@ fn now_ms() -> i64 {
 
 fn seats_taken(seats: Vec<String>, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "seats-taken", detail).with("seats", seats)
+}
+
+/// The per-user limit: `current` seats held or bought already, at most `max` per event.
+fn over_limit(current: u64, max: u32) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "seat-limit-reached",
+        format!("you already hold or bought {current} seat(s) of this event; at most {max} per buyer"),
+    )
+    .with("held", current)
+    .with("max", max)
 }
 
 fn problem_json(p: &Problem) -> serde_json::Value {
@@ -295,38 +309,70 @@ impl AppState {
                 return Err(seats_taken(taken, "some of the requested seats are held or sold"));
             }
             HoldOutcome::OverCap { current } => {
+                return Err(over_limit(current, ev.rules.max_seats_per_user));
+            }
+            HoldOutcome::NotAdmitted => {
                 return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "seat-limit-reached",
-                    format!(
-                        "you already hold {current} seat(s); at most {} at once",
-                        ev.rules.max_seats_per_user
-                    ),
+                    StatusCode::FORBIDDEN,
+                    "admission-ended",
+                    "your admission for this event has ended (you left the line or it expired); \
+                     join the queue again",
                 )
-                .with("held", current)
-                .with("max", ev.rules.max_seats_per_user));
+                .with("reason", "not_active"));
             }
         }
-        // Redis said yes; PostgreSQL must agree the seats are unsold (Redis may have lost sold
-        // markers) and keeps the hold so it survives a Redis flush.
-        match self.db.insert_hold_unless_sold(&hold).await {
-            Ok(sold) if sold.is_empty() => Ok(hold),
-            Ok(sold) => {
+        // Redis said yes; PostgreSQL decides: it claims the seats unless one is sold or claimed
+        // by another live hold (Redis may have lost locks or sold markers), enforces the limit
+        // over held and bought seats, and keeps the hold so it survives a Redis flush.
+        match self.db.claim_hold(&hold, ev.rules.max_seats_per_user).await {
+            Ok(Ok(())) => Ok(hold),
+            Ok(Err(refused)) => {
                 self.undo_hold(&ev, &hold).await;
-                if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
-                    tracing::warn!(error = %e, "could not restore sold markers");
-                }
-                self.metrics
-                    .conflicts
-                    .get_or_create(&ConflictLabels { stage: "hold" })
-                    .inc();
-                Err(seats_taken(sold, "some of the requested seats are sold"))
+                Err(self.claim_refused(&ev, refused).await)
             }
             Err(e) => {
                 self.undo_hold(&ev, &hold).await;
                 Err(self.db_down(e))
             }
         }
+    }
+
+    /// The answer to a hold PostgreSQL refused; Redis learns what it forgot (sold markers, the
+    /// locks of live holds) so it refuses those seats early again.
+    async fn claim_refused(&self, ev: &EventState, refused: ClaimRefused) -> Problem {
+        match refused {
+            ClaimRefused::OverLimit { current } => {
+                over_limit(u64::from(current), ev.rules.max_seats_per_user)
+            }
+            ClaimRefused::Sold(sold) => {
+                if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
+                    tracing::warn!(error = %e, "could not restore sold markers");
+                }
+                self.count_conflict("hold");
+                seats_taken(sold, "some of the requested seats are sold")
+            }
+            ClaimRefused::Held(held) => {
+                let locks: Vec<(String, String, i64)> = held
+                    .iter()
+                    .filter_map(|(seat, owner, until)| {
+                        Some((seat.clone(), (*owner)?.to_string(), (*until)?.timestamp_millis()))
+                    })
+                    .collect();
+                if let Err(e) = self.redis.restore_locks(&ev.keys, &locks, now_ms()).await {
+                    tracing::warn!(error = %e, "could not restore seat locks");
+                }
+                self.count_conflict("hold");
+                let seats = held.into_iter().map(|(seat, ..)| seat).collect();
+                seats_taken(seats, "some of the requested seats are held by someone else")
+            }
+        }
+    }
+
+    fn count_conflict(&self, stage: &'static str) {
+        self.metrics
+            .conflicts
+            .get_or_create(&ConflictLabels { stage })
+            .inc();
     }
 
     async fn undo_hold(&self, ev: &EventState, hold: &Hold) {
@@ -466,39 +512,19 @@ impl AppState {
         let ev = self.event(&row.hold.event_id).await?;
         let hold = row.hold;
 
-        // A live lock owned by another hold (or a sold marker) refuses early. A missing lock is
-        // fine: PostgreSQL decides below. If Redis is down we also let PostgreSQL decide.
-        match self.redis.seat_values(&ev.keys, &hold.seats).await {
-            Ok(values) => {
-                let mine = hold.hold_id.to_string();
-                let taken: Vec<String> = hold
-                    .seats
-                    .iter()
-                    .zip(values)
-                    .filter(|(_, v)| v.as_deref().is_some_and(|v| v != mine))
-                    .map(|(s, _)| s.clone())
-                    .collect();
-                if !taken.is_empty() && row.status == "held" {
-                    self.metrics
-                        .conflicts
-                        .get_or_create(&ConflictLabels { stage: "confirm" })
-                        .inc();
-                    let p = seats_taken(taken, "the hold lapsed and some of its seats were taken since");
-                    return self.final_answer(&user, key, &fingerprint, p).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable during confirm; PostgreSQL decides alone");
-                self.metrics
-                    .dependency_errors
-                    .get_or_create(&DependencyLabels { dependency: "redis" })
-                    .inc();
-            }
-        }
-
+        // No Redis pre-check: a lock or sold marker there says nothing PostgreSQL does not know
+        // better (a live hold of ours may show another's lock while that one is being undone),
+        // and a second confirm of a committed hold must learn its order id, not "seats taken".
         match self
             .db
-            .confirm(&hold, &user, key, &fingerprint)
+            .confirm(
+                &hold,
+                &user,
+                key,
+                &fingerprint,
+                ev.rules.max_seats_per_user,
+                ev.sale_ends_at,
+            )
             .await
             .map_err(|e| self.db_down(e))?
         {
@@ -516,15 +542,26 @@ impl AppState {
                     replayed: false,
                 })
             }
-            ConfirmOutcome::SeatsTaken(sold) => {
-                self.metrics
-                    .conflicts
-                    .get_or_create(&ConflictLabels { stage: "confirm" })
-                    .inc();
-                if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
-                    tracing::warn!(error = %e, "could not restore sold markers");
-                }
-                let p = seats_taken(sold, "some seats of this hold were sold to someone else");
+            ConfirmOutcome::SeatsTaken(taken) => {
+                self.count_conflict("confirm");
+                let p = seats_taken(
+                    taken,
+                    "some seats of this hold are now someone else's (the hold had lapsed)",
+                );
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::SaleEnded => {
+                let ended = ev.sale_ends_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                let p = Problem::new(
+                    StatusCode::CONFLICT,
+                    "sale-ended",
+                    format!("the sale of this event ended at {ended}; nothing can be confirmed"),
+                )
+                .with("saleEndsAt", ended);
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::OverLimit { current } => {
+                let p = over_limit(u64::from(current), ev.rules.max_seats_per_user);
                 self.final_answer(&user, key, &fingerprint, p).await
             }
             ConfirmOutcome::AlreadyConfirmed(order) => {

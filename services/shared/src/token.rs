@@ -58,7 +58,9 @@ pub fn check_signing_key(what: &str, key: &[u8]) -> Result<(), String> {
             key.len()
         ));
     }
-    let lowered = String::from_utf8_lossy(key).to_ascii_lowercase().replace('_', "-");
+    let lowered = String::from_utf8_lossy(key)
+        .to_ascii_lowercase()
+        .replace('_', "-");
     if let Some(p) = PLACEHOLDERS.iter().find(|p| lowered.contains(*p)) {
         return Err(format!(
             "{what} is a placeholder (it contains {p:?}); set a random key (e.g. `openssl rand -base64 32`)"

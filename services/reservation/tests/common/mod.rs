@@ -124,6 +124,15 @@ pub fn write_config_at(
     std::fs::write(path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
 }
 
+/// Writes an event configuration file as given (for fields `write_config` does not set).
+pub fn write_config_value(cfg: &Value) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tiketi-resv-{}", unique("cfg")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("event.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+    path
+}
+
 pub fn settings(db_url: &str, redis: &str, config: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -373,6 +382,17 @@ impl PrivateRedis {
         let client = redis::Client::open(self.url.as_str()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("redis-server is running");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill on PATH")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
     }
 
     pub async fn stop(mut self) {
