@@ -153,10 +153,15 @@ async fn step(
     let in_grace = term.sweep_not_before.is_some_and(|t| Instant::now() < t);
     if term.fence.is_some() && sweep_due && !in_grace {
         term.last_sweep = Some(Instant::now());
-        let dropped = store.sweep(&keys, heartbeat_timeout(cfg), 10_000).await?;
-        if dropped > 0 {
-            metrics.dropped.get_or_create(&label).inc_by(dropped);
-            tracing::info!(event, dropped, "dropped waiting users without heartbeat");
+        match store.sweep(&keys, heartbeat_timeout(cfg), 10_000).await? {
+            Some(dropped) if dropped > 0 => {
+                metrics.dropped.get_or_create(&label).inc_by(dropped);
+                tracing::info!(event, dropped, "dropped waiting users without heartbeat");
+            }
+            Some(_) => {}
+            // Paused (sold out, or heartbeats shed somewhere): once it resumes, every waiting
+            // user gets a full timeout to heartbeat again before anyone is dropped.
+            None => term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(cfg)),
         }
     }
     Ok(())

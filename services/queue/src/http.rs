@@ -88,6 +88,33 @@ fn unavailable(app: &App, e: StoreError) -> Problem {
     ))
 }
 
+/// Joins or polls through the store's batcher. A call the store could not serve (shed under
+/// overload, or Redis too slow) cost the user a heartbeat: the event's heartbeats-shed marker
+/// tells the admitting replica not to sweep anyone for a full heartbeat timeout.
+async fn observe(app: &App, cfg: &EventConfig, user: &str, join: bool) -> Result<Observed, Problem> {
+    let keys = EventKeys::new(&cfg.event_id);
+    match app
+        .store
+        .status(
+            &keys,
+            user,
+            cfg.on_sale_at.timestamp_millis(),
+            sale_ends_ms(cfg),
+            join,
+        )
+        .await
+    {
+        Ok(obs) => Ok(obs),
+        Err(e) => {
+            app.store.note_shed(
+                &keys,
+                std::time::Duration::from_secs(cfg.queue.heartbeat_timeout_seconds),
+            );
+            Err(unavailable(app, e))
+        }
+    }
+}
+
 fn event_config(app: &App, event: &str) -> Result<Arc<EventConfig>, Problem> {
     app.events.get(event).ok_or_else(|| {
         Problem::new(
@@ -230,18 +257,7 @@ pub async fn join(
     User(user): User,
 ) -> Result<Response, Problem> {
     let cfg = event_config(&app, &event)?;
-    let keys = EventKeys::new(&event);
-    let obs = app
-        .store
-        .status(
-            &keys,
-            &user,
-            cfg.on_sale_at.timestamp_millis(),
-            sale_ends_ms(&cfg),
-            true,
-        )
-        .await
-        .map_err(|e| unavailable(&app, e))?;
+    let obs = observe(&app, &cfg, &user, true).await?;
     let result = match (&obs.standing, obs.created) {
         (Standing::Waiting { .. }, true) => "new",
         (Standing::PreQueue { .. }, true) => "prequeue",
@@ -310,17 +326,7 @@ pub async fn me(
     User(user): User,
 ) -> Result<Json<QueueStatus>, Problem> {
     let cfg = event_config(&app, &event)?;
-    let obs = app
-        .store
-        .status(
-            &EventKeys::new(&event),
-            &user,
-            cfg.on_sale_at.timestamp_millis(),
-            sale_ends_ms(&cfg),
-            false,
-        )
-        .await
-        .map_err(|e| unavailable(&app, e))?;
+    let obs = observe(&app, &cfg, &user, false).await?;
     let status = view(&app, &cfg, &user, &obs.standing, obs.now_ms, app.hub.rate(&event))?;
     status.map(Json).ok_or_else(|| not_in_queue(&event))
 }
@@ -418,17 +424,7 @@ pub async fn stream(
         )
         .retry_after(5));
     }
-    let obs = app
-        .store
-        .status(
-            &EventKeys::new(&event),
-            &user,
-            cfg.on_sale_at.timestamp_millis(),
-            sale_ends_ms(&cfg),
-            false,
-        )
-        .await
-        .map_err(|e| unavailable(&app, e))?;
+    let obs = observe(&app, &cfg, &user, false).await?;
     let standing = match obs.standing {
         Standing::Waiting { rank, .. } => StreamFix::Waiting { rank },
         Standing::PreQueue { .. } => StreamFix::PreQueue,

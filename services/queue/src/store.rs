@@ -133,7 +133,14 @@ local closed = ends > 0 and now >= ends
 local function one(user, mode)
   local a = redis.call('ZSCORE', KEYS[3], user)
   if a and tonumber(a) >= now then return {'admitted', a, 0, 0} end
-  if sold_out then return {'soldOut', '0', 0, 0} end
+  if sold_out then
+    -- Sold out keeps the line: a waiting user's heartbeat still counts, so when seats come back
+    -- (holds lapse, releases) admission resumes in the original order.
+    if redis.call('ZSCORE', KEYS[1], user) or redis.call('ZSCORE', KEYS[2], user) then
+      redis.call('ZADD', KEYS[5], now, user)
+    end
+    return {'soldOut', '0', 0, 0}
+  end
   if closed then return {'closed', '0', 0, 0} end
   local s = redis.call('ZSCORE', KEYS[1], user)
   if s then
@@ -249,12 +256,15 @@ return {admitted, active + admitted, redis.call('ZCARD', KEYS[3])}
     ))
 });
 
-/// Drop waiting users whose last heartbeat is older than the timeout.
-/// KEYS: heartbeats queue prequeue. ARGV: timeout_ms limit. Returns the number dropped.
+/// Drop waiting users whose last heartbeat is older than the timeout — unless the event is sold
+/// out (nobody is admitted, the line waits for seats to come back) or a replica shed heartbeats
+/// within the last timeout. KEYS: heartbeats queue prequeue sold_out heartbeats_shed.
+/// ARGV: timeout_ms limit. Returns the number dropped, or -1 when the sweep is paused.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
         r#"
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, tonumber(ARGV[2]))
 for _, u in ipairs(stale) do
   redis.call('ZREM', KEYS[2], u)
@@ -299,7 +309,12 @@ pub struct Store {
     conn: ConnectionManager,
     timeout: Duration,
     batch: tokio::sync::mpsc::Sender<StatusJob>,
+    /// When this replica last recorded shed heartbeats, per event.
+    shed_notes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EventKeys, std::time::Instant>>>,
 }
+
+/// One heartbeats-shed write per event per replica at most this often.
+const SHED_NOTE_EVERY: Duration = Duration::from_millis(500);
 
 impl Store {
     /// Connects lazily: the service starts (and answers /healthz) while Redis is still down.
@@ -321,7 +336,12 @@ impl Store {
             }
             .run(rx),
         );
-        Ok(Self { conn, timeout, batch })
+        Ok(Self {
+            conn,
+            timeout,
+            batch,
+            shed_notes: Default::default(),
+        })
     }
 
     pub fn timeout(&self) -> Duration {
@@ -439,15 +459,50 @@ impl Store {
         })
     }
 
-    pub async fn sweep(&self, keys: &EventKeys, timeout: Duration, limit: u32) -> Result<u64> {
+    /// Drops waiting users without a heartbeat for `timeout`; None when the sweep is paused
+    /// (sold out, or heartbeats were shed).
+    pub async fn sweep(&self, keys: &EventKeys, timeout: Duration, limit: u32) -> Result<Option<u64>> {
         let mut c = self.conn.clone();
         let mut inv = SWEEP.prepare_invoke();
         inv.key(keys.heartbeats())
             .key(keys.queue())
             .key(keys.prequeue())
+            .key(keys.sold_out())
+            .key(keys.heartbeats_shed())
             .arg(timeout.as_millis() as u64)
             .arg(limit);
-        self.bounded(inv.invoke_async(&mut c)).await
+        let n: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    /// Marks that this replica could not serve a heartbeat of the event (see
+    /// [`EventKeys::heartbeats_shed`]). At most one write per event per `SHED_NOTE_EVERY` from a
+    /// replica, sent in the background: it must not add load to the overload it reports.
+    pub fn note_shed(&self, keys: &EventKeys, heartbeat_timeout: Duration) {
+        {
+            let mut last = self
+                .shed_notes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if last
+                .get(keys)
+                .is_some_and(|t| now.duration_since(*t) < SHED_NOTE_EVERY)
+            {
+                return;
+            }
+            last.insert(keys.clone(), now);
+        }
+        let (mut c, key, timeout) = (self.conn.clone(), keys.heartbeats_shed(), self.timeout);
+        let ttl = heartbeat_timeout.max(SHED_NOTE_EVERY).as_millis() as u64;
+        tokio::spawn(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg("1").arg("PX").arg(ttl);
+            let set = cmd.query_async::<()>(&mut c);
+            if !matches!(tokio::time::timeout(timeout, set).await, Ok(Ok(()))) {
+                tracing::warn!(key, "could not record shed heartbeats; the sweep may drop users");
+            }
+        });
     }
 
     pub async fn is_shuffled(&self, keys: &EventKeys) -> Result<bool> {
@@ -648,7 +703,9 @@ impl Batcher {
                 }
             }
             let mut groups: Vec<(Group, Vec<StatusJob>)> = Vec::new();
-            for job in jobs {
+            // A caller that timed out (or went away) waiting in the queue is not served: its job
+            // would cost Redis time that callers still waiting need.
+            for job in jobs.into_iter().filter(|j| !j.reply.is_closed()) {
                 match groups.iter_mut().find(|(g, _)| *g == job.group) {
                     Some((_, v)) => v.push(job),
                     None => groups.push((job.group.clone(), vec![job])),

@@ -179,6 +179,84 @@ async fn sold_out_answers_joins_and_tells_waiting_users() {
 }
 
 #[tokio::test]
+async fn sold_out_then_seats_back_resumes_admission_in_the_original_order() {
+    let url = redis_url();
+    let event = unique_event("resume");
+    let mut spec = EventSpec::new(&event);
+    spec.heartbeat_timeout_seconds = 1;
+    spec.max_active = 1;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let api = Api::new(&server.base, &event);
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    for u in ["first", "second", "third"] {
+        assert_eq!(api.join(u).await.status(), 201);
+    }
+    wait_for("first to be admitted", Duration::from_secs(10), || async {
+        api.me_json("first").await["state"] == "admitted"
+    })
+    .await;
+    let _: () = c.set(k.sold_out(), "1").await.unwrap();
+    // Nobody polls for three heartbeat timeouts: the line must survive (sold out pauses the sweep).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting: Vec<String> = c.zrange(k.queue(), 0, -1).await.unwrap();
+    assert_eq!(waiting, vec!["second", "third"], "sold out keeps the line");
+    // Seats come back (holds lapsed): the flag goes, the admitted user's slot frees, and the
+    // waiting users are admitted in their original order, without having to rejoin.
+    let _: () = c.del(k.sold_out()).await.unwrap();
+    let _: () = c.zrem(k.active(), "first").await.unwrap();
+    assert_eq!(api.me_json("third").await["position"], 2);
+    wait_for("second to be admitted", Duration::from_secs(10), || async {
+        api.me_json("second").await["state"] == "admitted"
+    })
+    .await;
+    let third = api.me_json("third").await;
+    assert_eq!(third["state"], "waiting", "{third}");
+    assert_eq!(third["position"], 1, "{third}");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn shed_heartbeats_pause_the_sweep_for_a_full_timeout() {
+    let url = redis_url();
+    let event = unique_event("shed");
+    let mut spec = EventSpec::new(&event);
+    spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    spec.heartbeat_timeout_seconds = 1;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let api = Api::new(&server.base, &event);
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    assert_eq!(api.join("quiet").await.status(), 201);
+    // Some replica could not serve heartbeats for 3 s (what `note_shed` writes under overload).
+    let _: () = redis::cmd("SET")
+        .arg(k.heartbeats_shed())
+        .arg("1")
+        .arg("PX")
+        .arg(3_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let kept: Option<f64> = c.zscore(k.prequeue(), "quiet").await.unwrap();
+    assert!(kept.is_some(), "no sweep while heartbeats were being shed");
+    // After the marker lapses the user gets one more full timeout, then the sweep goes on.
+    wait_for(
+        "the silent user to be dropped at last",
+        Duration::from_secs(10),
+        || async {
+            let mut c = redis(&url).await;
+            let gone: Option<f64> = c.zscore(k.prequeue(), "quiet").await.unwrap();
+            gone.is_none()
+        },
+    )
+    .await;
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
 async fn errors_are_problems_and_limits_apply() {
     let url = redis_url();
     let event = unique_event("errors");

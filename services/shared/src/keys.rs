@@ -46,6 +46,13 @@ impl EventKeys {
         self.key("prequeue")
     }
 
+    /// Present while some queue replica could not serve heartbeats (shed under overload, or
+    /// Redis too slow), with PX = the heartbeat timeout: the admitting replica sweeps nobody
+    /// meanwhile, so an overload never costs a waiting user their place.
+    pub fn heartbeats_shed(&self) -> String {
+        self.key("heartbeats-shed")
+    }
+
     /// Monotonic counter handing out queue sequence numbers (the FIFO score).
     pub fn seq(&self) -> String {
         self.key("seq")
