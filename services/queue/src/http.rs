@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State as AxState};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -658,7 +658,10 @@ pub fn router(app: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi));
-    api.merge(ops).fallback(fallback).with_state(app)
+    api.merge(ops)
+        .fallback(fallback)
+        .layer(from_fn(tiketi_shared::problem::problem_errors))
+        .with_state(app)
 }
 
 // === OpenAPI ===

@@ -257,6 +257,76 @@ async fn shed_heartbeats_pause_the_sweep_for_a_full_timeout() {
 }
 
 #[tokio::test]
+async fn made_up_methods_get_problems_and_leave_metrics_bounded() {
+    let url = redis_url();
+    let event = unique_event("methods");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let c = reqwest::Client::new();
+    let route = server.url(&format!("/v1/events/{event}/queue"));
+    for i in 0..1_000 {
+        let method = reqwest::Method::from_bytes(format!("FROB{i}").as_bytes()).unwrap();
+        let r = c.request(method, &route).send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("FROB"), "a made-up method became a label value");
+    let series = metrics.lines().filter(|l| l.contains("method=\"other\"")).count();
+    assert!(series > 0 && series < 50, "{series} series for made-up methods");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
+async fn a_forged_forwarded_for_does_not_escape_the_address_limit() {
+    let url = redis_url();
+    let event = unique_event("xff");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    a.rate_limit_ip = 5;
+    a.trusted_proxy_hops = 1;
+    let server = Server::start(a).await;
+    let c = reqwest::Client::new();
+    let route = server.url(&format!("/v1/events/{event}/queue/stats"));
+    // One client behind one proxy: it writes a new address every time; the proxy appends the same.
+    let mut limited = 0;
+    for i in 0..40 {
+        let r = c
+            .get(&route)
+            .header(
+                "x-forwarded-for",
+                format!("10.9.{}.{}, 203.0.113.9", i / 250, i % 250),
+            )
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 40 requests were limited");
+    // A different real client (another right-most entry) is not limited by the first.
+    let r = c
+        .get(&route)
+        .header("x-forwarded-for", "203.0.113.10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
 async fn errors_are_problems_and_limits_apply() {
     let url = redis_url();
     let event = unique_event("errors");

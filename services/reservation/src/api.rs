@@ -67,6 +67,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/openapi.json", get(openapi));
     api.merge(ops)
         .fallback(not_found)
+        .layer(middleware::from_fn(tiketi_shared::problem::problem_errors))
         .layer(middleware::from_fn_with_state(state.clone(), record_latency))
         .with_state(state)
 }

@@ -536,3 +536,31 @@ async fn the_pool_recovers_when_postgres_drops_every_connection() {
     cleanup_redis(&redis, &event).await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn made_up_methods_get_problems_and_leave_metrics_bounded() {
+    let env = Env::start("methods", 1, 2, 60, 2).await;
+    let (http, base) = (&env.http, env.base());
+    let route = format!("{base}/v1/events/{}/holds", env.event);
+    for i in 0..1_000 {
+        let method = reqwest::Method::from_bytes(format!("FROB{i}").as_bytes()).unwrap();
+        let r = http.request(method, &route).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let r = http.get(format!("{base}/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("FROB"), "a made-up method became a label value");
+    let series = metrics.lines().filter(|l| l.contains("method=\"other\"")).count();
+    assert!(series > 0 && series < 50, "{series} series for made-up methods");
+    env.finish().await;
+}
