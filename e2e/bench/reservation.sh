@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Reservation benchmark (`make bench`): holds/s and confirms/s with p50/p99 under contention,
-# next to two baselines measured in the same run on the same Redis and PostgreSQL:
+# next to four baselines measured in the same run on the same Redis and PostgreSQL:
 #   - redis-benchmark: SET NX PX on random keys (what one seat lock costs at best);
+#   - redis-benchmark: EVALSHA of the hold script itself (one seat per call);
 #   - pgbench: a single-row INSERT into a table with a unique constraint (what one booking row
-#     costs at best).
+#     costs at best);
+#   - pgbench: the confirm's own SQL (its context read, then `tiketi_confirm`) on the service's
+#     schema (the migrations), 2 seats per hold, at the service's pool size.
+# The issue's bars: confirms/s >= 0.5x the confirm-SQL baseline, holds >= 0.3x the EVALSHA one.
 # Needs the stack env (REDIS_URL, DATABASE_URL with CREATEDB); builds release binaries.
 # Knobs: BENCH_CLIENTS (64), BENCH_SECONDS (15), BENCH_ROWS x BENCH_PER_ROW seats (100 x 50; the
 # "spread" run uses 20x the rows),
@@ -33,6 +37,7 @@ db_url() { local base="${DATABASE_URL%%\?*}"; echo "${base%/*}/$1"; }
 cleanup() {
   [ -n "$svc_pid" ] && kill "$svc_pid" 2>/dev/null && wait "$svc_pid" 2>/dev/null || true
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" 2>/dev/null || true
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${pg_db}_confirm WITH (FORCE)" 2>/dev/null || true
   for l in contended spread; do
     psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${svc_db}_$l WITH (FORCE)" 2>/dev/null || true
     redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$event-$l}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
@@ -59,6 +64,42 @@ SQL
 (cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T "$DURATION" -f insert.sql -l --log-prefix=pgb "$(db_url "$pg_db")" > pgbench.out 2>&1)
 grep -E "^tps|latency average" "$work/pgbench.out"
 cat "$work"/pgb.* | awk '{print $3}' | sort -n > "$work/pg-lat.txt"
+
+echo "== baseline 3: redis-benchmark EVALSHA of the hold script, one seat (clients=$CLIENTS)"
+sha=$(redis-cli -h "$rhost" -p "$rport" SCRIPT LOAD "$("$DRIVER" --hold-script)")
+b="bench:{hold-$suffix}"
+redis-benchmark -h "$rhost" -p "$rport" -c "$CLIENTS" -n 200000 -r 100000000 --csv \
+  EVALSHA "$sha" 6 "$b:hold:__rand_int__" "$b:user:__rand_int__" "$b:held" "$b:active" "$b:admitted" \
+  "$b:seat:__rand_int__" h 300000 1 4 '{}' u s > "$work/evalsha.csv"
+cat "$work/evalsha.csv"
+redis-cli -h "$rhost" -p "$rport" --scan --pattern "bench:{hold-$suffix}:*" | xargs -r -n 500 redis-cli -h "$rhost" -p "$rport" DEL >/dev/null
+
+echo "== baseline 4: pgbench running the confirm's own SQL on the service's schema (clients=$PG_CLIENTS, ${DURATION}s)"
+confirm_db="${pg_db}_confirm"
+psql -q "$DATABASE_URL" -c "CREATE DATABASE $confirm_db"
+for m in services/reservation/migrations/*.sql; do psql -q -v ON_ERROR_STOP=1 "$(db_url "$confirm_db")" -f "$m"; done
+HOLDS=200000
+psql -q -v ON_ERROR_STOP=1 "$(db_url "$confirm_db")" <<SQL
+INSERT INTO events VALUES ('bench', '{}', 2 * $HOLDS);
+INSERT INTO seats SELECT 'bench', 's' || g, 'A', 1, g, NULL, g FROM generate_series(1, 2 * $HOLDS) g;
+INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at)
+  SELECT lpad(to_hex(g), 32, '0')::uuid, 'bench', 'u' || g, ARRAY['s' || (2 * g - 1), 's' || (2 * g)], now() + interval '1 hour'
+  FROM generate_series(1, $HOLDS) g;
+INSERT INTO seat_claims SELECT 'bench', s, h.hold_id, h.user_id, h.expires_at FROM holds h, unnest(h.seat_ids) s;
+ANALYZE;
+SQL
+cat > "$work/confirm.sql" <<SQL
+\set n random(1, $HOLDS)
+SELECT i.fingerprint, i.status_code, i.response, h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status
+  FROM (SELECT 1) AS one
+  LEFT JOIN idempotency_keys i ON i.user_id = 'u' || :n AND i.idempotency_key = 'k' || :n
+  LEFT JOIN holds h ON h.hold_id = lpad(to_hex(:n), 32, '0')::uuid;
+SELECT * FROM tiketi_confirm(lpad(to_hex(:n), 32, '0')::uuid, 'u' || :n, 'k' || :n, 'fp', '{}'::jsonb,
+  gen_random_uuid(), now(), 4, NULL);
+SQL
+(cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T "$DURATION" -f confirm.sql "$(db_url "$confirm_db")" > pgbench-confirm.out 2>&1)
+grep -E "^tps|latency average" "$work/pgbench-confirm.out"
+psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $confirm_db WITH (FORCE)"
 
 # One service run per scenario: "contended" sells a small inventory out (most holds collide),
 # "spread" has 20x the seats so nearly every hold succeeds and confirms dominate.
@@ -98,16 +139,24 @@ work = sys.argv[1]
 rows = list(csv.reader(open(f"{work}/redis.csv")))
 r = dict(zip(rows[0], rows[1]))
 redis_rps = float(r["rps"]); redis_p50 = float(r["p50_latency_ms"]); redis_p99 = float(r["p99_latency_ms"])
-pg_tps = None
-for line in open(f"{work}/pgbench.out"):
-    if line.startswith("tps"):
-        pg_tps = float(line.split("=")[1].split()[0])
+def tps(path):
+    for line in open(path):
+        if line.startswith("tps"):
+            return float(line.split("=")[1].split()[0])
+    raise SystemExit(f"no tps in {path}")
+pg_tps = tps(f"{work}/pgbench.out")
+confirm_tps = tps(f"{work}/pgbench-confirm.out")
+rows = list(csv.reader(open(f"{work}/evalsha.csv")))
+e = dict(zip(rows[0], rows[1]))
+evalsha_rps = float(e["rps"])
 lat = [int(x) / 1000.0 for x in open(f"{work}/pg-lat.txt").read().split()]
 pct = lambda v, p: v[round((len(v) - 1) * p)] if v else 0.0
 print()
 print(f"{'operation':52} {'per second':>11} {'p50 ms':>8} {'p99 ms':>8}")
 print(f"{'redis SET NX PX (baseline)':52} {redis_rps:11.0f} {redis_p50:8.2f} {redis_p99:8.2f}")
+print(f"{'redis EVALSHA hold script, 1 seat (baseline)':52} {evalsha_rps:11.0f} {float(e['p50_latency_ms']):8.2f} {float(e['p99_latency_ms']):8.2f}")
 print(f"{'pgbench INSERT, unique constraint (baseline)':52} {pg_tps:11.0f} {pct(lat, .5):8.2f} {pct(lat, .99):8.2f}")
+print(f"{'pgbench the confirm SQL, 2 seats (baseline)':52} {confirm_tps:11.0f}")
 for label in ("contended", "spread"):
     s = json.load(open(f"{work}/service-{label}.json"))
     double = open(f"{work}/double-{label}.txt").read().strip()
@@ -115,8 +164,10 @@ for label in ("contended", "spread"):
     print(f"{'  POST holds, all answers (201 + 409)':52} {s['holdRequestsPerSec']:11.0f} {s['holdP50Ms']:8.2f} {s['holdP99Ms']:8.2f}")
     print(f"{'  POST holds, 201 only':52} {s['holdsPerSec']:11.0f}")
     print(f"{'  POST confirm, 201':52} {s['confirmsPerSec']:11.0f} {s['confirmP50Ms']:8.2f} {s['confirmP99Ms']:8.2f}")
-    print(f"  hold requests/s = {s['holdRequestsPerSec'] / redis_rps:.3f} x redis SET NX;  "
-          f"confirms/s = {s['confirmsPerSec'] / pg_tps:.3f} x pgbench INSERT")
+    print(f"  hold requests/s = {s['holdRequestsPerSec'] / redis_rps:.3f} x redis SET NX, "
+          f"{s['holdRequestsPerSec'] / evalsha_rps:.3f} x EVALSHA hold script (bar 0.3);  "
+          f"confirms/s = {s['confirmsPerSec'] / pg_tps:.3f} x pgbench INSERT, "
+          f"{s['confirmsPerSec'] / confirm_tps:.3f} x pgbench confirm SQL (bar 0.5)")
     print(f"  {s['confirms']} orders, {s['confirmConflicts']} confirm conflicts, {s['holdConflicts']} hold conflicts, "
           f"{s['unavailable']} x 503, {s['otherErrors']} other errors; double-booked seats: {double}")
 PY

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::events::Events;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::shuffle::shuffle;
-use crate::store::{AdmitOutcome, ShuffleOutcome, Store, StoreError};
+use crate::store::{AdmitOutcome, ShuffleOutcome, Store, StoreError, SweepOutcome};
 
 #[derive(Debug, Clone)]
 pub struct AdmissionSettings {
@@ -153,15 +153,22 @@ async fn step(
     let in_grace = term.sweep_not_before.is_some_and(|t| Instant::now() < t);
     if term.fence.is_some() && sweep_due && !in_grace {
         term.last_sweep = Some(Instant::now());
-        match store.sweep(&keys, heartbeat_timeout(cfg), 10_000).await? {
-            Some(dropped) if dropped > 0 => {
+        match store
+            .sweep(&keys, &settings.holder, fence, heartbeat_timeout(cfg), 10_000)
+            .await?
+        {
+            SweepOutcome::Dropped(0) => {}
+            SweepOutcome::Dropped(dropped) => {
                 metrics.dropped.get_or_create(&label).inc_by(dropped);
                 tracing::info!(event, dropped, "dropped waiting users without heartbeat");
             }
-            Some(_) => {}
             // Paused (sold out, or heartbeats shed somewhere): once it resumes, every waiting
             // user gets a full timeout to heartbeat again before anyone is dropped.
-            None => term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(cfg)),
+            SweepOutcome::Paused => term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(cfg)),
+            SweepOutcome::NotLeader => {
+                term.fence = None;
+                metrics.leader.get_or_create(&label).set(0);
+            }
         }
     }
     Ok(())

@@ -436,15 +436,22 @@ pub async fn stream(
     let terminal_now =
         matches!(obs.standing, Standing::SoldOut | Standing::Closed).then(|| obs.standing.clone());
     let snapshots = app.hub.subscribe(&event);
-    let (slot, guard) = app.hub.register(
-        &event,
-        &user,
-        Fix {
-            standing,
-            admitted_total_at: obs.admitted_total,
-            at_ms: obs.now_ms,
-        },
-    );
+    let fix = Fix {
+        standing,
+        admitted_total_at: obs.admitted_total,
+        at_ms: obs.now_ms,
+    };
+    let Some((slot, guard)) = app.hub.register(&event, &user, fix) else {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams-per-user",
+            format!(
+                "you hold {} streams of this event already; close one or poll /queue/me",
+                crate::hub::MAX_STREAMS_PER_USER
+            ),
+        )
+        .retry_after(5));
+    };
     let fixes = slot.subscribe();
     let state = StreamState {
         app: app.clone(),

@@ -78,6 +78,8 @@ impl StreamSlot {
 struct EventHub {
     snapshot: watch::Sender<Snapshot>,
     streams: HashMap<u64, Arc<StreamSlot>>,
+    /// Open streams per user (for the per-user cap).
+    per_user: HashMap<String, usize>,
     rate: RateEstimator,
 }
 
@@ -86,10 +88,15 @@ impl EventHub {
         Self {
             snapshot: watch::Sender::new(Snapshot::default()),
             streams: HashMap::new(),
+            per_user: HashMap::new(),
             rate: RateEstimator::new(30_000, 5_000),
         }
     }
 }
+
+/// Streams one user may hold open for one event on one replica (a few tabs or devices); beyond
+/// it a new stream is refused, so one token cannot take the replica's stream budget.
+pub const MAX_STREAMS_PER_USER: usize = 4;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HubSettings {
@@ -124,8 +131,14 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut g = lock(&self.hub.inner);
         if let Some(h) = g.get_mut(&self.event)
-            && h.streams.remove(&self.id).is_some()
+            && let Some(slot) = h.streams.remove(&self.id)
         {
+            if let Some(n) = h.per_user.get_mut(&slot.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    h.per_user.remove(&slot.user);
+                }
+            }
             self.hub.metrics.streams.dec();
         }
     }
@@ -156,28 +169,34 @@ impl Hub {
         lock(&self.inner).get(event).and_then(|h| h.rate.rate())
     }
 
-    /// Registers a stream with an initial fix taken by the caller (from the status script).
-    pub fn register(&self, event: &str, user: &str, fix: Fix) -> (Arc<StreamSlot>, StreamGuard) {
+    /// Registers a stream with an initial fix taken by the caller (from the status script);
+    /// None when the user already holds [`MAX_STREAMS_PER_USER`] streams of the event here.
+    pub fn register(&self, event: &str, user: &str, fix: Fix) -> Option<(Arc<StreamSlot>, StreamGuard)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(StreamSlot {
             user: user.to_owned(),
             fix: Mutex::new(fix),
             changed: watch::Sender::new(0),
         });
-        lock(&self.inner)
-            .entry(event.to_owned())
-            .or_insert_with(EventHub::new)
-            .streams
-            .insert(id, slot.clone());
+        {
+            let mut g = lock(&self.inner);
+            let h = g.entry(event.to_owned()).or_insert_with(EventHub::new);
+            let n = h.per_user.entry(user.to_owned()).or_default();
+            if *n >= MAX_STREAMS_PER_USER {
+                return None;
+            }
+            *n += 1;
+            h.streams.insert(id, slot.clone());
+        }
         self.metrics.streams.inc();
-        (
+        Some((
             slot,
             StreamGuard {
                 hub: self.clone(),
                 event: event.to_owned(),
                 id,
             },
-        )
+        ))
     }
 
     /// Picks the streams of `event` whose fix should be re-read this tick.
@@ -291,7 +310,7 @@ impl Hub {
                 if touch {
                     let users = self.users(event);
                     for chunk in users.chunks(1000) {
-                        if let Err(e) = store.touch(&keys, chunk, now_ms).await {
+                        if let Err(e) = store.touch(&keys, chunk).await {
                             tracing::warn!(event, error = %e, "heartbeat refresh for streams failed");
                             break;
                         }
@@ -346,17 +365,19 @@ mod tests {
             admitted_total_at: 0,
             at_ms: 1_000,
         };
-        let (_a, _ga) = hub.register("e", "head", fresh(0));
-        let (_b, _gb) = hub.register("e", "middle-fresh", fresh(50));
-        let (_c, _gc) = hub.register("e", "old-1", old(70));
-        let (_d, _gd) = hub.register(
-            "e",
-            "old-2",
-            Fix {
-                at_ms: 500,
-                ..old(80)
-            },
-        );
+        let (_a, _ga) = hub.register("e", "head", fresh(0)).unwrap();
+        let (_b, _gb) = hub.register("e", "middle-fresh", fresh(50)).unwrap();
+        let (_c, _gc) = hub.register("e", "old-1", old(70)).unwrap();
+        let (_d, _gd) = hub
+            .register(
+                "e",
+                "old-2",
+                Fix {
+                    at_ms: 500,
+                    ..old(80)
+                },
+            )
+            .unwrap();
         let due: Vec<_> = hub
             .due("e", &settings, 10_500)
             .iter()
@@ -366,5 +387,13 @@ mod tests {
         assert_eq!(hub.open_streams(), 4);
         drop(_ga);
         assert_eq!(hub.open_streams(), 3);
+        // One user: at most MAX_STREAMS_PER_USER at once; closing one makes room again.
+        let mut held: Vec<_> = (0..MAX_STREAMS_PER_USER)
+            .map(|_| hub.register("e", "tabs", fresh(1)).unwrap())
+            .collect();
+        assert!(hub.register("e", "tabs", fresh(1)).is_none());
+        assert!(hub.register("other-event", "tabs", fresh(1)).is_some());
+        held.pop();
+        assert!(hub.register("e", "tabs", fresh(1)).is_some());
     }
 }

@@ -199,7 +199,11 @@ static LEASE: LazyLock<Script> = LazyLock::new(|| {
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  local fence = redis.call('GET', KEYS[2])
+  -- The fence was lost (evicted, deleted): this holder starts a new term instead of renewing a
+  -- lease nobody may admit under, which would stall admission for good.
+  if not fence then return redis.call('INCR', KEYS[2]) end
+  return tonumber(fence)
 end
 if not cur then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -208,6 +212,20 @@ end
 return 0
 "#,
     )
+});
+
+/// Heartbeats of existing members at Redis's time. KEYS: heartbeats. ARGV: users.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{}",
+        r#"
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[i])
+end
+return n
+"#
+    ))
 });
 
 /// KEYS: lease. ARGV: holder.
@@ -256,14 +274,17 @@ return {admitted, active + admitted, redis.call('ZCARD', KEYS[3])}
     ))
 });
 
-/// Drop waiting users whose last heartbeat is older than the timeout — unless the event is sold
-/// out (nobody is admitted, the line waits for seats to come back) or a replica shed heartbeats
-/// within the last timeout. KEYS: heartbeats queue prequeue sold_out heartbeats_shed.
-/// ARGV: timeout_ms limit. Returns the number dropped, or -1 when the sweep is paused.
+/// Drop waiting users whose last heartbeat is older than the timeout — only by the lease holder
+/// of the current term (fenced like admission), and unless the event is sold out (nobody is
+/// admitted, the line waits for seats to come back) or a replica shed heartbeats within the last
+/// timeout. KEYS: heartbeats queue prequeue sold_out heartbeats_shed lease fence.
+/// ARGV: timeout_ms limit holder fence. Returns the number dropped, -1 when the sweep is paused,
+/// -2 when the caller does not hold the lease under that fence.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
         r#"
+if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('GET', KEYS[7]) ~= ARGV[4] then return -2 end
 if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, tonumber(ARGV[2]))
 for _, u in ipairs(stale) do
@@ -459,9 +480,16 @@ impl Store {
         })
     }
 
-    /// Drops waiting users without a heartbeat for `timeout`; None when the sweep is paused
-    /// (sold out, or heartbeats were shed).
-    pub async fn sweep(&self, keys: &EventKeys, timeout: Duration, limit: u32) -> Result<Option<u64>> {
+    /// Drops waiting users without a heartbeat for `timeout`, as the lease holder `holder` of
+    /// term `fence`.
+    pub async fn sweep(
+        &self,
+        keys: &EventKeys,
+        holder: &str,
+        fence: u64,
+        timeout: Duration,
+        limit: u32,
+    ) -> Result<SweepOutcome> {
         let mut c = self.conn.clone();
         let mut inv = SWEEP.prepare_invoke();
         inv.key(keys.heartbeats())
@@ -469,10 +497,18 @@ impl Store {
             .key(keys.prequeue())
             .key(keys.sold_out())
             .key(keys.heartbeats_shed())
+            .key(keys.admission_lease())
+            .key(keys.admission_fence())
             .arg(timeout.as_millis() as u64)
-            .arg(limit);
+            .arg(limit)
+            .arg(holder)
+            .arg(fence);
         let n: i64 = self.bounded(inv.invoke_async(&mut c)).await?;
-        Ok(u64::try_from(n).ok())
+        Ok(match n {
+            -1 => SweepOutcome::Paused,
+            -2 => SweepOutcome::NotLeader,
+            n => SweepOutcome::Dropped(u64::try_from(n).unwrap_or(0)),
+        })
     }
 
     /// Marks that this replica could not serve a heartbeat of the event (see
@@ -572,17 +608,19 @@ impl Store {
     }
 
     /// Refreshes the heartbeats of users holding a stream open (only those still present).
-    pub async fn touch(&self, keys: &EventKeys, users: &[String], now_ms: i64) -> Result<()> {
+    /// Refreshes the heartbeats of users holding streams, scored by Redis's clock (the one every
+    /// other heartbeat and the sweep use; replica clocks may disagree).
+    pub async fn touch(&self, keys: &EventKeys, users: &[String]) -> Result<()> {
         if users.is_empty() {
             return Ok(());
         }
         let mut c = self.conn.clone();
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(keys.heartbeats()).arg("XX");
+        let mut inv = TOUCH.prepare_invoke();
+        inv.key(keys.heartbeats());
         for u in users {
-            cmd.arg(now_ms).arg(u);
+            inv.arg(u);
         }
-        let _: u64 = self.bounded(cmd.query_async(&mut c)).await?;
+        let _: u64 = self.bounded(inv.invoke_async(&mut c)).await?;
         Ok(())
     }
 
@@ -652,6 +690,16 @@ pub enum ShuffleOutcome {
     TooEarly,
     Changed,
     AlreadyDone,
+}
+
+/// What one heartbeat sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    Dropped(u64),
+    /// Sold out, or heartbeats were shed: nobody is dropped now.
+    Paused,
+    /// The caller's term is over (another replica holds the lease, or the fence moved).
+    NotLeader,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

@@ -61,6 +61,49 @@ async fn admits_rate_times_ten_in_ten_seconds() {
 }
 
 #[tokio::test]
+async fn a_lost_fence_starts_a_new_term_instead_of_stalling_admission() {
+    let url = redis_url();
+    let event = unique_event("fence");
+    let mut spec = EventSpec::new(&event);
+    spec.rate_per_second = 20;
+    fill(&url, &event, 300).await;
+    let server = Server::start(args(&url, Some(spec.write()))).await;
+    let mut c = redis(&url).await;
+    let k = keys(&event);
+    let admitted = |c: redis::aio::MultiplexedConnection| {
+        let k = k.clone();
+        async move {
+            let mut c = c;
+            c.get::<_, Option<u64>>(k.admitted_total())
+                .await
+                .unwrap()
+                .unwrap_or(0)
+        }
+    };
+    wait_for("first admissions", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { admitted(c).await > 0 }
+    })
+    .await;
+    // An eviction (or a person) removes the fence while the lease is held.
+    let _: () = c.del(k.admission_fence()).await.unwrap();
+    let before = admitted(c.clone()).await;
+    wait_for(
+        "admission to go on after the fence was lost",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { admitted(c).await >= before + 20 }
+        },
+    )
+    .await;
+    let fence: Option<u64> = c.get(k.admission_fence()).await.unwrap();
+    assert!(fence.is_some_and(|f| f >= 1), "a new term has a fence again");
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
 async fn never_more_than_max_active_and_expiry_frees_slots() {
     let url = redis_url();
     let event = unique_event("maxact");

@@ -2,7 +2,8 @@
 //! hold (random 1–4 seats) → confirm against a running service for `seconds` or until sold out,
 //! then print one JSON line with holds/s, confirms/s and p50/p99 latencies.
 //!
-//! Usage: `bench <base-url> <event> <rows> <seats-per-row> <clients> <seconds>`; reads
+//! Usage: `bench <base-url> <event> <rows> <seats-per-row> <clients> <seconds>` (or
+//! `bench --hold-script`: print the hold script for the EVALSHA baseline); reads
 //! TIKETI_JWT_SECRET and TIKETI_ADMISSION_SECRET to play the platform and the queue.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +37,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The hold script itself, for the redis-benchmark EVALSHA baseline.
+    if args.first().map(String::as_str) == Some("--hold-script") {
+        print!("{}", tiketi_reservation::redis_store::HOLD_SCRIPT);
+        return;
+    }
     let [base, event, rows, per_row, clients, seconds] = args.as_slice() else {
         panic!("usage: bench <base-url> <event> <rows> <seats-per-row> <clients> <seconds>");
     };
@@ -68,18 +74,24 @@ async fn main() {
                 seats.clone(),
                 samples.clone(),
             );
-            let now = chrono::Utc::now().timestamp_millis();
-            let user = format!("bench-{i}");
-            let bearer = format!(
-                "Bearer {}",
-                sign_user_token(jwt.as_bytes(), &user, now / 1000 + 3600).unwrap()
-            );
-            let admission = adm.issue(&event, &user, now, now + 3_600_000).unwrap();
+            let (jwt, adm, ev) = (jwt.clone(), adm.clone(), event.clone());
+            // Each purchase is a new buyer (the purchase limit counts held and bought seats per
+            // buyer, so one buyer looping would stop at maxSeatsPerUser).
+            let buyer = move |n: u64| {
+                let now = chrono::Utc::now().timestamp_millis();
+                let user = format!("bench-{i}-{n}");
+                let bearer = format!(
+                    "Bearer {}",
+                    sign_user_token(jwt.as_bytes(), &user, now / 1000 + 3600).unwrap()
+                );
+                (bearer, adm.issue(&ev, &user, now, now + 3_600_000).unwrap())
+            };
             tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                 let mut local = Samples::default();
                 let mut n = 0u64;
                 let mut conflicts_in_a_row = 0;
+                let (mut bearer, mut admission) = buyer(0);
                 while Instant::now() < end && conflicts_in_a_row < 50 {
                     let k = rng.random_range(1..=4usize);
                     let pick: Vec<&String> = seats.choose_multiple(&mut rng, k).collect();
@@ -126,7 +138,10 @@ async fn main() {
                         .await;
                     let dt = t.elapsed().as_secs_f64();
                     match r.map(|r| r.status().as_u16()) {
-                        Ok(201) => local.confirm_ok.push(dt),
+                        Ok(201) => {
+                            local.confirm_ok.push(dt);
+                            (bearer, admission) = buyer(n);
+                        }
                         Ok(409) => local.confirm_conflict += 1,
                         Ok(503) => local.unavailable += 1,
                         _ => local.other += 1,

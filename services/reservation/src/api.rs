@@ -157,8 +157,13 @@ fn answer(a: Answer) -> Response {
 async fn seat_map(
     State(state): State<Arc<AppState>>,
     Path(event): Path<String>,
-) -> Result<Json<SeatMap>, Problem> {
-    state.seat_map(&event).await.map(Json)
+) -> Result<Response, Problem> {
+    let body = state.seat_map_json(&event).await?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
 }
 
 /// Sold / held / available counts. Cached for about a second; also published to Redis.

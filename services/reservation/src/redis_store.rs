@@ -35,7 +35,7 @@ const HOLD_NOT_ADMITTED: i64 = 3;
 /// must still be in the active set with an unexpired score — leaving the line (`DELETE …/me`) or
 /// an expired admission ends the right to hold even though the token is still signed. If Redis
 /// lost the queue's records (no counter), the signed, time-bound token alone decides.
-const HOLD_SCRIPT: &str = r#"
+pub const HOLD_SCRIPT: &str = r#"
 local n = #KEYS - 5
 local ttl = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])

@@ -25,13 +25,23 @@ use crate::metrics::{
 use crate::model::{Availability, Hold, Order, Seat, SeatMap};
 use crate::redis_store::{HoldStore, RedisError};
 
-/// A cached view of one event's seats.
+/// A cached view of one event's seats, with the seat map already serialised: a request for the
+/// (unauthenticated) seat map copies bytes, it never rebuilds every seat.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub taken_at: Instant,
     pub as_of: DateTime<Utc>,
-    pub statuses: Vec<SeatStatus>,
     pub counts: Counts,
+    /// The `SeatMap` JSON of this snapshot.
+    pub body: axum::body::Bytes,
+}
+
+/// The seat-map cache of one event: the last snapshot, and when a refresh last failed (callers
+/// that waited for that refresh answer 503 at once instead of each retrying the dependency).
+#[derive(Default)]
+struct SnapshotSlot {
+    snapshot: Option<Arc<Snapshot>>,
+    failed_at: Option<Instant>,
 }
 
 /// One configured event: its keys, rules, inventory and seat-map cache.
@@ -44,7 +54,7 @@ pub struct EventState {
     pub seats: Vec<SeatRow>,
     pub seat_ids: Vec<String>,
     pub index: HashMap<String, usize>,
-    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    snapshot: Mutex<SnapshotSlot>,
     counts: Mutex<Option<(Instant, DateTime<Utc>, Counts)>>,
 }
 
@@ -60,7 +70,7 @@ impl EventState {
             seats,
             seat_ids,
             index,
-            snapshot: Mutex::new(None),
+            snapshot: Mutex::new(SnapshotSlot::default()),
             counts: Mutex::new(None),
         }
     }
@@ -661,21 +671,41 @@ impl AppState {
         }
     }
 
-    /// The event's snapshot, at most `cache_ttl` old. One refresh at a time per event; callers
-    /// arriving meanwhile wait for it and share the result.
-    pub async fn snapshot(&self, event: &str) -> Result<(Arc<EventState>, Arc<Snapshot>), Problem> {
+    /// The event's seat map as JSON, at most `cache_ttl` old. One refresh at a time per event;
+    /// callers arriving meanwhile wait for it and share the result (or its failure).
+    pub async fn seat_map_json(&self, event: &str) -> Result<axum::body::Bytes, Problem> {
         let ev = self.event(event).await?;
-        let snap = self.snapshot_of(&ev, self.cache_ttl).await?;
-        Ok((ev, snap))
+        Ok(self.snapshot_of(&ev, self.cache_ttl).await?.body.clone())
     }
 
     async fn snapshot_of(&self, ev: &EventState, max_age: Duration) -> Result<Arc<Snapshot>, Problem> {
+        let asked = Instant::now();
         let mut slot = ev.snapshot.lock().await;
-        if let Some(s) = slot.as_ref()
+        if let Some(s) = slot.snapshot.as_ref()
             && s.taken_at.elapsed() < max_age
         {
             return Ok(s.clone());
         }
+        if slot.failed_at.is_some_and(|t| t >= asked) {
+            return Err(Problem::unavailable(
+                "the seat map could not be read just now; retry shortly",
+            ));
+        }
+        let fresh = self.read_snapshot(ev).await;
+        match fresh {
+            Ok(snap) => {
+                slot.failed_at = None;
+                slot.snapshot = Some(snap.clone());
+                Ok(snap)
+            }
+            Err(p) => {
+                slot.failed_at = Some(Instant::now());
+                Err(p)
+            }
+        }
+    }
+
+    async fn read_snapshot(&self, ev: &EventState) -> Result<Arc<Snapshot>, Problem> {
         let (sold, values) = tokio::join!(
             self.db.sold_seats(&ev.id),
             self.redis.seat_values(&ev.keys, &ev.seat_ids)
@@ -689,22 +719,11 @@ impl AppState {
             .map(|(id, v)| domain::seat_status(sold.contains(id), v.as_deref()))
             .collect();
         let counts = Counts::from_statuses(&statuses);
-        let snap = Arc::new(Snapshot {
-            taken_at: Instant::now(),
-            as_of: Utc::now(),
-            statuses,
-            counts,
-        });
-        *slot = Some(snap.clone());
-        Ok(snap)
-    }
-
-    pub async fn seat_map(&self, event: &str) -> Result<SeatMap, Problem> {
-        let (ev, snap) = self.snapshot(event).await?;
+        let as_of = Utc::now();
         let seats = ev
             .seats
             .iter()
-            .zip(snap.statuses.iter())
+            .zip(statuses.iter())
             .map(|(s, st)| Seat {
                 id: s.id.clone(),
                 section: s.section.clone(),
@@ -714,13 +733,26 @@ impl AppState {
                 status: *st,
             })
             .collect();
-        Ok(SeatMap {
+        let map = SeatMap {
             event_id: ev.id.clone(),
-            counts: snap.counts,
-            sold_out: snap.counts.sold_out(),
-            as_of: snap.as_of,
+            counts,
+            sold_out: counts.sold_out(),
+            as_of,
             seats,
-        })
+        };
+        let body = serde_json::to_vec(&map).map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("could not encode the seat map: {e}"),
+            )
+        })?;
+        Ok(Arc::new(Snapshot {
+            taken_at: Instant::now(),
+            as_of,
+            counts,
+            body: body.into(),
+        }))
     }
 
     pub async fn availability(&self, event: &str) -> Result<Availability, Problem> {
