@@ -37,7 +37,7 @@ const BODY_LIMIT: usize = 16 * 1024;
         description = "Seat holds (Redis) and orders (PostgreSQL) for ticket on-sales. Errors are \
                        application/problem+json (RFC 9457); outages answer 503 with Retry-After."
     ),
-    paths(seat_map, availability, create_hold, release_hold, confirm_hold, get_order, healthz, readyz),
+    paths(seat_map, availability, create_hold, my_holds, release_hold, confirm_hold, get_order, healthz, readyz),
     components(schemas(HoldRequest, Hold, Order, Seat, SeatMap, Availability, Counts, SeatStatus, Health, Problem)),
     modifiers(&BearerAuth),
     tags((name = "reservation", description = "Seats, holds and orders"), (name = "ops", description = "Probes"))
@@ -49,6 +49,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/v1/events/{event}/seats", get(seat_map))
         .route("/v1/events/{event}/availability", get(availability))
         .route("/v1/events/{event}/holds", post(create_hold))
+        .route("/v1/events/{event}/holds/me", get(my_holds))
         .route("/v1/holds/{hold}", delete(release_hold))
         .route("/v1/holds/{hold}/confirm", post(confirm_hold))
         .route("/v1/orders/{order}", get(get_order))
@@ -298,6 +299,30 @@ async fn confirm_hold(
         )
         .await?;
     Ok(answer(a))
+}
+
+/// The calling user's live holds of an event, newest first: a client whose hold request timed
+/// out learns here whether (and which) hold it got, instead of holding twice.
+#[utoipa::path(
+    get, path = "/v1/events/{event}/holds/me", tag = "reservation",
+    params(("event" = String, Path, description = "Event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Live holds of the user (possibly none)", body = Vec<Hold>),
+        (status = 401, description = "Missing or invalid user token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Dependency unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn my_holds(
+    State(state): State<Arc<AppState>>,
+    Path(event): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Hold>>, Problem> {
+    state
+        .my_holds(&event, header(&headers, "authorization"))
+        .await
+        .map(Json)
 }
 
 /// An order of the calling user.

@@ -401,6 +401,33 @@ impl Db {
         }))
     }
 
+    /// The user's holds of the event that are still `held` and unexpired, newest first
+    /// (`holds_event_user` index).
+    pub async fn live_holds(&self, event: &str, user: &str) -> Result<Vec<Hold>, DbError> {
+        let rows: Vec<(Uuid, String, String, Vec<String>, DateTime<Utc>)> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT hold_id, event_id, user_id, seat_ids, expires_at FROM holds \
+                     WHERE event_id = $1 AND user_id = $2 AND status = 'held' AND expires_at > now() \
+                     ORDER BY created_at DESC LIMIT 100",
+                )
+                .bind(event)
+                .bind(user)
+                .fetch_all(&self.writer),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(hold_id, event_id, user_id, seats, expires_at)| Hold {
+                hold_id,
+                event_id,
+                user_id,
+                seats,
+                expires_at,
+            })
+            .collect())
+    }
+
     pub async fn get_hold(&self, id: Uuid) -> Result<Option<HoldRow>, DbError> {
         let row = self
             .bounded(

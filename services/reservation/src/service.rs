@@ -661,6 +661,15 @@ impl AppState {
 
     // === reads ===
 
+    pub async fn my_holds(&self, event: &str, authorization: Option<&str>) -> Result<Vec<Hold>, Problem> {
+        let user = self.user(authorization)?;
+        let ev = self.event(event).await?;
+        self.db
+            .live_holds(&ev.id, &user)
+            .await
+            .map_err(|e| self.db_down(e))
+    }
+
     pub async fn order(&self, order_id: &str, authorization: Option<&str>) -> Result<Order, Problem> {
         let user = self.user(authorization)?;
         let id = parse_id(order_id, "order")?;

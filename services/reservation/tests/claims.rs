@@ -339,3 +339,35 @@ async fn the_service_refuses_to_start_with_a_weak_signing_key() {
     }
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_buyer_whose_hold_request_timed_out_can_find_the_hold() {
+    let env = Env::start("myholds", 4, 300, 4, None).await;
+    let u = User::new(&env.event, "timed-out");
+    let mine = |u: &User| {
+        let (http, url, bearer) = (
+            env.http.clone(),
+            format!("{}/v1/events/{}/holds/me", env.base(), env.event),
+            u.bearer.clone(),
+        );
+        async move {
+            let r = http.get(url).header("authorization", bearer).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(mine(&u).await, json!([]));
+    let (_, held) = env.hold(&u, &["A-1-1", "A-1-2"]).await;
+    let listed = mine(&u).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["holdId"], held["holdId"]);
+    assert_eq!(listed[0]["seats"], json!(["A-1-1", "A-1-2"]));
+    // Someone else sees only their own holds.
+    assert_eq!(mine(&User::new(&env.event, "other")).await, json!([]));
+    assert_eq!(
+        u.release(&env.http, env.base(), &id(&held)).await.unwrap(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(mine(&u).await, json!([]), "a released hold is not live");
+    env.finish().await;
+}
