@@ -170,9 +170,9 @@ def operator_dashboard():
             [
                 (f'max by (namespace, event) (tiketi_operator_needed_replicas{{{sel}, component="{component}"}})',
                  "{{event}} need"),
-                (f'sum by (namespace, event) (tiketi_operator_desired_replicas{{{sel}, component="{component}"}})',
+                (f'max by (namespace, event) (tiketi_operator_desired_replicas{{{sel}, component="{component}"}})',
                  "{{event}} desired"),
-                (f'sum by (namespace, event) (tiketi_operator_ready_replicas{{{sel}, component="{component}"}})',
+                (f'max by (namespace, event) (tiketi_operator_ready_replicas{{{sel}, component="{component}"}})',
                  "{{event}} ready"),
             ],
             w=12, unit="short",
@@ -342,7 +342,7 @@ def services_dashboard():
         [
             (f"histogram_quantile(0.5, sum by (le) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p50"),
             (f"histogram_quantile(0.99, sum by (le) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99"),
-            (f"histogram_quantile(0.99, sum by (le, route) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99 {{method}} {{route}}"),
+            (f"histogram_quantile(0.99, sum by (le, route) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99 {{route}}"),
         ],
         w=8, unit="s",
         description="HTTP request latency of the reservation service, all routes and per route.",

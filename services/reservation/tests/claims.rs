@@ -351,7 +351,12 @@ async fn a_buyer_whose_hold_request_timed_out_can_find_the_hold() {
             u.bearer.clone(),
         );
         async move {
-            let r = http.get(url).header("authorization", bearer).send().await.unwrap();
+            let r = http
+                .get(url)
+                .header("authorization", bearer)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::OK);
             r.json::<Value>().await.unwrap()
         }

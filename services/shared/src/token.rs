@@ -52,18 +52,18 @@ pub fn check_signing_key(what: &str, key: &[u8]) -> Result<(), String> {
     if key.is_empty() {
         return Err(format!("{what} is empty: anyone could mint tokens"));
     }
-    if key.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "{what} is {} bytes; at least {MIN_KEY_BYTES} are required (e.g. `openssl rand -base64 32`)",
-            key.len()
-        ));
-    }
     let lowered = String::from_utf8_lossy(key)
         .to_ascii_lowercase()
         .replace('_', "-");
     if let Some(p) = PLACEHOLDERS.iter().find(|p| lowered.contains(*p)) {
         return Err(format!(
             "{what} is a placeholder (it contains {p:?}); set a random key (e.g. `openssl rand -base64 32`)"
+        ));
+    }
+    if key.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "{what} is {} bytes; at least {MIN_KEY_BYTES} are required (e.g. `openssl rand -base64 32`)",
+            key.len()
         ));
     }
     Ok(())
@@ -228,6 +228,9 @@ mod tests {
         let e = check_signing_key("K", b"CHANGE_ME_CHANGE_ME_CHANGE_ME_CHANGE_ME").unwrap_err();
         assert!(e.contains("placeholder"), "{e}");
         assert!(check_signing_key("K", b"change-me-admission-key-at-least-32-bytes").is_err());
+        // A short placeholder is named as a placeholder (the more useful message).
+        let e = check_signing_key("K", b"CHANGE_ME_USER_JWT_HS256_KEY").unwrap_err();
+        assert!(e.contains("placeholder"), "{e}");
         check_signing_key("K", b"0123456789abcdef0123456789abcdef").unwrap();
     }
 
