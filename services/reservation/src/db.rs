@@ -404,7 +404,8 @@ impl Db {
     /// The user's holds of the event that are still `held` and unexpired, newest first
     /// (`holds_event_user` index).
     pub async fn live_holds(&self, event: &str, user: &str) -> Result<Vec<Hold>, DbError> {
-        let rows: Vec<(Uuid, String, String, Vec<String>, DateTime<Utc>)> = self
+        type Row = (Uuid, String, String, Vec<String>, DateTime<Utc>);
+        let rows: Vec<Row> = self
             .bounded(
                 sqlx::query_as(
                     "SELECT hold_id, event_id, user_id, seat_ids, expires_at FROM holds \
