@@ -20,6 +20,7 @@ use crate::model::{Hold, Order};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const UNIQUE_VIOLATION: &str = "23505";
+const FOREIGN_KEY_VIOLATION: &str = "23503";
 const READ_ONLY_TRANSACTION: &str = "25006";
 const ONE_BOOKING_PER_SEAT: &str = "order_lines_one_live_booking_per_seat";
 const ONE_ORDER_PER_HOLD: &str = "orders_hold_id_key";
@@ -51,6 +52,10 @@ fn poisons_connection(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().as_deref() == Some(READ_ONLY_TRANSACTION),
         _ => false,
     }
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(FOREIGN_KEY_VIOLATION))
 }
 
 fn constraint_violated(e: &sqlx::Error) -> Option<String> {
@@ -115,6 +120,8 @@ pub enum ConfirmOutcome {
     SeatsTaken(Vec<String>),
     /// The event's sale ended (`saleEndsAt`) before this confirm.
     SaleEnded,
+    /// These seats of the hold are no longer in the inventory.
+    SeatsRemoved(Vec<String>),
     /// A lapsed hold taken back would put the user past the limit; `current` is their count.
     OverLimit {
         current: u32,
@@ -272,8 +279,12 @@ impl Db {
             sqlx::query(
                 "INSERT INTO seats (event_id, seat_id, section, row_number, seat_number, price_tier, position) \
                  SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::int[]) \
-                 ON CONFLICT (event_id, seat_id) DO UPDATE SET position = EXCLUDED.position \
-                 WHERE seats.position IS DISTINCT FROM EXCLUDED.position",
+                 ON CONFLICT (event_id, seat_id) DO UPDATE SET section = EXCLUDED.section, \
+                   row_number = EXCLUDED.row_number, seat_number = EXCLUDED.seat_number, \
+                   price_tier = EXCLUDED.price_tier, position = EXCLUDED.position \
+                 WHERE (seats.section, seats.row_number, seats.seat_number, seats.price_tier, seats.position) \
+                   IS DISTINCT FROM (EXCLUDED.section, EXCLUDED.row_number, EXCLUDED.seat_number, \
+                                     EXCLUDED.price_tier, EXCLUDED.position)",
             )
             .bind(&event)
             .bind(&ids)
@@ -611,6 +622,13 @@ impl Db {
                 if poisons_connection(&e) {
                     conn.close_on_drop();
                 }
+                if is_foreign_key_violation(&e) {
+                    // A seat of the hold left the inventory (a configuration change) after it was
+                    // held: final, not an outage to retry.
+                    drop(conn);
+                    let gone = self.missing_seats(&hold.event_id, &hold.seats).await?;
+                    return Ok(ConfirmOutcome::SeatsRemoved(gone));
+                }
                 match constraint_violated(&e).as_deref() {
                     Some(ONE_BOOKING_PER_SEAT) => {
                         drop(conn);
@@ -638,6 +656,20 @@ impl Db {
                 other => ConfirmOutcome::NotHeld(other.to_owned()),
             }),
         }
+    }
+
+    /// The seats of `seats` the event's inventory no longer has.
+    async fn missing_seats(&self, event: &str, seats: &[String]) -> Result<Vec<String>, DbError> {
+        self.bounded(
+            sqlx::query_scalar(
+                "SELECT s FROM unnest($2::text[]) AS s \
+                 WHERE NOT EXISTS (SELECT 1 FROM seats WHERE event_id = $1 AND seat_id = s) ORDER BY s",
+            )
+            .bind(event)
+            .bind(seats)
+            .fetch_all(&self.writer),
+        )
+        .await
     }
 
     async fn sold_among(&self, event: &str, seats: &[String]) -> Result<Vec<String>, DbError> {

@@ -574,6 +574,15 @@ impl AppState {
                 let p = over_limit(u64::from(current), ev.rules.max_seats_per_user);
                 self.final_answer(&user, key, &fingerprint, p).await
             }
+            ConfirmOutcome::SeatsRemoved(gone) => {
+                let p = Problem::new(
+                    StatusCode::CONFLICT,
+                    "seats-removed",
+                    "some seats of this hold were removed from the event's inventory since",
+                )
+                .with("seats", gone);
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
             ConfirmOutcome::AlreadyConfirmed(order) => {
                 let mut p = Problem::new(
                     StatusCode::CONFLICT,

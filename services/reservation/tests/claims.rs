@@ -376,3 +376,57 @@ async fn a_buyer_whose_hold_request_timed_out_can_find_the_hold() {
     assert_eq!(mine(&u).await, json!([]), "a released hold is not live");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_held_seat_removed_from_the_inventory_is_a_final_409_not_an_outage() {
+    let env = Env::start("removed", 4, 300, 4, None).await;
+    let u = User::new(&env.event, "unlucky");
+    let (_, held) = env.hold(&u, &["A-1-3", "A-1-4"]).await;
+    // Another replica restarted with a smaller inventory: the loader deletes unsold seats that are
+    // no longer configured (this one was only held).
+    let pool = env.db.pool().await;
+    sqlx::query("DELETE FROM seats WHERE event_id = $1 AND seat_id = 'A-1-4'")
+        .bind(&env.event)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (s, b) = env.confirm(&u, &id(&held), "removed-key").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["type"], "https://tiketi.gg/problems/seats-removed", "{b}");
+    assert_eq!(b["seats"], json!(["A-1-4"]), "{b}");
+    // The answer is stored under the key: a retry gets it again, still no order.
+    let (s, again) = env.confirm(&u, &id(&held), "removed-key").await;
+    assert_eq!((s, &again["type"]), (StatusCode::CONFLICT, &b["type"]));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn an_inventory_reload_applies_section_and_price_changes() {
+    let event = unique("reload");
+    let db = TestDb::create("resv_reload").await;
+    let redis = PrivateRedis::start().await;
+    let cfg = |tier: &str| {
+        write_config_value(&json!({
+            "eventId": event,
+            "onSaleAt": "2026-01-01T00:00:00Z",
+            "reservation": {"holdTtlSeconds": 60, "maxSeatsPerUser": 4},
+            "inventory": {"sections": [{"name": "A", "rows": 1, "seatsPerRow": 2, "priceTier": tier}]}
+        }))
+    };
+    let http = client();
+    for tier in ["std", "vip"] {
+        let server = InProcess::start(settings(&db.url, &redis.url, &cfg(tier))).await;
+        let map: Value = http
+            .get(format!("{}/v1/events/{event}/seats", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(map["seats"][0]["priceTier"], tier, "{map}");
+        server.stop().await;
+    }
+    redis.stop().await;
+    db.drop_db().await;
+}

@@ -184,6 +184,10 @@ impl EventConfig {
         {
             return Err("queue.ratePerSecond, maxActive and tokenTtlSeconds must be positive".into());
         }
+        // 0 would drop every waiting user at each sweep (every second).
+        if self.queue.heartbeat_timeout_seconds == 0 {
+            return Err("queue.heartbeatTimeoutSeconds must be at least 1".into());
+        }
         if self.reservation.hold_ttl_seconds == 0 || self.reservation.max_seats_per_user == 0 {
             return Err("reservation.holdTtlSeconds and maxSeatsPerUser must be positive".into());
         }
@@ -321,6 +325,9 @@ mod tests {
         let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
         cfg.event_id = "Not_A_Label".into();
         assert!(cfg.validate().unwrap_err().contains("eventId"));
+        let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
+        cfg.queue.heartbeat_timeout_seconds = 0;
+        assert!(cfg.validate().unwrap_err().contains("heartbeatTimeoutSeconds"));
         let err = parse_str(r#"{"eventId":"x","onSaleAt":"2026-12-01T02:00:00Z","bogus":1}"#).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
