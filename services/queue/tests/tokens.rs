@@ -77,3 +77,30 @@ async fn admission_tokens_verify_only_for_their_user_event_and_lifetime() {
     server.stop().await;
     cleanup(&url, &event).await;
 }
+
+#[tokio::test]
+async fn the_queue_refuses_to_start_with_a_weak_signing_key() {
+    let url = redis_url();
+    for (jwt, admission, named) in [
+        ("", ADMISSION_SECRET, "TIKETI_JWT_SECRET"),
+        (JWT_SECRET, "short", "TIKETI_ADMISSION_SECRET"),
+        (
+            JWT_SECRET,
+            "CHANGE_ME_ADMISSION_HS256_KEY",
+            "TIKETI_ADMISSION_SECRET",
+        ),
+    ] {
+        let mut a = args(&url, None);
+        a.jwt_secret = Some(jwt.into());
+        a.admission_secret = Some(admission.into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = tokio::time::timeout(
+            Duration::from_secs(5),
+            tiketi_queue::server::serve(a, listener, std::future::pending()),
+        )
+        .await
+        .expect("serve returns at once with a weak key");
+        let err = started.expect_err("a weak key must not start the service");
+        assert!(err.to_string().contains(named), "{named}: {err:#}");
+    }
+}
