@@ -628,9 +628,9 @@ fn resolve_signal(kind: SignalKind, query: Option<&String>) -> Signal {
 
 /// One scale-out step: when `signal` is above `above`, add replicas.
 ///
-/// The sketch in DESIGN.md writes a Prometheus signal as `{prometheus: "<query>"}`; a structural
-/// CRD schema cannot hold a value that is either a string or an object, so the query sits in its
-/// own field: `{signal: prometheus, query: "<promql>", above: 0.2, add: 2}`.
+/// A Prometheus step names its query in a field of its own, `{signal: prometheus, query:
+/// "<promql>", above: 0.2, add: 2}`: a structural CRD schema cannot hold a value that is either a
+/// string or an object (docs/contracts.md, "Scaling policy syntax").
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

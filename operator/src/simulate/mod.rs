@@ -30,8 +30,8 @@ pub struct SimulateArgs {
     /// header row, `#` comments. Each trace is simulated and reported on its own.
     #[arg(long = "trace", required = true, num_args = 1.., value_delimiter = ',', env = "TIKETI_SIMULATE_TRACE")]
     pub traces: Vec<PathBuf>,
-    /// YAML file(s) holding a TicketingEvent `scaling:` block (the `<policy>` of DESIGN.md); each
-    /// is simulated. Without it, the default policy (the source documents' numbers).
+    /// YAML file(s) holding a TicketingEvent `scaling:` block (docs/contracts.md, "Scaling policy
+    /// syntax"); each is simulated. Without it, the default policy (the source documents' numbers).
     #[arg(long = "policy", num_args = 1.., value_delimiter = ',', env = "TIKETI_SIMULATE_POLICY")]
     pub policies: Vec<PathBuf>,
     /// minReplicas (both tiketi and KEDA's minReplicaCount).

@@ -1,4 +1,4 @@
--- PostgreSQL arbitrates holds as well as orders (docs/reservation.md, "Who decides a seat").
+-- PostgreSQL arbitrates holds as well as orders (docs/contracts.md, "PostgreSQL").
 --
 -- One claim row per (event, seat), owned by the hold that took it last. A hold takes a claim only
 -- when it is free, lapsed (expires_at <= now()) or already its own; a confirmed seat's claim never

@@ -150,6 +150,37 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_documented_in_the_contracts() {
+        let doc = include_str!("../../../docs/contracts.md");
+        let k = EventKeys::new("<event>");
+        for key in [
+            k.queue(),
+            k.prequeue(),
+            k.active(),
+            k.seq(),
+            k.users(),
+            k.heartbeats(),
+            k.heartbeats_shed(),
+            k.admitted_total(),
+            k.admission_lease(),
+            k.admission_fence(),
+            k.admission_rate(),
+            k.shuffle(),
+            k.counts(),
+            k.sold_out(),
+            k.seat_hold("<seat>"),
+            k.hold("<hold>"),
+            k.held_seats(),
+            k.user_holds("<user>"),
+        ] {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "{key} is not in docs/contracts.md"
+            );
+        }
+    }
+
+    #[test]
     fn every_key_shares_the_hash_tag() {
         let k = EventKeys::new("e1");
         for key in [
