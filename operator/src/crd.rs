@@ -37,14 +37,23 @@ pub const MAX_NAME_LEN: usize = 51;
     kind = "TicketingEvent",
     namespaced,
     shortname = "tev",
+    category = "tiketi",
+    doc = "A ticket on-sale. The operator deploys the event's waiting room (queue) and reservation services, pre-warms them before spec.onSaleAt, scales them during the sale from the Redis queue (capacity per replica, steps, cooldowns; fail-safe when signals are stale) and winds them down after it. kubectl get tev -o wide shows desired replicas and the last scaling reason; kubectl describe tev shows conditions and Events.",
     status = "TicketingEventStatus",
     cel,
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Schedule phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Every Deployment has its desired replicas Ready"),
+    printcolumn(name = "Signals", type_ = "string", json_path = ".status.conditions[?(@.type==\"SignalsHealthy\")].status", description = "The autoscaler's signals are fresh (SignalsHealthy)"),
     printcolumn(name = "On-Sale", type_ = "string", json_path = ".spec.onSaleAt", description = "When the sale opens (RFC 3339)"),
     printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queueDepth", description = "Users waiting in the queue"),
     printcolumn(name = "Queue-Pods", type_ = "string", json_path = ".status.queue.pods", description = "Queue pods ready/desired"),
     printcolumn(name = "Reservation-Pods", type_ = "string", json_path = ".status.reservation.pods", description = "Reservation pods ready/desired"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeUsers", description = "Admitted users", priority = "1"),
+    printcolumn(name = "Queue-Desired", type_ = "integer", json_path = ".status.queue.desiredReplicas", description = "Queue replicas the operator asks for", priority = "1"),
+    printcolumn(name = "Reservation-Desired", type_ = "integer", json_path = ".status.reservation.desiredReplicas", description = "Reservation replicas the operator asks for", priority = "1"),
+    printcolumn(name = "Queue-Last-Scale", type_ = "string", json_path = ".status.queue.lastScaleReason", description = "Why the queue was last scaled", priority = "1"),
+    printcolumn(name = "Reservation-Last-Scale", type_ = "string", json_path = ".status.reservation.lastScaleReason", description = "Why reservation was last scaled", priority = "1"),
     validation = Rule::new(format!(
         "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= {MAX_NAME_LEN}"
     ))
@@ -1420,17 +1429,43 @@ spec:
             cols,
             [
                 "Phase",
+                "Ready",
+                "Signals",
                 "On-Sale",
                 "Queue",
                 "Queue-Pods",
                 "Reservation-Pods",
-                "Age"
+                "Age",
+                "Active",
+                "Queue-Desired",
+                "Reservation-Desired",
+                "Queue-Last-Scale",
+                "Reservation-Last-Scale",
             ]
         );
+        // The last five are `-o wide` only.
+        let wide = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|c| c.priority == Some(1));
+        assert_eq!(wide.count(), 5);
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         assert_eq!(
             crd.spec.names.short_names.as_deref(),
             Some(&["tev".to_string()][..])
+        );
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["tiketi".to_string()][..])
+        );
+        // `kubectl explain tev` opens with what the resource is.
+        let top = v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+        assert!(
+            top.description
+                .as_deref()
+                .is_some_and(|d| d.starts_with("A ticket on-sale."))
         );
         // Every property of spec and status has a description (kubectl explain reads like docs).
         let schema =
