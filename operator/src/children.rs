@@ -480,7 +480,7 @@ fn env(tev: &TicketingEvent, c: Component) -> Vec<EnvVar> {
     let s = &tev.spec;
     let auth = &s.auth.secret_ref.name;
     let mut env = vec![
-        plain("TIKETI_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        plain("TIKETI_LISTEN", format!("[::]:{HTTP_PORT}")),
         plain("TIKETI_EVENT_CONFIG", CONFIG_DIR),
         plain("TIKETI_LOG_FORMAT", "json"),
         plain("TIKETI_REDIS_CLUSTER", s.redis.cluster_mode.to_string()),
@@ -683,7 +683,7 @@ spec:
             );
             let env = env_of(d);
             assert_eq!(env["TIKETI_EVENT_CONFIG"].value.as_deref(), Some(CONFIG_DIR));
-            assert_eq!(env["TIKETI_LISTEN"].value.as_deref(), Some("0.0.0.0:8080"));
+            assert_eq!(env["TIKETI_LISTEN"].value.as_deref(), Some("[::]:8080"));
             let redis = env["TIKETI_REDIS_URL"]
                 .value_from
                 .as_ref()

@@ -43,7 +43,7 @@ struct RunArgs {
     #[arg(long, env = "TIKETI_NAMESPACE")]
     namespace: Option<String>,
     /// Address of the /metrics, /healthz and /readyz server.
-    #[arg(long, env = "TIKETI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "TIKETI_METRICS_ADDR", default_value = "[::]:9090")]
     metrics_addr: SocketAddr,
     /// Elect a leader on a Lease so several replicas are safe (only the leader writes).
     #[arg(long, env = "TIKETI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]

@@ -59,7 +59,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address the HTTP server listens on.
-    #[arg(long, env = "TIKETI_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TIKETI_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
     /// Redis URL (`redis://` or `rediss://` for TLS).
     #[arg(long, env = "TIKETI_REDIS_URL", default_value = "redis://127.0.0.1:6379")]

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             tiketi_shared::telemetry::init("info,tower_http=warn");
-            let listener = tokio::net::TcpListener::bind(cli.serve.listen).await?;
+            let listener = tiketi_shared::net::bind(cli.serve.listen).await?;
             tiketi_queue::server::serve(cli.serve, listener, tiketi_queue::server::signal()).await
         }
     }

@@ -148,7 +148,7 @@ pub async fn serve(
 
 /// Runs the service until SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(settings.listen)
+    let listener = tiketi_shared::net::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     tracing::info!(listen = %settings.listen, "tiketi-reservation listening");

@@ -16,7 +16,7 @@ use clap::Parser;
 )]
 pub struct Settings {
     /// Address the HTTP server listens on.
-    #[arg(long, env = "TIKETI_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TIKETI_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
 
     /// Redis URL (`redis://` or `rediss://` for TLS) holding seat locks and hold records.
@@ -115,7 +115,7 @@ mod tests {
             "--database-url=postgres://x",
         ])
         .unwrap();
-        assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.listen.to_string(), "[::]:8080");
         assert_eq!(s.redis_timeout, Duration::from_secs(1));
         assert!(s.database_read_url.is_none());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod net;
 pub mod problem;
 pub mod telemetry;
 pub mod token;
