@@ -162,8 +162,8 @@ async fn step(
                 metrics.dropped.get_or_create(&label).inc_by(dropped);
                 tracing::info!(event, dropped, "dropped waiting users without heartbeat");
             }
-            // Paused (sold out, or heartbeats shed somewhere): once it resumes, every waiting
-            // user gets a full timeout to heartbeat again before anyone is dropped.
+            // Paused (heartbeats shed somewhere): once it resumes, every waiting user gets a
+            // full timeout to heartbeat again before anyone is dropped.
             SweepOutcome::Paused => term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(cfg)),
             SweepOutcome::NotLeader => {
                 term.fence = None;

@@ -221,7 +221,11 @@ fn view(
             });
             s.poll_after_seconds = 30;
         }
-        Standing::SoldOut => s.state = State::SoldOut,
+        Standing::SoldOut => {
+            // Keep polling to keep the place: seats may come back (holds lapse, releases).
+            s.state = State::SoldOut;
+            s.poll_after_seconds = 30;
+        }
         Standing::Closed => s.state = State::Closed,
         Standing::Absent => return Ok(None),
     }

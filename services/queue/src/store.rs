@@ -275,17 +275,18 @@ return {admitted, active + admitted, redis.call('ZCARD', KEYS[3])}
 });
 
 /// Drop waiting users whose last heartbeat is older than the timeout — only by the lease holder
-/// of the current term (fenced like admission), and unless the event is sold out (nobody is
-/// admitted, the line waits for seats to come back) or a replica shed heartbeats within the last
-/// timeout. KEYS: heartbeats queue prequeue sold_out heartbeats_shed lease fence.
+/// of the current term (fenced like admission), and not while a replica shed heartbeats within
+/// the last timeout. While the event is sold out the sweep goes on: polls still refresh
+/// heartbeats (STATUS), so whoever keeps waiting for returned seats keeps their place and whoever
+/// left does not hold the line up. KEYS: heartbeats queue prequeue heartbeats_shed lease fence.
 /// ARGV: timeout_ms limit holder fence. Returns the number dropped, -1 when the sweep is paused,
 /// -2 when the caller does not hold the lease under that fence.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
         r#"
-if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('GET', KEYS[7]) ~= ARGV[4] then return -2 end
-if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
+if redis.call('GET', KEYS[5]) ~= ARGV[3] or redis.call('GET', KEYS[6]) ~= ARGV[4] then return -2 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'LIMIT', 0, tonumber(ARGV[2]))
 for _, u in ipairs(stale) do
   redis.call('ZREM', KEYS[2], u)
@@ -495,7 +496,6 @@ impl Store {
         inv.key(keys.heartbeats())
             .key(keys.queue())
             .key(keys.prequeue())
-            .key(keys.sold_out())
             .key(keys.heartbeats_shed())
             .key(keys.admission_lease())
             .key(keys.admission_fence())
@@ -696,7 +696,7 @@ pub enum ShuffleOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepOutcome {
     Dropped(u64),
-    /// Sold out, or heartbeats were shed: nobody is dropped now.
+    /// Heartbeats were shed somewhere: nobody is dropped now.
     Paused,
     /// The caller's term is over (another replica holds the lease, or the fence moved).
     NotLeader,

@@ -196,11 +196,28 @@ async fn sold_out_then_seats_back_resumes_admission_in_the_original_order() {
         api.me_json("first").await["state"] == "admitted"
     })
     .await;
+    assert_eq!(api.join("gives-up").await.status(), 201);
     let _: () = c.set(k.sold_out(), "1").await.unwrap();
-    // Nobody polls for three heartbeat timeouts: the line must survive (sold out pauses the sweep).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three heartbeat timeouts of sold out: those who keep polling (as pollAfterSeconds tells
+    // them) keep their place; the one who left is dropped and holds nobody up.
+    let parked = api.me_json("second").await;
+    assert_eq!(parked["state"], "soldOut", "{parked}");
+    assert!(
+        parked["pollAfterSeconds"].as_u64().is_some_and(|s| s >= 1),
+        "{parked}"
+    );
+    for _ in 0..12 {
+        for u in ["second", "third"] {
+            assert_eq!(api.me_json(u).await["state"], "soldOut");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let waiting: Vec<String> = c.zrange(k.queue(), 0, -1).await.unwrap();
-    assert_eq!(waiting, vec!["second", "third"], "sold out keeps the line");
+    assert_eq!(
+        waiting,
+        vec!["second", "third"],
+        "sold out keeps the line of those still waiting"
+    );
     // Seats come back (holds lapsed): the flag goes, the admitted user's slot frees, and the
     // waiting users are admitted in their original order, without having to rejoin.
     let _: () = c.del(k.sold_out()).await.unwrap();
