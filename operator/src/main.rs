@@ -1,14 +1,12 @@
 //! `tiketi-operator run | crd | simulate`. Thin: parsing, logging, signals; the work is in the library.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tiketi_operator::leader::LeaderConfig;
 use tiketi_operator::runtime::{RunOptions, run};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,20 +68,8 @@ struct RunArgs {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let json = match format {
-        Some(LogFormat::Json) => true,
-        Some(LogFormat::Text) => false,
-        None => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let json = format.map(|f| matches!(f, LogFormat::Json));
+    tiketi_shared::telemetry::init_with("info,kube=warn", json);
 }
 
 fn default_identity() -> String {
@@ -133,7 +119,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tiketi_shared::telemetry::shutdown_signal().await;
         tracing::info!("shutting down");
         stop_tx.send_replace(true);
     });
@@ -153,28 +139,6 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         stop_rx,
     )
     .await
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

@@ -168,22 +168,7 @@ fn default_replica_id() -> String {
     format!("{host}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM or Ctrl-C (`tiketi_shared::telemetry::shutdown_signal`).
 pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! { _ = term.recv() => {}, _ = ctrl_c => {} }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    tiketi_shared::telemetry::shutdown_signal().await;
 }
