@@ -95,7 +95,7 @@ SELECT i.fingerprint, i.status_code, i.response, h.hold_id, h.event_id, h.user_i
   LEFT JOIN idempotency_keys i ON i.user_id = 'u' || :n AND i.idempotency_key = 'k' || :n
   LEFT JOIN holds h ON h.hold_id = lpad(to_hex(:n), 32, '0')::uuid;
 SELECT * FROM tiketi_confirm(lpad(to_hex(:n), 32, '0')::uuid, 'u' || :n, 'k' || :n, 'fp', '{}'::jsonb,
-  gen_random_uuid(), now(), 4, NULL);
+  gen_random_uuid(), now(), 4, NULL, 600);
 SQL
 (cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T "$DURATION" -f confirm.sql "$(db_url "$confirm_db")" > pgbench-confirm.out 2>&1)
 grep -E "^tps|latency average" "$work/pgbench-confirm.out"

@@ -94,13 +94,15 @@ $$;
 --   'created'            the order and its lines are written, the idempotency record holds body;
 --   'missing' | 'released' | 'confirmed' (with the existing order id);
 --   'sale-ended'         now() is at or past p_sale_ends;
+--   'admission-ended'    the hold lapsed and so did the admission it was made under (created_at
+--                        + p_admission_ttl seconds: the admission began before the hold);
 --   'limit'              a lapsed hold would take the user past p_cap (seats = their count);
 --   'held'               seats claimed since by another live hold (seats = those seats);
 --   'key-in-use'         another request committed this Idempotency-Key first.
 -- A seat sold meanwhile surfaces as the unique violation of order_lines_one_live_booking_per_seat.
 CREATE FUNCTION tiketi_confirm(
     p_hold uuid, p_user text, p_key text, p_fingerprint text, p_body jsonb, p_order uuid,
-    p_created timestamptz, p_cap integer, p_sale_ends timestamptz)
+    p_created timestamptz, p_cap integer, p_sale_ends timestamptz, p_admission_ttl integer)
 RETURNS TABLE (r_outcome text, r_seats text[], r_order uuid, r_count integer)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -127,6 +129,10 @@ BEGIN
         RETURN;
     END IF;
     IF h.expires_at <= now() THEN
+        IF p_admission_ttl IS NOT NULL AND now() >= h.created_at + make_interval(secs => p_admission_ttl) THEN
+            RETURN QUERY SELECT 'admission-ended'::text, NULL::text[], NULL::uuid, NULL::integer;
+            RETURN;
+        END IF;
         -- A lapsed hold's claims no longer count towards the user's limit; taking them back must.
         PERFORM pg_advisory_xact_lock(hashtextextended('tiketi-user:' || h.event_id || ':' || h.user_id, 0));
         SELECT count(*) INTO mine FROM seat_claims c

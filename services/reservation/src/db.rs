@@ -112,6 +112,17 @@ pub enum ClaimRefused {
     OverLimit { current: u32 },
 }
 
+/// The event's rules a confirm applies in PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmRules {
+    /// `maxSeatsPerUser`: held + bought seats per buyer.
+    pub cap: u32,
+    /// `saleEndsAt`: no confirm from then on.
+    pub sale_ends: Option<DateTime<Utc>>,
+    /// `queue.tokenTtlSeconds`: a lapsed hold is not taken back after its admission ended.
+    pub admission_ttl_seconds: Option<u64>,
+}
+
 /// What a confirm decided.
 #[derive(Debug)]
 pub enum ConfirmOutcome {
@@ -120,6 +131,8 @@ pub enum ConfirmOutcome {
     SeatsTaken(Vec<String>),
     /// The event's sale ended (`saleEndsAt`) before this confirm.
     SaleEnded,
+    /// The hold lapsed and so did the admission it was made under.
+    AdmissionEnded,
     /// These seats of the hold are no longer in the inventory.
     SeatsRemoved(Vec<String>),
     /// A lapsed hold taken back would put the user past the limit; `current` is their count.
@@ -594,14 +607,18 @@ impl Db {
         user: &str,
         key: &str,
         fingerprint: &str,
-        cap: u32,
-        sale_ends: Option<DateTime<Utc>>,
+        rules: ConfirmRules,
     ) -> Result<ConfirmOutcome, DbError> {
+        let ConfirmRules {
+            cap,
+            sale_ends,
+            admission_ttl_seconds,
+        } = rules;
         let mut conn = self.acquire().await?;
         let order = new_order(hold, user);
         let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
         let statement = sqlx::query_as::<_, (String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(
-            "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(hold.hold_id)
         .bind(user)
@@ -611,7 +628,8 @@ impl Db {
         .bind(order.order_id)
         .bind(order.created_at)
         .bind(i32::try_from(cap).unwrap_or(i32::MAX))
-        .bind(sale_ends);
+        .bind(sale_ends)
+        .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
         let result = tokio::time::timeout(self.timeout, statement.fetch_one(&mut *conn)).await;
         match result {
             Err(_) => {
@@ -648,6 +666,7 @@ impl Db {
                 "created" => ConfirmOutcome::Created(order),
                 "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
                 "sale-ended" => ConfirmOutcome::SaleEnded,
+                "admission-ended" => ConfirmOutcome::AdmissionEnded,
                 "limit" => ConfirmOutcome::OverLimit {
                     current: count.unwrap_or(0).max(0) as u32,
                 },

@@ -51,6 +51,9 @@ pub struct EventState {
     pub rules: ReservationSettings,
     /// Confirms are refused from this instant on (`saleEndsAt`).
     pub sale_ends_at: Option<DateTime<Utc>>,
+    /// How long an admission lasts (`queue.tokenTtlSeconds`): a lapsed hold is not taken back
+    /// once the admission it was made under is over.
+    pub admission_ttl_seconds: u64,
     pub seats: Vec<SeatRow>,
     pub seat_ids: Vec<String>,
     pub index: HashMap<String, usize>,
@@ -67,6 +70,7 @@ impl EventState {
             keys: EventKeys::new(&cfg.event_id),
             rules: cfg.reservation.clone(),
             sale_ends_at: cfg.sale_ends_at,
+            admission_ttl_seconds: cfg.queue.token_ttl_seconds,
             seats,
             seat_ids,
             index,
@@ -532,8 +536,11 @@ impl AppState {
                 &user,
                 key,
                 &fingerprint,
-                ev.rules.max_seats_per_user,
-                ev.sale_ends_at,
+                crate::db::ConfirmRules {
+                    cap: ev.rules.max_seats_per_user,
+                    sale_ends: ev.sale_ends_at,
+                    admission_ttl_seconds: Some(ev.admission_ttl_seconds),
+                },
             )
             .await
             .map_err(|e| self.db_down(e))?
@@ -572,6 +579,14 @@ impl AppState {
             }
             ConfirmOutcome::OverLimit { current } => {
                 let p = over_limit(u64::from(current), ev.rules.max_seats_per_user);
+                self.final_answer(&user, key, &fingerprint, p).await
+            }
+            ConfirmOutcome::AdmissionEnded => {
+                let p = Problem::new(
+                    StatusCode::CONFLICT,
+                    "hold-expired",
+                    "this hold lapsed and the admission it was made under has ended; join the queue again",
+                );
                 self.final_answer(&user, key, &fingerprint, p).await
             }
             ConfirmOutcome::SeatsRemoved(gone) => {

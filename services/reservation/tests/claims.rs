@@ -430,3 +430,45 @@ async fn an_inventory_reload_applies_section_and_price_changes() {
     redis.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_lapsed_hold_is_not_taken_back_once_its_admission_is_over() {
+    let event = unique("admitted");
+    let db = TestDb::create("resv_admitted").await;
+    let redis = PrivateRedis::start().await;
+    // Holds of 1 s, admissions of 3 s (lateness under load only moves the second confirm further
+    // past the admission; the first has 1.8 s of margin).
+    let cfg = write_config_value(&json!({
+        "eventId": event,
+        "onSaleAt": "2026-01-01T00:00:00Z",
+        "queue": {"ratePerSecond": 50, "maxActive": 2000, "tokenTtlSeconds": 3, "heartbeatTimeoutSeconds": 120},
+        "reservation": {"holdTtlSeconds": 1, "maxSeatsPerUser": 4},
+        "inventory": {"sections": [{"name": "A", "rows": 1, "seatsPerRow": 4, "priceTier": "std"}]}
+    }));
+    let server = InProcess::start(settings(&db.url, &redis.url, &cfg)).await;
+    let http = client();
+    let u = User::new(&event, "slow-payer");
+    let (_, early) = u
+        .hold(&http, &server.base, &event, &["A-1-1".to_owned()])
+        .await
+        .unwrap();
+    let (_, late) = u
+        .hold(&http, &server.base, &event, &["A-1-2".to_owned()])
+        .await
+        .unwrap();
+    // The first lapsed hold is taken back while its admission still runs...
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (s, b) = u
+        .confirm(&http, &server.base, &id(&early), "early")
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "lapsed hold within its admission: {b}");
+    // ...the second, after the admission ended, is not: the buyer must queue again.
+    tokio::time::sleep(Duration::from_millis(2_400)).await;
+    let (s, b) = u.confirm(&http, &server.base, &id(&late), "late").await.unwrap();
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["type"], "https://tiketi.gg/problems/hold-expired", "{b}");
+    server.stop().await;
+    redis.stop().await;
+    db.drop_db().await;
+}
