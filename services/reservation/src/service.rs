@@ -30,8 +30,6 @@ use crate::redis_store::{HoldStore, RedisError};
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub taken_at: Instant,
-    pub as_of: DateTime<Utc>,
-    pub counts: Counts,
     /// The `SeatMap` JSON of this snapshot.
     pub body: axum::body::Bytes,
 }
@@ -316,10 +314,7 @@ impl AppState {
         match outcome {
             HoldOutcome::Held => {}
             HoldOutcome::Taken(taken) => {
-                self.metrics
-                    .conflicts
-                    .get_or_create(&ConflictLabels { stage: "hold" })
-                    .inc();
+                self.count_conflict("hold");
                 return Err(seats_taken(taken, "some of the requested seats are held or sold"));
             }
             HoldOutcome::OverCap { current } => {
@@ -782,8 +777,6 @@ impl AppState {
         })?;
         Ok(Arc::new(Snapshot {
             taken_at: Instant::now(),
-            as_of,
-            counts,
             body: body.into(),
         }))
     }
