@@ -60,9 +60,14 @@ async fn main() {
     let url = std::env::var("REDIS_URL")
         .expect("REDIS_URL must point at a Redis (eval \"$(e2e/stack env)\"); the benchmark writes bench-* keys and removes them");
     let cluster = std::env::var("TIKETI_BENCH_CLUSTER").is_ok_and(|v| v == "1" || v == "true");
-    let mut reader = SignalReader::connect(&url, cluster, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let mut reader = SignalReader::connect(
+        &tiketi_shared::redis::RedisArgs {
+            cluster,
+            ..tiketi_shared::redis::RedisArgs::new(url.as_str())
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let mut writer = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()

@@ -32,6 +32,7 @@ use crate::scaler::{ScaleReason, kinds};
 use crate::schedule;
 use crate::signals::{EventSignals, PrometheusSignals, SignalError, SignalReader};
 use crate::status::{apply_status, condition, reasons, types};
+use tiketi_shared::redis::RedisArgs;
 
 /// Settings of the loop.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct AutoscalerOptions {
     /// Bound of deciding and applying one event (its API calls): a hung call holds that event
     /// for at most this long, never the tick of every other event.
     pub event_timeout: Duration,
+    /// CA bundle that verifies TLS Redis servers (`spec.redis.tls`); None: the built-in web roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AutoscalerOptions {
@@ -61,6 +64,7 @@ impl Default for AutoscalerOptions {
             secret_ttl: Duration::from_secs(30),
             concurrency: 16,
             event_timeout: Duration::from_secs(5),
+            redis_ca_file: None,
         }
     }
 }
@@ -77,6 +81,7 @@ const SECRET_RETRY: Duration = Duration::from_secs(5);
 struct Endpoint {
     url: String,
     cluster: bool,
+    tls: bool,
 }
 
 type SecretKey = (String, String, String);
@@ -319,6 +324,7 @@ impl Autoscaler {
         let timeout = self.opts.signal_timeout;
         let mut jobs = Vec::new();
         for (ep, idx) in groups {
+            let ca_file = self.opts.redis_ca_file.clone();
             let reader = self.readers.remove(&ep).map(|(r, _)| r);
             let ids: Vec<String> = idx
                 .iter()
@@ -327,7 +333,15 @@ impl Autoscaler {
             jobs.push(async move {
                 let reader = match reader {
                     Some(r) => Ok(r),
-                    None => SignalReader::connect(&ep.url, ep.cluster, timeout).await,
+                    None => SignalReader::connect(
+                        &RedisArgs {
+                            url: ep.url.clone(),
+                            cluster: ep.cluster,
+                            tls: ep.tls,
+                            ca_file: ca_file.clone(),
+                        },
+                        timeout,
+                    ),
                 };
                 match reader {
                     Ok(mut r) => {
@@ -391,6 +405,7 @@ impl Autoscaler {
         Ok(Endpoint {
             url,
             cluster: tev.spec.redis.cluster_mode,
+            tls: tev.spec.redis.tls,
         })
     }
 

@@ -816,10 +816,13 @@ pub struct RedisSpec {
     /// Secret key holding the Redis URL (redis:// or rediss:// with credentials), e.g.
     /// {name: tiketi-redis, key: url}. Passed to the pods as TIKETI_REDIS_URL.
     pub url_secret_ref: SecretKeySelector,
-    /// Require TLS (the URL must then be rediss://). ElastiCache with in-transit encryption: true.
+    /// Connect with TLS and verify the server's certificate (a redis:// URL is upgraded to
+    /// rediss://). ElastiCache with in-transit encryption: true.
     #[serde(default)]
     pub tls: bool,
-    /// Redis Cluster mode (all keys of an event share one hash tag, so every command stays on one slot).
+    /// Redis Cluster mode: the URL is any node (ElastiCache: the configuration endpoint) and the
+    /// services and the operator use a cluster client (all keys of an event share one hash tag,
+    /// so every script and pipeline stays on one slot).
     #[serde(default)]
     pub cluster_mode: bool,
 }

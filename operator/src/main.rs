@@ -65,6 +65,11 @@ struct RunArgs {
     /// (health flips, belowSince and soldOutAt are written at once), e.g. 5s.
     #[arg(long, env = "TIKETI_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: std::time::Duration,
+    /// PEM bundle of the certificate authorities that sign TLS Redis servers (events with
+    /// `redis.tls: true`). Default: the public web roots built in (they include Amazon's, which
+    /// sign ElastiCache's certificates).
+    #[arg(long, env = "TIKETI_REDIS_CA_FILE")]
+    redis_ca_file: Option<std::path::PathBuf>,
 }
 
 fn init_logging(format: Option<LogFormat>) {
@@ -104,6 +109,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         log_format,
         signal_timeout,
         status_interval,
+        redis_ca_file,
     } = args;
     init_logging(log_format);
     let client = kube::Client::try_default()
@@ -133,6 +139,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             autoscaler: tiketi_operator::autoscale::AutoscalerOptions {
                 signal_timeout,
                 status_interval,
+                redis_ca_file,
                 ..Default::default()
             },
         },

@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{Pipeline, Value};
 use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::{RedisArgs, RedisConn};
 
 use crate::autoscaler::{Samples, Signal, SignalFailure};
 
@@ -126,47 +125,18 @@ pub fn samples(reading: &Result<EventSignals, SignalError>) -> Samples {
 /// One tick's result: a reading or an error for every event asked about, in the order asked.
 pub type Tick = Vec<(String, Result<EventSignals, SignalError>)>;
 
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 /// Reads signals from one Redis endpoint.
 pub struct SignalReader {
-    conn: Conn,
+    conn: RedisConn,
     timeout: Duration,
 }
 
 impl SignalReader {
-    /// Connects to `url` (`redis://`, `rediss://` for TLS; user and password in the URL for AUTH).
-    /// In cluster mode `url` is any node; the topology is discovered. The single-node connection is
-    /// made lazily and re-made on failure, so a Redis that is down at start-up is reported per
-    /// tick instead of failing the operator.
-    pub async fn connect(url: &str, cluster: bool, timeout: Duration) -> Result<Self, SignalError> {
-        let conn = if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(vec![url])
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .retries(1)
-                .build()
-                .map_err(|e| SignalError::Config(e.to_string()))?;
-            let conn = tokio::time::timeout(timeout, client.get_async_connection())
-                .await
-                .map_err(|_| SignalError::Timeout(timeout))?
-                .map_err(|e| SignalError::Redis(e.to_string()))?;
-            Conn::Cluster(conn)
-        } else {
-            let client = redis::Client::open(url).map_err(|e| SignalError::Config(e.to_string()))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(2));
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| SignalError::Redis(e.to_string()))?,
-            )
-        };
+    /// A reader for `redis` (single node or cluster, TLS or not; see [`tiketi_shared::redis`]).
+    /// Nothing is contacted yet: a Redis that is down, or refuses the TLS handshake, is reported
+    /// per tick instead of failing the operator.
+    pub fn connect(redis: &RedisArgs, timeout: Duration) -> Result<Self, SignalError> {
+        let conn = RedisConn::connect_lazy(redis, timeout).map_err(|e| SignalError::Config(e.to_string()))?;
         Ok(Self { conn, timeout })
     }
 
@@ -179,7 +149,7 @@ impl SignalReader {
         }
         let timeout = self.timeout;
         match &mut self.conn {
-            Conn::Single(conn) => {
+            conn @ RedisConn::Single(_) => {
                 let pipe = pipeline(event_ids.iter().map(String::as_str), now);
                 let reply = match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
                     Err(_) => Err(SignalError::Timeout(timeout)),
@@ -188,7 +158,7 @@ impl SignalReader {
                 };
                 decode_all(event_ids.iter().map(String::as_str), reply, now)
             }
-            Conn::Cluster(conn) => {
+            conn @ RedisConn::Cluster(_) => {
                 let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
                 for e in event_ids {
                     groups.entry(slot_of(e)).or_default().push(e.clone());
@@ -240,13 +210,7 @@ impl SignalReader {
     /// One `PING` round trip, the baseline the tick cost is compared with.
     pub async fn ping(&mut self) -> Result<(), SignalError> {
         let cmd = redis::cmd("PING");
-        let fut = async {
-            match &mut self.conn {
-                Conn::Single(c) => cmd.query_async::<String>(c).await,
-                Conn::Cluster(c) => cmd.query_async::<String>(c).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut self.conn)).await {
             Err(_) => Err(SignalError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(SignalError::from_redis(&e, self.timeout)),
             Ok(Ok(_)) => Ok(()),
@@ -254,33 +218,7 @@ impl SignalReader {
     }
 }
 
-/// The cluster slot of an event's keys (all share the hash tag).
-pub fn slot_of(event_id: &str) -> u16 {
-    // redis-rs computes slots too (`cluster_routing::Slot`) but does not expose the number.
-    crc16_xmodem(
-        EventKeys::new(event_id)
-            .hash_tag()
-            .trim_start_matches('{')
-            .trim_end_matches('}')
-            .as_bytes(),
-    ) % 16_384
-}
-
-/// CRC16/XMODEM, the Redis Cluster key hash.
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+pub use tiketi_shared::redis::slot_of;
 
 fn pipeline<'a>(events: impl Iterator<Item = &'a str>, now: DateTime<Utc>) -> Pipeline {
     let now_ms = now.timestamp_millis();
@@ -461,14 +399,6 @@ impl PrometheusSignals {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_match_redis_cluster_hashing() {
-        // Reference values from `CLUSTER KEYSLOT`: "foo" → 12182, "123456789" → 12739.
-        assert_eq!(crc16_xmodem(b"foo") % 16_384, 12_182);
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
-        assert_eq!(slot_of("foo"), 12_182);
-    }
 
     #[test]
     fn decodes_a_full_event_reply() {

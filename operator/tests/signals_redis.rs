@@ -11,6 +11,7 @@ use tiketi_e2e::{PrivateRedis, free_port};
 use tiketi_operator::autoscaler::Signal;
 use tiketi_operator::signals::{self, PrometheusSignals, SignalError, SignalReader};
 use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::RedisArgs;
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL")
@@ -77,9 +78,7 @@ async fn one_tick_reads_every_events_signals() {
         .await
         .unwrap();
 
-    let mut reader = SignalReader::connect(&url, false, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let mut reader = SignalReader::connect(&RedisArgs::new(url), Duration::from_secs(2)).unwrap();
     let before = chrono::Utc::now();
     let tick = reader.read(&events).await;
     assert_eq!(
@@ -123,9 +122,7 @@ async fn a_broken_key_fails_only_its_event() {
         .set(EventKeys::new(&events[1]).queue(), "not a sorted set")
         .await
         .unwrap();
-    let mut reader = SignalReader::connect(&url, false, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let mut reader = SignalReader::connect(&RedisArgs::new(url), Duration::from_secs(2)).unwrap();
     let tick = reader.read(&events).await;
     assert_eq!(tick[0].1.as_ref().unwrap().queue_depth, 1);
     let err = tick[1].1.clone().unwrap_err();
@@ -141,7 +138,7 @@ async fn a_paused_redis_times_out_per_tick_and_recovers() {
     let mut conn = plain(&redis.url()).await;
     let _: () = conn.zadd(EventKeys::new(&event).queue(), "u", 1).await.unwrap();
     let timeout = Duration::from_millis(300);
-    let mut reader = SignalReader::connect(&redis.url(), false, timeout).await.unwrap();
+    let mut reader = SignalReader::connect(&RedisArgs::new(redis.url().as_str()), timeout).unwrap();
     let events = vec![event.clone()];
     assert_eq!(reader.read(&events).await[0].1.as_ref().unwrap().queue_depth, 1);
 
@@ -178,9 +175,7 @@ async fn a_paused_redis_times_out_per_tick_and_recovers() {
 async fn a_redis_that_is_down_at_start_is_reported_per_tick_not_at_connect() {
     let port = free_port().unwrap();
     let url = format!("redis://127.0.0.1:{port}");
-    let mut reader = SignalReader::connect(&url, false, Duration::from_millis(300))
-        .await
-        .unwrap();
+    let mut reader = SignalReader::connect(&RedisArgs::new(url), Duration::from_millis(300)).unwrap();
     let tick = reader.read(&["e".to_owned()]).await;
     assert!(tick[0].1.is_err());
     assert!(reader.ping().await.is_err());
@@ -237,9 +232,14 @@ async fn cluster_mode_groups_per_slot_and_reads_every_event() {
         "events should spread over slots on several nodes"
     );
 
-    let mut reader = SignalReader::connect(&nodes[1].url(), true, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let mut reader = SignalReader::connect(
+        &RedisArgs {
+            cluster: true,
+            ..RedisArgs::new(nodes[1].url())
+        },
+        Duration::from_secs(2),
+    )
+    .unwrap();
     let tick = reader.read(&events).await;
     for (i, (e, r)) in tick.iter().enumerate() {
         assert_eq!(e, &events[i]);
@@ -284,4 +284,43 @@ async fn prometheus_instant_queries() {
     let started = Instant::now();
     assert!(down.query("vector(1)").await.is_err());
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// The stack's TLS Redis (AUTH token in the URL, verified with the stack's CA) serves signals; a
+/// wrong CA is a per-tick error naming the certificate, within the timeout, not a hang.
+#[tokio::test]
+async fn tls_signals_are_read_and_a_wrong_ca_is_refused() {
+    let (Ok(url), Ok(ca), Ok(wrong)) = (
+        std::env::var("REDIS_TLS_URL"),
+        std::env::var("REDIS_TLS_CA"),
+        std::env::var("REDIS_WRONG_CA"),
+    ) else {
+        panic!("REDIS_TLS_URL, REDIS_TLS_CA and REDIS_WRONG_CA are needed (eval \"$(e2e/stack env)\")");
+    };
+    let event = unique("tls");
+    let args = |ca: &str| RedisArgs {
+        ca_file: Some(ca.into()),
+        ..RedisArgs::new(url.as_str())
+    };
+    let mut writer =
+        tiketi_shared::redis::RedisConn::connect_lazy(&args(&ca), Duration::from_secs(2)).unwrap();
+    let _: () = writer
+        .zadd_multiple(EventKeys::new(&event).queue(), &[(1, "a"), (2, "b"), (3, "c")])
+        .await
+        .unwrap();
+    let mut reader = SignalReader::connect(&args(&ca), Duration::from_secs(2)).unwrap();
+    let tick = reader.read(std::slice::from_ref(&event)).await;
+    assert_eq!(tick[0].1.as_ref().unwrap().queue_depth, 3);
+    let _: () = writer.del(EventKeys::new(&event).queue()).await.unwrap();
+
+    let mut refused = SignalReader::connect(&args(&wrong), Duration::from_secs(1)).unwrap();
+    let t0 = Instant::now();
+    let tick = refused.read(std::slice::from_ref(&event)).await;
+    let err = tick[0].1.as_ref().unwrap_err().to_string().to_lowercase();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "refused after {:?}",
+        t0.elapsed()
+    );
+    assert!(err.contains("certificate") || err.contains("issuer"), "{err}");
 }

@@ -61,9 +61,9 @@ pub struct ServeArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "TIKETI_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
-    /// Redis URL (`redis://` or `rediss://` for TLS).
-    #[arg(long, env = "TIKETI_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    /// Redis: URL, cluster mode, TLS and its CA (the same flags in every tiketi part).
+    #[command(flatten)]
+    pub redis: tiketi_shared::redis::RedisArgs,
     /// HS256 key that verifies the platform's user tokens (`sub` = user id).
     /// Required to serve.
     #[arg(long, env = "TIKETI_JWT_SECRET", hide_env_values = true)]

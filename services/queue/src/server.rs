@@ -29,7 +29,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let ServeArgs {
         listen: _,
-        redis_url,
+        redis,
         jwt_secret,
         admission_secret,
         event_config,
@@ -52,8 +52,8 @@ pub async fn serve(
         admission_secret.context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
     check_signing_key("TIKETI_JWT_SECRET", jwt_secret.as_bytes()).map_err(anyhow::Error::msg)?;
     check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes()).map_err(anyhow::Error::msg)?;
-    let store =
-        Store::new(&redis_url, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
+    let store = Store::new(&redis, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
+    tracing::info!(redis = %redis.describe(), "redis");
     let events = Events::default();
     if let Some(path) = &event_config {
         events.reload(path);

@@ -6,9 +6,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::{RedisArgs, RedisConn};
 
 /// Scores of users who joined after the on-sale instant start here; the shuffled pre-queue takes
 /// scores 1..=P below it, so it always stands in front of later joiners whatever the timing.
@@ -24,6 +24,8 @@ pub enum StoreError {
     Reply(String),
     #[error("too many requests are waiting for redis")]
     Overloaded,
+    #[error(transparent)]
+    Config(#[from] tiketi_shared::redis::ConfigError),
 }
 
 impl StoreError {
@@ -33,6 +35,7 @@ impl StoreError {
             Self::Redis(_) => "redis",
             Self::Reply(_) => "reply",
             Self::Overloaded => "overloaded",
+            Self::Config(_) => "config",
         }
     }
 }
@@ -328,7 +331,7 @@ return {n}
 /// Cheap to clone: the connection manager multiplexes one connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     batch: tokio::sync::mpsc::Sender<StatusJob>,
     /// When this replica last recorded shed heartbeats, per event.
@@ -340,14 +343,8 @@ const SHED_NOTE_EVERY: Duration = Duration::from_millis(500);
 
 impl Store {
     /// Connects lazily: the service starts (and answers /healthz) while Redis is still down.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    pub fn new(redis: &RedisArgs, timeout: Duration) -> Result<Self> {
+        let conn = RedisConn::connect_lazy(redis, timeout)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Reply("Store::new needs a tokio runtime".into()))?;
         let (batch, rx) = tokio::sync::mpsc::channel(BATCH_QUEUE);
@@ -732,7 +729,7 @@ pub struct StatusJob {
 }
 
 struct Batcher {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
 }
 
@@ -772,7 +769,7 @@ impl Batcher {
     }
 }
 
-async fn run_group(mut conn: ConnectionManager, timeout: Duration, group: Group, jobs: Vec<StatusJob>) {
+async fn run_group(mut conn: RedisConn, timeout: Duration, group: Group, jobs: Vec<StatusJob>) {
     let (keys, on_sale_ms, sale_ends_ms) = group;
     let mut inv = STATUS.prepare_invoke();
     inv.key(keys.queue())

@@ -13,7 +13,7 @@ use tiketi_queue::store::Store;
 
 /// Puts `n` users straight into the queue (after on-sale, so FIFO) through the store.
 async fn fill(url: &str, event: &str, n: usize) {
-    let store = Store::new(url, Duration::from_secs(2)).unwrap();
+    let store = Store::new(&tiketi_shared::redis::RedisArgs::new(url), Duration::from_secs(2)).unwrap();
     let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
     for i in 0..n {
         store

@@ -36,7 +36,11 @@ async fn prequeue_with(store: &Store, event: &str, users: &[String], seed: u64) 
 #[tokio::test]
 async fn shuffle_is_a_recorded_reproducible_permutation_in_front_of_later_joiners() {
     let url = redis_url();
-    let store = Store::new(&url, Duration::from_secs(1)).unwrap();
+    let store = Store::new(
+        &tiketi_shared::redis::RedisArgs::new(&url),
+        Duration::from_secs(1),
+    )
+    .unwrap();
     let users: Vec<String> = (0..40).map(|i| format!("early-{i:02}")).collect();
     let (e1, e2) = (unique_event("shuf-a"), unique_event("shuf-b"));
 

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::{RedisArgs, RedisConn};
 
 use crate::domain::{HoldOutcome, SOLD_MARKER};
 
@@ -18,6 +18,8 @@ pub enum RedisError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from the hold script")]
     BadReply,
+    #[error(transparent)]
+    Config(#[from] tiketi_shared::redis::ConfigError),
 }
 
 /// Reply codes of [`HOLD_SCRIPT`].
@@ -111,7 +113,7 @@ return marked
 
 #[derive(Clone)]
 pub struct HoldStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     hold: Script,
     release: Script,
@@ -120,14 +122,8 @@ pub struct HoldStore {
 
 impl HoldStore {
     /// Builds a lazily connecting, self-reconnecting client: creating it never blocks on Redis.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    pub fn new(redis: &RedisArgs, timeout: Duration) -> Result<Self, RedisError> {
+        let conn = RedisConn::connect_lazy(redis, timeout)?;
         Ok(Self {
             conn,
             timeout,

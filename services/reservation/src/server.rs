@@ -24,7 +24,7 @@ use crate::settings::Settings;
 pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
     let Settings {
         listen: _,
-        redis_url,
+        redis,
         jwt_secret,
         admission_secret,
         event_config,
@@ -54,7 +54,8 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         *database_timeout,
     )
     .context("TIKETI_DATABASE_URL / TIKETI_DATABASE_READ_URL")?;
-    let redis = HoldStore::new(redis_url, *redis_timeout).context("TIKETI_REDIS_URL")?;
+    tracing::info!(redis = %redis.describe(), "redis");
+    let redis = HoldStore::new(redis, *redis_timeout).context("TIKETI_REDIS_URL")?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     Ok(Arc::new(AppState {

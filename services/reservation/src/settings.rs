@@ -19,9 +19,10 @@ pub struct Settings {
     #[arg(long, env = "TIKETI_LISTEN", default_value = "[::]:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL (`redis://` or `rediss://` for TLS) holding seat locks and hold records.
-    #[arg(long, env = "TIKETI_REDIS_URL")]
-    pub redis_url: String,
+    /// Redis holding seat locks and hold records: URL, cluster mode, TLS and its CA (the same
+    /// flags in every tiketi part).
+    #[command(flatten)]
+    pub redis: tiketi_shared::redis::RedisArgs,
 
     /// HS256 secret verifying the platform's user tokens (bearer JWT, `sub` = user id).
     #[arg(long, env = "TIKETI_JWT_SECRET", hide_env_values = true)]

@@ -96,7 +96,7 @@ impl EventSpec {
 pub fn args(redis_url: &str, config: Option<PathBuf>) -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
-        redis_url: redis_url.to_owned(),
+        redis: tiketi_shared::redis::RedisArgs::new(redis_url),
         jwt_secret: Some(JWT_SECRET.to_owned()),
         admission_secret: Some(ADMISSION_SECRET.to_owned()),
         event_config: config,

@@ -136,7 +136,7 @@ pub fn write_config_value(cfg: &Value) -> PathBuf {
 pub fn settings(db_url: &str, redis: &str, config: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        redis_url: redis.to_owned(),
+        redis: tiketi_shared::redis::RedisArgs::new(redis),
         jwt_secret: JWT_SECRET.into(),
         admission_secret: ADMISSION_SECRET.into(),
         event_config: config.to_path_buf(),
@@ -161,6 +161,13 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(settings: Settings) -> Self {
+        let s = Self::spawn(settings).await;
+        wait_ready(&s.base, Duration::from_secs(30)).await;
+        s
+    }
+
+    /// Starts the service without waiting for it to be ready (its dependencies may be broken).
+    pub async fn spawn(settings: Settings) -> Self {
         tiketi_shared::telemetry::init("warn,tower_http=off");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -172,7 +179,6 @@ impl InProcess {
                 let _ = rx.await;
             },
         ));
-        wait_ready(&base, Duration::from_secs(30)).await;
         Self {
             base,
             stop: Some(tx),

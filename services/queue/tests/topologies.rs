@@ -1,0 +1,161 @@
+//! The queue on the stack's other Redis topologies: 50 events spread over every shard of a
+//! three-primary Redis Cluster (REDIS_CLUSTER_URL), and a TLS Redis with an AUTH token and an ACL
+//! user (REDIS_TLS_URL, REDIS_TLS_ACL_URL, verified with REDIS_TLS_CA): pre-queue, the on-sale
+//! shuffle, admission under the lease and polling run the same scripts as on a single node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tiketi_shared::redis::RedisArgs;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (eval \"$(e2e/stack env)\")"))
+}
+
+/// Writes one config file holding every event; on-sale `starts_in` from now.
+fn config(events: &[String], starts_in: chrono::Duration) -> std::path::PathBuf {
+    let all: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let mut spec = EventSpec::new(e);
+            spec.on_sale_at = chrono::Utc::now() + starts_in;
+            serde_json::from_str(&spec.json()).unwrap()
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("tiketi-queue-topo-{}", events[0]));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.json");
+    std::fs::write(&path, serde_json::Value::Array(all).to_string()).unwrap();
+    path
+}
+
+/// Two users per event join the pre-queue; after the on-sale both are admitted in every event.
+async fn queue_over(redis: RedisArgs, events: &[String]) {
+    let mut a = args(
+        "redis://unused",
+        Some(config(events, chrono::Duration::seconds(4))),
+    );
+    a.redis = redis;
+    let server = Server::start(a).await;
+    for e in events {
+        let api = Api::new(&server.base, e);
+        for u in ["ana", "ben"] {
+            let r = api.join(u).await;
+            assert_eq!(r.status(), 201, "{e}: join {u}");
+        }
+        assert_ne!(
+            api.me_json("ana").await["state"],
+            "admitted",
+            "{e}: nobody before the on-sale"
+        );
+    }
+    for e in events {
+        let api = Api::new(&server.base, e);
+        wait_for(
+            &format!("{e}: both admitted"),
+            Duration::from_secs(20),
+            || async {
+                api.me_json("ana").await["state"] == "admitted"
+                    && api.me_json("ben").await["state"] == "admitted"
+            },
+        )
+        .await;
+        assert_eq!(api.stats().await["queueDepth"], 0, "{e}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_events_over_every_shard_of_a_cluster() {
+    let events: Vec<String> = (0..50).map(|i| unique_event(&format!("topo{i}"))).collect();
+    // redis-cli --cluster create splits the 16,384 slots in three equal ranges, one per primary.
+    let shards: std::collections::BTreeSet<u16> = events
+        .iter()
+        .map(|e| tiketi_shared::redis::slot_of(e) / 5462)
+        .collect();
+    assert_eq!(shards.len(), 3, "the events cover every shard");
+    queue_over(
+        RedisArgs {
+            cluster: true,
+            ..RedisArgs::new(env("REDIS_CLUSTER_URL"))
+        },
+        &events,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn queues_over_tls_with_an_auth_token_and_with_an_acl_user() {
+    for url in ["REDIS_TLS_URL", "REDIS_TLS_ACL_URL"] {
+        queue_over(
+            RedisArgs {
+                ca_file: Some(env("REDIS_TLS_CA").into()),
+                ..RedisArgs::new(env(url))
+            },
+            &[unique_event("tls-a"), unique_event("tls-b")],
+        )
+        .await;
+    }
+}
+
+/// The binary reads the variables the operator writes into the pod (`TIKETI_REDIS_CLUSTER` from
+/// `spec.redis.clusterMode`), so a deployed queue really talks to the cluster: events on every
+/// shard answer (a single-node client would get MOVED for two shards in three and answer 503).
+#[tokio::test]
+async fn the_binary_uses_the_cluster_when_the_pod_variables_say_so() {
+    let events: Vec<String> = (0..12).map(|i| unique_event(&format!("bin{i}"))).collect();
+    let shards: std::collections::BTreeSet<u16> = events
+        .iter()
+        .map(|e| tiketi_shared::redis::slot_of(e) / 5462)
+        .collect();
+    assert!(shards.len() >= 2, "the events span shards");
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tiketi-queue"))
+        .env("TIKETI_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIKETI_REDIS_URL", env("REDIS_CLUSTER_URL"))
+        .env("TIKETI_REDIS_CLUSTER", "true")
+        .env("TIKETI_REDIS_TLS", "false")
+        .env("TIKETI_JWT_SECRET", JWT_SECRET)
+        .env("TIKETI_ADMISSION_SECRET", ADMISSION_SECRET)
+        .env(
+            "TIKETI_EVENT_CONFIG",
+            config(&events, chrono::Duration::seconds(-60)),
+        )
+        .env("TIKETI_RATE_LIMIT_USER", "10000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let probe = reqwest::Client::new();
+    wait_for("the binary to be ready", Duration::from_secs(20), || async {
+        probe
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    for e in &events {
+        let api = Api::new(&base, e);
+        assert_eq!(api.join("dana").await.status(), 201, "{e}");
+        wait_for(
+            &format!("{e}: dana admitted"),
+            Duration::from_secs(10),
+            || async { api.me_json("dana").await["state"] == "admitted" },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,164 @@
+//! The reservation service on the stack's other Redis topologies: a three-primary Redis Cluster
+//! (REDIS_CLUSTER_URL) and a TLS Redis with an AUTH token and an ACL user (REDIS_TLS_URL,
+//! REDIS_TLS_ACL_URL, verified with REDIS_TLS_CA). Hold, confirm, release and the counts it
+//! publishes run the same scripts as on a single node; a wrong CA is refused quickly with 503.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::{RedisArgs, RedisConn};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (eval \"$(e2e/stack env)\")"))
+}
+
+fn cluster() -> RedisArgs {
+    RedisArgs {
+        cluster: true,
+        ..RedisArgs::new(env("REDIS_CLUSTER_URL"))
+    }
+}
+
+fn tls(url_var: &str, ca_var: &str) -> RedisArgs {
+    RedisArgs {
+        ca_file: Some(env(ca_var).into()),
+        ..RedisArgs::new(env(url_var))
+    }
+}
+
+/// Holds, confirms and releases in `events` events over `redis`, and checks the published counts.
+async fn sell_over(redis: RedisArgs, events: usize) {
+    let db = TestDb::create("resv_topo").await;
+    let ids: Vec<String> = (0..events).map(|i| unique(&format!("topo{i}"))).collect();
+    let cfgs: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|e| {
+            let path = write_config(e, 1, 4, 300, 4);
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        })
+        .collect();
+    let cfg = write_config_value(&serde_json::Value::Array(cfgs));
+    let mut s = settings(&db.url, "redis://unused", &cfg);
+    s.redis = redis.clone();
+    let server = InProcess::start(s).await;
+    let http = client();
+    let base = server.base.clone();
+    for event in &ids {
+        let alice = User::new(event, "alice");
+        let bob = User::new(event, "bob");
+        let (st, hold) = alice
+            .hold(&http, &base, event, &["A-1-1".into(), "A-1-2".into()])
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::CREATED, "{event}: {hold}");
+        let id = hold["holdId"].as_str().unwrap().to_owned();
+        let (st, order) = alice
+            .confirm(&http, &base, &id, &format!("k-{event}"))
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::CREATED, "{event}: {order}");
+        let (st, _) = bob.hold(&http, &base, event, &["A-1-1".into()]).await.unwrap();
+        assert_eq!(st, StatusCode::CONFLICT, "{event}: a sold seat is not held again");
+        let (st, h2) = bob.hold(&http, &base, event, &["A-1-3".into()]).await.unwrap();
+        assert_eq!(st, StatusCode::CREATED, "{event}: {h2}");
+        let st = bob
+            .release(&http, &base, h2["holdId"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::NO_CONTENT, "{event}");
+    }
+    // Every event's counts are published into its own slot.
+    let mut conn = RedisConn::connect_lazy(&redis, Duration::from_secs(2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for event in &ids {
+        loop {
+            let sold: Option<u64> = conn.hget(EventKeys::new(event).counts(), "sold").await.unwrap();
+            if sold == Some(2) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{event}: counts not published (sold {sold:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn sells_over_a_redis_cluster() {
+    let events = 12;
+    let slots: std::collections::BTreeSet<u16> = (0..64)
+        .map(|i| tiketi_shared::redis::slot_of(&format!("x{i}")))
+        .collect();
+    assert!(slots.len() > 3);
+    sell_over(cluster(), events).await;
+}
+
+#[tokio::test]
+async fn sells_over_tls_with_an_auth_token_and_with_an_acl_user() {
+    sell_over(tls("REDIS_TLS_URL", "REDIS_TLS_CA"), 2).await;
+    sell_over(tls("REDIS_TLS_ACL_URL", "REDIS_TLS_CA"), 2).await;
+}
+
+#[tokio::test]
+async fn a_wrong_ca_is_refused_quickly_with_503() {
+    let db = TestDb::create("resv_wrongca").await;
+    let event = unique("wrongca");
+    let cfg = write_config(&event, 1, 4, 300, 4);
+    let mut s = settings(&db.url, "redis://unused", &cfg);
+    s.redis = tls("REDIS_TLS_URL", "REDIS_WRONG_CA");
+    let server = InProcess::spawn(s).await;
+    let probe = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(10), "the listener", || async {
+        probe
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status())
+    })
+    .await;
+    assert_eq!(
+        ready,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready with a Redis it cannot verify"
+    );
+    let http = client();
+    let alice = User::new(&event, "alice");
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{}/v1/events/{event}/holds", server.base))
+        .header("authorization", &alice.bearer)
+        .header("x-admission-token", &alice.admission)
+        .json(&serde_json::json!({"seats": ["A-1-1"]}))
+        .send()
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        took < Duration::from_secs(5),
+        "refused after {took:?}, not at once"
+    );
+    // The same wrong CA through the shared connection names the certificate problem.
+    let mut conn =
+        RedisConn::connect_lazy(&tls("REDIS_TLS_URL", "REDIS_WRONG_CA"), Duration::from_secs(2)).unwrap();
+    let err = redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .unwrap_err();
+    let msg = err.to_string().to_lowercase();
+    assert!(msg.contains("certificate") || msg.contains("issuer"), "{msg}");
+    server.stop().await;
+    db.drop_db().await;
+}
