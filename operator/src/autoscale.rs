@@ -77,12 +77,8 @@ const READER_IDLE: Duration = Duration::from_secs(300);
 const SECRET_RETRY: Duration = Duration::from_secs(5);
 
 /// One Redis endpoint; events sharing it share one pipeline per tick.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Endpoint {
-    url: String,
-    cluster: bool,
-    tls: bool,
-}
+/// One Redis the loop reads from (URL from the event's Secret, mode from its spec).
+type Endpoint = RedisArgs;
 
 type SecretKey = (String, String, String);
 
@@ -324,7 +320,6 @@ impl Autoscaler {
         let timeout = self.opts.signal_timeout;
         let mut jobs = Vec::new();
         for (ep, idx) in groups {
-            let ca_file = self.opts.redis_ca_file.clone();
             let reader = self.readers.remove(&ep).map(|(r, _)| r);
             let ids: Vec<String> = idx
                 .iter()
@@ -333,15 +328,7 @@ impl Autoscaler {
             jobs.push(async move {
                 let reader = match reader {
                     Some(r) => Ok(r),
-                    None => SignalReader::connect(
-                        &RedisArgs {
-                            url: ep.url.clone(),
-                            cluster: ep.cluster,
-                            tls: ep.tls,
-                            ca_file: ca_file.clone(),
-                        },
-                        timeout,
-                    ),
+                    None => SignalReader::connect(&ep, timeout),
                 };
                 match reader {
                     Ok(mut r) => {
@@ -406,6 +393,7 @@ impl Autoscaler {
             url,
             cluster: tev.spec.redis.cluster_mode,
             tls: tev.spec.redis.tls,
+            ca_file: self.opts.redis_ca_file.clone(),
         })
     }
 

@@ -15,6 +15,16 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (eval \"$(e2e/stack env)\")"))
 }
 
+/// How many of the stack cluster's primaries own the events' slots (`redis-cli --cluster create`
+/// splits the 16,384 slots in three equal ranges, one per primary).
+fn shards(events: &[String]) -> usize {
+    let owners: std::collections::BTreeSet<u16> = events
+        .iter()
+        .map(|e| tiketi_shared::redis::slot_of(e) / 5462)
+        .collect();
+    owners.len()
+}
+
 /// Writes one config file holding every event; on-sale `starts_in` from now.
 fn config(events: &[String], starts_in: chrono::Duration) -> std::path::PathBuf {
     let all: Vec<serde_json::Value> = events
@@ -71,12 +81,7 @@ async fn queue_over(redis: RedisArgs, events: &[String]) {
 #[tokio::test]
 async fn fifty_events_over_every_shard_of_a_cluster() {
     let events: Vec<String> = (0..50).map(|i| unique_event(&format!("topo{i}"))).collect();
-    // redis-cli --cluster create splits the 16,384 slots in three equal ranges, one per primary.
-    let shards: std::collections::BTreeSet<u16> = events
-        .iter()
-        .map(|e| tiketi_shared::redis::slot_of(e) / 5462)
-        .collect();
-    assert_eq!(shards.len(), 3, "the events cover every shard");
+    assert_eq!(shards(&events), 3, "the events cover every shard");
     queue_over(
         RedisArgs {
             cluster: true,
@@ -107,11 +112,7 @@ async fn queues_over_tls_with_an_auth_token_and_with_an_acl_user() {
 #[tokio::test]
 async fn the_binary_uses_the_cluster_when_the_pod_variables_say_so() {
     let events: Vec<String> = (0..12).map(|i| unique_event(&format!("bin{i}"))).collect();
-    let shards: std::collections::BTreeSet<u16> = events
-        .iter()
-        .map(|e| tiketi_shared::redis::slot_of(e) / 5462)
-        .collect();
-    assert!(shards.len() >= 2, "the events span shards");
+    assert!(shards(&events) >= 2, "the events span shards");
     let port = free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tiketi-queue"))
         .env("TIKETI_LISTEN", format!("127.0.0.1:{port}"))

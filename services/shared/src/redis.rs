@@ -21,8 +21,10 @@ use ::redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 
+use crate::keys::EventKeys;
+
 /// Where Redis is and how to reach it; the same flags and variables in every service.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL: `redis://[user:password@]host:port` or `rediss://…` for TLS. With cluster mode,
     /// any node (ElastiCache: the configuration endpoint); the topology is discovered.
@@ -201,11 +203,14 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
-/// The cluster hash slot of an event's keys (they all share the `{<event>}` hash tag): CRC16
-/// (XMODEM) of the tag modulo 16,384, as Redis computes it.
+/// The cluster hash slot of an event's keys (they all share its hash tag,
+/// [`EventKeys::hash_tag`]): CRC16 (XMODEM) of what is inside the braces, modulo 16,384, as Redis
+/// computes it.
 pub fn slot_of(event_id: &str) -> u16 {
+    let keys = EventKeys::new(event_id);
+    let tag = keys.hash_tag().trim_start_matches('{').trim_end_matches('}');
     let mut crc: u16 = 0;
-    for b in event_id.as_bytes() {
+    for b in tag.as_bytes() {
         crc ^= u16::from(*b) << 8;
         for _ in 0..8 {
             crc = if crc & 0x8000 != 0 {
