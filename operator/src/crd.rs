@@ -241,6 +241,13 @@ pub struct PrewarmSpec {
     #[serde(default = "default_expected_growth")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub expected_growth: f64,
+    /// How long before onSaleAt the expected growth is provisioned, e.g. 5m (default). Before it
+    /// the crowd-sized floor is what the pre-queue itself needs (those users are served now);
+    /// from it, `preQueueDepth × expectedGrowth`: the extra replicas exist only for the last
+    /// minutes, long enough for nodes and pods to become Ready, instead of the whole pre-warm.
+    #[serde(default = "default_growth_lead")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub growth_lead: String,
     /// Queue replicas at onSaleAt.
     pub queue: PrewarmTarget,
     /// Reservation replicas at onSaleAt.
@@ -258,6 +265,9 @@ fn default_hold_for() -> String {
 }
 fn default_expected_growth() -> f64 {
     1.5
+}
+fn default_growth_lead() -> String {
+    "5m".into()
 }
 
 /// Replicas one component reaches by the end of pre-warm.
@@ -506,6 +516,17 @@ pub struct Capacity {
     #[schemars(range(min = 0, max = 400))]
     #[schemars(with = "i32")]
     pub headroom_percent: u32,
+    /// The headroom covers growth only: the spare added on top of the signal is at most how much
+    /// the signal rose within this window (default 2m: twice the ~60 s a new pod takes to become
+    /// Ready on warm nodes, so a slower start or a new node is still covered). A surge gets its full headroom; a flat or draining signal is sized at its value,
+    /// and the stabilization window keeps replicas while it drains. 0s: always the full headroom.
+    #[serde(default = "default_growth_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub growth_window: String,
+}
+
+fn default_growth_window() -> String {
+    "2m".into()
 }
 
 impl Capacity {

@@ -32,6 +32,9 @@ pub struct Schedule {
     pub next_boundary: Option<DateTime<Utc>>,
     /// Why the floor is what it is, for Events and logs ("pre-warm step 2/3").
     pub reason: String,
+    /// From when the crowd-sized pre-warm provisions `prewarm.expectedGrowth` (onSaleAt −
+    /// growthLead); None without a pre-warm.
+    pub growth_from: Option<DateTime<Utc>>,
 }
 
 impl Schedule {
@@ -74,13 +77,14 @@ pub fn evaluate(
     now: DateTime<Utc>,
 ) -> Result<Schedule, ScheduleError> {
     let wind_down = delta("spec.windDown", &spec.wind_down)?;
-    let (lead, steps, hold) = match &spec.prewarm {
+    let (lead, steps, hold, growth_lead) = match &spec.prewarm {
         Some(p) => (
             delta("spec.prewarm.leadTime", &p.lead_time)?,
             i64::from(p.ramp_steps.max(1)),
             delta("spec.prewarm.holdFor", &p.hold_for)?,
+            Some(delta("spec.prewarm.growthLead", &p.growth_lead)?),
         ),
-        None => (TimeDelta::zero(), 1, TimeDelta::zero()),
+        None => (TimeDelta::zero(), 1, TimeDelta::zero(), None),
     };
     let on_sale = spec.on_sale_at;
     // Every duration is bounded (≤ 30 days) but onSaleAt may be near the end of chrono's range:
@@ -91,6 +95,9 @@ pub fn evaluate(
     };
     let ramp_start = shift("spec.prewarm.leadTime", on_sale, -lead)?;
     let hold_end = shift("spec.prewarm.holdFor", on_sale, hold)?;
+    let growth_from = growth_lead
+        .map(|g| shift("spec.prewarm.growthLead", on_sale, -g))
+        .transpose()?;
     // Sold out only counts once the sale is open; the earlier of the two ends the sale.
     let sold_out = sold_out_at.map(|t| t.max(on_sale));
     let (close_at, closed_by_sell_out) = match (spec.sale_ends_at, sold_out) {
@@ -178,6 +185,7 @@ pub fn evaluate(
         pinned,
         next_boundary,
         reason,
+        growth_from,
     })
 }
 

@@ -30,7 +30,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         (100.0..10_000.0f64, 1u32..4, 0u64..600, 0u64..900, any::<bool>()),
         (1u64..60, 1u32..30),
         1u64..5,
-        prop::option::of((100.0..5_000.0f64, 0.0..1.0f64)),
+        prop::option::of((100.0..5_000.0f64, 0.0..1.0f64, prop_oneof![Just(0u64), 1u64..120])),
     )
         .prop_map(
             |(
@@ -72,10 +72,11 @@ fn policy() -> impl Strategy<Value = Policy> {
                         after_stale: Duration::from_secs(stale),
                         replicas: fb,
                     },
-                    capacity: capacity.map(|(per_replica, headroom)| Capacity {
+                    capacity: capacity.map(|(per_replica, headroom, growth)| Capacity {
                         signal: Signal::QueueDepth,
                         per_replica,
                         headroom,
+                        growth_window: Duration::from_secs(growth),
                     }),
                 }
             },
@@ -162,11 +163,23 @@ proptest! {
             let inputs = Inputs { floor: t.floor, prewarm: t.prewarm, max: t.max, current, on_sale: t.on_sale, samples: &samples, memory: &memory, now };
             let d = decide(&policy, &inputs);
             let lo = t.floor.max(t.prewarm).min(t.max);
-            let need = policy.capacity.as_ref().and_then(|c| fresh.and_then(|v| c.need(v)));
+            // The need lies between the value with the headroom capped at the exact rise within
+            // the growth window (the memory's low may be older, never newer) and the full headroom.
+            let full = policy.capacity.as_ref().and_then(|c| fresh.and_then(|v| c.need(v)));
+            let least = policy.capacity.as_ref().and_then(|c| {
+                let v = fresh?;
+                let low = rec.history.iter().filter(|(at, _)| since(*at, observed) <= c.growth_window)
+                    .filter_map(|(_, x)| *x).chain(std::iter::once(v)).fold(f64::INFINITY, f64::min);
+                c.need_after_rise(v, Some(v - low))
+            });
+            prop_assert_eq!(d.need.is_some(), full.is_some(), "need reported");
+            if let (Some(n), Some(lo_n), Some(hi_n)) = (d.need, least, full) {
+                prop_assert!(lo_n <= n && n <= hi_n, "need {n} outside [{lo_n}, {hi_n}]");
+            }
+            let need = d.need;
             if let Some(n) = need {
                 rec.needs.push((now, n.max(t.prewarm)));
             }
-            prop_assert_eq!(d.need, need, "need reported");
             let base = current.clamp(lo, t.max);
 
             // Replicas always within [floor, max].
@@ -306,5 +319,58 @@ proptest! {
         let due = Duration::from_secs(stale_for) >= policy.fallback.after_stale;
         let want = if due { current.max(policy.fallback.replicas) } else { current };
         prop_assert_eq!(d.desired, want);
+    }
+
+    /// The headroom covers growth only: over a smooth random walk read every poll, the need is
+    /// the value plus `min(headroom × value, rise)`, where the rise is measured from a low no
+    /// newer than the growth window's start and no older than one mark spacing plus one poll
+    /// before it; before the run covers a whole window, the full headroom.
+    #[test]
+    fn headroom_is_spent_on_growth_only(
+        steps in prop::collection::vec(-0.04..0.05f64, 20..200),
+        start in 1_000.0..60_000.0f64,
+        headroom in 0.05..1.0f64,
+        window_s in 10u64..120,
+        poll_s in 1u64..4,
+    ) {
+        let cap = Capacity {
+            signal: Signal::QueueDepth,
+            per_replica: 1_000.0,
+            headroom,
+            growth_window: Duration::from_secs(window_s),
+        };
+        let policy = Policy {
+            poll_interval: Duration::from_secs(poll_s),
+            capacity: Some(cap.clone()),
+            scale_out: ScaleOut { steps: Vec::new(), ..Policy::default().scale_out },
+            ..Policy::default()
+        };
+        let window = cap.growth_window;
+        let spacing = window / 14;
+        let poll = policy.poll_interval;
+        let mut memory = Memory::default();
+        let mut history: Vec<(DateTime<Utc>, f64)> = Vec::new();
+        let mut value = start;
+        let mut current = 1;
+        for (i, step) in steps.iter().enumerate() {
+            value = (value * (1.0 + step)).max(0.0);
+            let now = at(i as i64 * poll.as_millis() as i64);
+            history.push((now, value));
+            let samples = Samples::new().ok(Signal::QueueDepth, value, now);
+            let d = decide(&policy, &Inputs { floor: 1, prewarm: 0, max: 10_000, current, on_sale: true, samples: &samples, memory: &memory, now });
+            let n = d.need.expect("a fresh reading has a need");
+            let low_over = |span: Duration| history.iter().filter(|(t, _)| since(*t, now) <= span).map(|h| h.1).fold(f64::INFINITY, f64::min);
+            if since(history[0].0, now) <= window {
+                prop_assert_eq!(n, (value * (1.0 + headroom) / 1_000.0).ceil() as u32, "full headroom before the window is covered");
+            } else {
+                // Computed here, not with the crate's own sizing.
+                let need_with = |low: f64| ((value + (value * headroom).min((value - low).max(0.0))) / 1_000.0).ceil() as u32;
+                let most = need_with(low_over(window + spacing + poll));
+                let least = need_with(low_over(window));
+                prop_assert!(least <= n && n <= most, "need {n} outside [{least}, {most}] at {value}");
+            }
+            memory = d.memory;
+            current = d.desired;
+        }
     }
 }

@@ -89,6 +89,87 @@ pub struct Memory {
     /// decreasing (each the highest need seen from its time on), at most [`MAX_NEED_MARKS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub need_marks: Vec<NeedMark>,
+    /// With a capacity: the lows of the capacity signal over its growth window (how much it rose
+    /// lately). Kept in memory only: after a restart the rise is unknown for one window, which
+    /// keeps the full headroom.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub lows: Lows,
+    /// The same for the pre-queue, which sizes the crowd pre-warm.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub pre_lows: Lows,
+}
+
+/// The sliding-window minimum of a signal, bounded: marks oldest first, values strictly
+/// increasing, each the lowest value read from its first time on. A mark stands for the readings
+/// from `first` to `last` (at most one spacing, `window / (MAX_NEED_MARKS − 2)`, apart) and lives
+/// until `last` leaves the window, so the low is never higher than the true low of the window and
+/// never from more than one spacing before it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lows {
+    marks: Vec<LowMark>,
+    /// Start of the unbroken run of readings the marks cover.
+    since: Option<DateTime<Utc>>,
+    /// Latest reading recorded.
+    seen_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LowMark {
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    value: f64,
+}
+
+impl Eq for Lows {}
+
+impl Lows {
+    /// Records `value` read at `now`; a gap longer than `gap_allowed` since the last reading
+    /// restarts the run (time nobody watched says nothing about growth).
+    pub fn record(&mut self, value: f64, now: DateTime<Utc>, window: Duration, gap_allowed: Duration) {
+        let seen = self.seen_at;
+        let continues = seen.is_some_and(|seen| seen <= now && format::since(seen, now) <= gap_allowed);
+        if !continues {
+            // A reading older than one already recorded restarts the run from the newest time
+            // seen: the window then has to pass again before a rise is trusted.
+            *self = Self::default();
+            self.since = Some(seen.filter(|&seen| seen > now).unwrap_or(now));
+        }
+        self.seen_at = Some(seen.map_or(now, |seen| seen.max(now)));
+        let marks = &mut self.marks;
+        while marks.last().is_some_and(|m| m.value >= value) {
+            marks.pop();
+        }
+        let spacing = window / (MAX_NEED_MARKS as u32 - 2);
+        match marks.last_mut() {
+            // Within one spacing of the last mark (which is lower): it stands for this reading too.
+            Some(m) if format::since(m.first, now) < spacing => m.last = now,
+            _ => marks.push(LowMark {
+                first: now,
+                last: now,
+                value,
+            }),
+        }
+        marks.retain(|m| format::since(m.last, now) <= window);
+        while marks.len() > MAX_NEED_MARKS {
+            // Unreachable with the spacing above; merging keeps the lower value, longer.
+            let m = marks.remove(1);
+            if let Some(front) = marks.first_mut() {
+                front.last = front.last.max(m.last);
+            }
+        }
+    }
+
+    /// How much `value` rose above the window's low; None until the run covers the window.
+    pub fn rise(&self, value: f64, now: DateTime<Utc>, window: Duration) -> Option<f64> {
+        let since = self.since?;
+        if since >= now || format::since(since, now) <= window {
+            return None;
+        }
+        let low = self.marks.first().map_or(value, |m| m.value);
+        Some(value - low)
+    }
 }
 
 /// One mark of the need history: `need` replicas were needed at `at`.
@@ -331,8 +412,9 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
     let mut memory = inputs.memory.clone();
     let health = health(&ctx, &mut memory);
     let healthy = matches!(health, SignalHealth::Healthy);
+    let mut explained = None;
     let need = match &policy.capacity {
-        Some(cap) => track_need(&ctx, cap, healthy, &mut memory),
+        Some(cap) => track_need(&ctx, cap, healthy, &mut memory, &mut explained),
         None => {
             track_below_run(&ctx, &mut memory);
             None
@@ -344,7 +426,8 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
         ..fallback.apply(d, ctx.current)
     };
 
-    if let Some(d) = scale_out_candidate(&ctx, need, &mut memory, &health) {
+    let explained = explained.as_deref();
+    if let Some(d) = scale_out_candidate(&ctx, need, explained, &mut memory, &health) {
         return out(d);
     }
     if let SignalHealth::Unhealthy { problems, .. } = &health {
@@ -357,7 +440,7 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
             message,
         ));
     }
-    out(scale_in_verdict(&ctx, need, memory, health))
+    out(scale_in_verdict(&ctx, need, explained, memory, health))
 }
 
 /// The inputs with the bounds applied, and the helpers every rule shares.
@@ -542,9 +625,23 @@ fn track_need(
     cap: &super::policy::Capacity,
     healthy: bool,
     memory: &mut Memory,
+    explained: &mut Option<String>,
 ) -> Option<u32> {
     let window = ctx.policy.scale_in.stabilization_window;
-    let need = ctx.fresh(&cap.signal).and_then(|s| cap.need(s.value));
+    let gap_allowed = ctx.freshness.max(ctx.policy.fallback.after_stale);
+    let sized = ctx.fresh(&cap.signal).and_then(|s| {
+        if !s.value.is_finite() {
+            return None;
+        }
+        memory
+            .lows
+            .record(s.value, s.observed_at, cap.growth_window, gap_allowed);
+        let rise = memory.lows.rise(s.value, s.observed_at, cap.growth_window);
+        let need = cap.need_after_rise(s.value, rise)?;
+        Some((need, cap.explain_after_rise(need, s.value, rise)))
+    });
+    let need = sized.as_ref().map(|(n, _)| *n);
+    *explained = sized.map(|(_, e)| e);
     if let Some(n) = need {
         memory.record_need(n.max(ctx.prewarm), ctx.now, window);
     }
@@ -620,6 +717,7 @@ fn best_step<'a>(ctx: &Ctx<'a>, need: Option<u32>) -> Option<StepMatch<'a>> {
 fn scale_out_candidate(
     ctx: &Ctx<'_>,
     need: Option<u32>,
+    explained: Option<&str>,
     memory: &mut Memory,
     health: &SignalHealth,
 ) -> Option<Decision> {
@@ -645,7 +743,12 @@ fn scale_out_candidate(
     if let (Some(target), Some(cap)) = (capacity_target, capacity) {
         let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
         let n = need.unwrap_or(target);
-        let mut message = format!("{} {} {}", cap.signal, format::value(value), cap.explain(n));
+        let mut message = format!(
+            "{} {} {}",
+            cap.signal,
+            format::value(value),
+            explained.map_or_else(|| cap.explain(n), str::to_owned)
+        );
         if target < n {
             message.push_str(&format!(", capped at maxReplicas {}", ctx.max));
         }
@@ -701,9 +804,15 @@ fn scale_out_candidate(
 // === rule: scale-in ===
 
 /// Scale-in, or the hold that explains why not. Only reached with healthy signals.
-fn scale_in_verdict(ctx: &Ctx<'_>, need: Option<u32>, memory: Memory, health: SignalHealth) -> Decision {
+fn scale_in_verdict(
+    ctx: &Ctx<'_>,
+    need: Option<u32>,
+    explained: Option<&str>,
+    memory: Memory,
+    health: SignalHealth,
+) -> Decision {
     match &ctx.policy.capacity {
-        Some(cap) => scale_in_to_need(ctx, cap, need, memory, health),
+        Some(cap) => scale_in_to_need(ctx, cap, need, explained, memory, health),
         None => scale_in_below_threshold(ctx, memory, health),
     }
 }
@@ -714,6 +823,7 @@ fn scale_in_to_need(
     ctx: &Ctx<'_>,
     cap: &super::policy::Capacity,
     need: Option<u32>,
+    explained: Option<&str>,
     mut memory: Memory,
     health: SignalHealth,
 ) -> Decision {
@@ -723,7 +833,12 @@ fn scale_in_to_need(
         return bounds(ctx, memory, health, Reason::WithinThresholds, msg);
     };
     let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
-    let what = format!("{} {} {}", cap.signal, format::value(value), cap.explain(n));
+    let what = format!(
+        "{} {} {}",
+        cap.signal,
+        format::value(value),
+        explained.map_or_else(|| cap.explain(n), str::to_owned)
+    );
     let highest = memory.window_need(ctx.now, window).unwrap_or(n).max(n);
     // A matching step keeps its boost (need + one step) while it matches, so scale-in and the
     // step never take turns.

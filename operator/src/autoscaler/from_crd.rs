@@ -140,19 +140,24 @@ impl TryFrom<&crd::ScalingPolicy> for Policy {
                 after_stale: crd::parse_duration("scaling.fallback.afterStale", after_stale)?,
                 replicas: non_negative("scaling.fallback.replicas", *replicas)?,
             },
-            capacity: capacity.as_ref().map(|c| {
-                let crd::Capacity {
-                    signal: _,
-                    query: _,
-                    per_replica,
-                    headroom_percent,
-                } = c;
-                Capacity {
-                    signal: c.signal().into(),
-                    per_replica: *per_replica,
-                    headroom: f64::from(*headroom_percent) / 100.0,
-                }
-            }),
+            capacity: capacity
+                .as_ref()
+                .map(|c| {
+                    let crd::Capacity {
+                        signal: _,
+                        query: _,
+                        per_replica,
+                        headroom_percent,
+                        growth_window,
+                    } = c;
+                    Ok::<_, PolicyError>(Capacity {
+                        signal: c.signal().into(),
+                        per_replica: *per_replica,
+                        headroom: f64::from(*headroom_percent) / 100.0,
+                        growth_window: crd::parse_duration("scaling.capacity.growthWindow", growth_window)?,
+                    })
+                })
+                .transpose()?,
         };
         let problems = policy.validate();
         if problems.is_empty() {
@@ -201,6 +206,8 @@ impl Memory {
                     need: u32::try_from(m.replicas).unwrap_or(0),
                 })
                 .collect(),
+            lows: super::decide::Lows::default(),
+            pre_lows: super::decide::Lows::default(),
         }
     }
 
@@ -213,6 +220,8 @@ impl Memory {
             below_seen_at: _,
             stale_since: _,
             need_marks,
+            lows: _,
+            pre_lows: _,
         } = self;
         status.last_scale_out_time = *last_scale_out;
         status.last_scale_in_time = *last_scale_in;
@@ -301,6 +310,8 @@ fallback: {afterStale: 45s, replicas: 12}
             below_seen_at: Some(t(9)),
             stale_since: Some(t(4)),
             need_marks: vec![NeedMark { at: t(5), need: 7 }, NeedMark { at: t(8), need: 3 }],
+            lows: crate::autoscaler::decide::Lows::default(),
+            pre_lows: crate::autoscaler::decide::Lows::default(),
         };
         let mut status = crd::ComponentStatus::default();
         m.write_status(&mut status);

@@ -74,12 +74,16 @@ pub fn plan_component(
         .current
         .or_else(|| component_status.and_then(|c| c.desired_replicas))
         .map_or(floor, non_negative);
-    let memory = match known.memory {
+    let mut memory = match known.memory {
         Some(m) => m.clone(),
         None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at)),
     };
     let crowd = match schedule.phase {
-        Phase::PreWarming => crowd_prewarm(tev, &policy, samples, now).map(|(n, why)| (n.min(max), why)),
+        Phase::PreWarming => {
+            let growing = schedule.growth_from.is_none_or(|from| now >= from);
+            let rise = pre_queue_rise(&policy, samples, &mut memory, now);
+            crowd_prewarm(tev, &policy, samples, growing, rise, now).map(|(n, why)| (n.min(max), why))
+        }
         _ => None,
     };
     let prewarm = crowd.as_ref().map_or(0, |(n, _)| *n);
@@ -111,15 +115,24 @@ pub fn plan_component(
     }))
 }
 
-/// The pre-warm floor the crowd needs while PreWarming: the capacity need of
-/// `preQueueDepth × prewarm.expectedGrowth` (for a component scaled on activeUsers, at most the
-/// admission cap `queue.admission.maxActive` of that crowd is ever active at once), with the
-/// explanation for the Event. None without a capacity, a Prometheus capacity signal, or a fresh
-/// pre-queue reading.
+/// The pre-warm floor the crowd needs while PreWarming, the larger of:
+/// - what the pre-queue needs now (those users hold streams on the waiting room): its capacity
+///   need, the headroom spent as far as the pre-queue rose within the growth window (`rise`;
+///   None: not known yet, the full headroom);
+/// - once `growing` (from `prewarm.growthLead` before the on-sale): the capacity need of
+///   `preQueueDepth × prewarm.expectedGrowth` with the full headroom (the growth is a guess; the
+///   headroom covers it falling short while new pods start: without it the 4-minute sell-out
+///   trace, 1.75× its pre-queue, is under capacity 0.9 min).
+///
+/// For a component scaled on activeUsers, at most the admission cap `queue.admission.maxActive`
+/// of that crowd is ever active at once. With the explanation for the Event. None without a
+/// capacity, a Prometheus capacity signal, or a fresh pre-queue reading.
 pub fn crowd_prewarm(
     tev: &TicketingEvent,
     policy: &Policy,
     samples: &Samples,
+    growing: bool,
+    rise: Option<f64>,
     now: DateTime<Utc>,
 ) -> Option<(u32, String)> {
     use super::format::value;
@@ -131,36 +144,93 @@ pub fn crowd_prewarm(
     if !pre.is_finite() || pre <= 0.0 {
         return None;
     }
-    let growth = tev.spec.prewarm.as_ref().map_or(1.5, |p| p.expected_growth);
-    let growth = if growth.is_finite() { growth.max(1.0) } else { 1.0 };
-    let crowd = pre * growth;
-    let headroom = (cap.headroom * 100.0).round();
-    let per = if headroom > 0.0 {
-        format!("{} (+{}%)", value(cap.per_replica), value(headroom))
-    } else {
-        value(cap.per_replica)
-    };
-    let (load, how) = match cap.signal {
-        Signal::QueueDepth | Signal::PreQueueDepth => (
-            crowd,
-            format!("preQueueDepth {} × {} / {per}", value(pre), value(growth)),
-        ),
+    let growth = growth_factor(tev);
+    let (bound, cap_text) = match cap.signal {
+        Signal::QueueDepth | Signal::PreQueueDepth => (f64::INFINITY, String::new()),
         Signal::ActiveUsers => {
             let max_active = f64::from(tev.spec.queue.admission.max_active);
-            (
-                crowd.min(max_active),
-                format!(
-                    "min(preQueueDepth {} × {}, maxActive {}) / {per}",
-                    value(pre),
-                    value(growth),
-                    value(max_active)
-                ),
-            )
+            (max_active, format!(", at most maxActive {}", value(max_active)))
         }
         Signal::Prometheus(_) => return None,
     };
-    let n = cap.need(load).filter(|&n| n > 0)?;
-    Some((n, format!("pre-warm raised to {n}: {how}")))
+    let served = pre.min(bound);
+    let now_need = cap.need_after_rise(served, rise)?;
+    let per = value(cap.per_replica);
+    let later = match tev.spec.prewarm.as_ref() {
+        Some(p) if !growing && growth > 1.0 => {
+            format!("; × {} from {} before the on-sale", value(growth), p.growth_lead)
+        }
+        _ => String::new(),
+    };
+    let grown = (pre * growth).min(bound);
+    let grown_need = cap.need(grown)?;
+    if growing && growth > 1.0 && grown_need > now_need {
+        let n = grown_need;
+        return Some((
+            n,
+            format!(
+                "pre-warm raised to {n}: preQueueDepth {} × {}{cap_text} / {per}{}",
+                value(pre),
+                value(growth),
+                headroom_text(cap)
+            ),
+        ));
+    }
+    let n = now_need;
+    if n == 0 {
+        return None;
+    }
+    let explained = cap.explain_after_rise(n, served, rise);
+    let spare = explained
+        .split_once(" (")
+        .map_or(String::new(), |(_, tail)| format!(" ({tail}"));
+    Some((
+        n,
+        format!(
+            "pre-warm raised to {n}: preQueueDepth {}{cap_text} / {per}{spare}{later}",
+            value(pre)
+        ),
+    ))
+}
+
+/// Records a fresh pre-queue reading in the memory's pre-queue lows and returns how much it rose
+/// within the capacity's growth window (None: no capacity, no fresh reading, or not yet known).
+fn pre_queue_rise(
+    policy: &Policy,
+    samples: &Samples,
+    memory: &mut Memory,
+    now: DateTime<Utc>,
+) -> Option<f64> {
+    let cap = policy.capacity.as_ref()?;
+    let s = match samples.get(&Signal::PreQueueDepth) {
+        Some(Ok(s))
+            if super::format::since(s.observed_at, now) <= policy.freshness() && s.value.is_finite() =>
+        {
+            *s
+        }
+        _ => return None,
+    };
+    let gap_allowed = policy.freshness().max(policy.fallback.after_stale);
+    memory
+        .pre_lows
+        .record(s.value, s.observed_at, cap.growth_window, gap_allowed);
+    memory.pre_lows.rise(s.value, s.observed_at, cap.growth_window)
+}
+
+/// ` (+20%)` for a capacity with headroom, empty without.
+fn headroom_text(cap: &super::policy::Capacity) -> String {
+    let pct = (cap.headroom * 100.0).round();
+    if pct > 0.0 {
+        format!(" (+{}%)", super::format::value(pct))
+    } else {
+        String::new()
+    }
+}
+
+/// `prewarm.expectedGrowth` as used (at least 1; 1.5 without a pre-warm block).
+fn growth_factor(tev: &TicketingEvent) -> f64 {
+    let g = tev.spec.prewarm.as_ref().map_or(1.5, |p| p.expected_growth);
+    if g.is_finite() { g.max(1.0) } else { 1.0 }
 }
 
 /// Decides both components. A component whose policy cannot be used yields its error and does
@@ -428,5 +498,53 @@ spec:
     #[test]
     fn prometheus_queries_are_collected_once() {
         assert_eq!(prometheus_queries(&tev()), vec!["p95_latency".to_owned()]);
+    }
+
+    #[test]
+    fn the_expected_growth_is_provisioned_only_for_the_growth_lead() {
+        let mut tev = tev();
+        tev.spec.queue.scaling = serde_yaml::from_str(
+            "{capacity: {signal: queueDepth, perReplica: 2500, headroomPercent: 20}, scaleOut: {steps: []}}",
+        )
+        .unwrap();
+        if let Some(p) = tev.spec.prewarm.as_mut() {
+            p.growth_lead = "5m".into();
+            p.expected_growth = 1.5;
+        }
+        let pre = |now| {
+            Samples::new()
+                .ok(Signal::QueueDepth, 0.0, now)
+                .ok(Signal::PreQueueDepth, 30_000.0, now)
+        };
+        // 10 min before the on-sale: the pre-queue's own need, 30,000 × 1.2 / 2,500 = 15.
+        let early = at("2026-12-01T01:50:00Z");
+        let sched = schedule::evaluate(&tev.spec, None, early).unwrap();
+        assert_eq!(sched.phase, Phase::PreWarming);
+        let p = plan_component(
+            &tev,
+            &sched,
+            Component::Queue,
+            &pre(early),
+            Known::default(),
+            early,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((p.prewarm, p.decision.desired), (Some(15), 15));
+        assert_eq!(
+            p.decision.message,
+            "pre-warm raised to 15: preQueueDepth 30,000 / 2,500 (+20%); × 1.5 from 5m before the on-sale"
+        );
+        // 5 min before: the expected growth, 45,000 × 1.2 / 2,500 = 21.6.
+        let late = at("2026-12-01T01:55:00Z");
+        let sched = schedule::evaluate(&tev.spec, None, late).unwrap();
+        let p = plan_component(&tev, &sched, Component::Queue, &pre(late), Known::default(), late)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.prewarm, p.decision.desired), (Some(22), 22));
+        assert_eq!(
+            p.decision.message,
+            "pre-warm raised to 22: preQueueDepth 30,000 × 1.5 / 2,500 (+20%)"
+        );
     }
 }

@@ -70,17 +70,57 @@ pub struct Capacity {
     pub per_replica: f64,
     /// Spare capacity on top of the signal, as a fraction (0.2 = 20 %).
     pub headroom: f64,
+    /// The spare covers growth only: it is at most how much the signal rose within this window
+    /// (about how long a new pod takes to become Ready). Zero: always the full headroom.
+    pub growth_window: Duration,
 }
 
 impl Capacity {
     /// Replicas `value` needs, unbounded (the caller clamps to [floor, max]); None for no data.
     pub fn need(&self, value: f64) -> Option<u32> {
+        self.need_after_rise(value, None)
+    }
+
+    /// Replicas `value` needs when it rose by `rise` within the growth window (None: not known,
+    /// e.g. right after a restart, which keeps the full headroom). The spare on top of the value
+    /// is `min(headroom × value, rise)`: a surge gets its headroom, a flat or draining signal is
+    /// sized at its value.
+    pub fn need_after_rise(&self, value: f64, rise: Option<f64>) -> Option<u32> {
         if !value.is_finite() || value < 0.0 {
             return None;
         }
-        let raw = (value * (1.0 + self.headroom) / self.per_replica).ceil();
+        let raw = ((value + self.spare(value, rise)) / self.per_replica).ceil();
         // Float to integer casts saturate; a need beyond u32 is "all of max" anyway.
         Some(raw.clamp(0.0, f64::from(u32::MAX)) as u32)
+    }
+
+    /// The spare on top of `value`: `headroom × value`, at most `rise` when the rise is known.
+    pub fn spare(&self, value: f64, rise: Option<f64>) -> f64 {
+        let full = value * self.headroom;
+        match rise.filter(|r| r.is_finite() && !self.growth_window.is_zero()) {
+            Some(rise) => full.min(rise.max(0.0)),
+            None => full,
+        }
+    }
+
+    /// Like [`Self::explain`], naming the spare when the rise capped it:
+    /// `needs 7 at 2,500/replica (+750 risen within 1m)`, `needs 6 at 2,500/replica (not rising)`.
+    pub fn explain_after_rise(&self, need: u32, value: f64, rise: Option<f64>) -> String {
+        let spare = self.spare(value, rise);
+        let full = value * self.headroom;
+        if self.headroom <= 0.0 || spare >= full {
+            return self.explain(need);
+        }
+        let per = super::format::value(self.per_replica);
+        if spare <= 0.0 {
+            format!("needs {need} at {per}/replica (not rising: no headroom)")
+        } else {
+            format!(
+                "needs {need} at {per}/replica (+{} risen within {})",
+                super::format::value(spare.round()),
+                super::format::duration(self.growth_window)
+            )
+        }
     }
 
     /// `needs 24 at 2,500/replica (+20%)`, for decision messages.

@@ -47,6 +47,8 @@ fn mem(out: Option<i64>, inn: Option<i64>, below: Option<(i64, i64)>, stale: Opt
         below_seen_at: below.map(|b| t(b.1)),
         stale_since: stale.map(t),
         need_marks: Vec::new(),
+        lows: Default::default(),
+        pre_lows: Default::default(),
     }
 }
 
@@ -416,6 +418,7 @@ fn capacity_policy() -> Policy {
             signal: Signal::QueueDepth,
             per_replica: 2_500.0,
             headroom: 0.2,
+            growth_window: std::time::Duration::from_secs(60),
         }),
         scale_in: ScaleIn {
             stabilization_window: std::time::Duration::from_secs(180),
@@ -490,22 +493,82 @@ fn ticks(policy: &Policy, mut d: Decision, depth: f64, from: i64, to: i64, prewa
 #[test]
 fn capacity_scale_in_stops_at_the_highest_need_of_the_window() {
     let policy = capacity_policy();
+    // A fresh memory knows no rise yet: the full headroom.
     let d = step(&policy, &Memory::default(), 2, 60_000.0, 0, 0);
     assert_eq!(d.desired, 29);
-    // From 100 s the queue is 10,000 (need 5); at 278 s the 29 (last seen at 98 s) leaves the
-    // window but the 5 stays.
+    // Flat at 60,000: once the growth window (60 s) is covered it has not risen, so it needs 24
+    // (no headroom); from 100 s the queue is 10,000 (needs 4), from 180 s 1,000 (needs 1).
     let d = ticks(&policy, d, 60_000.0, 2, 98, 0);
+    assert_eq!((d.desired, d.need), (29, Some(24)), "{}", d.message);
     let d = ticks(&policy, d, 10_000.0, 100, 178, 0);
     assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
-    let d = ticks(&policy, d, 1_000.0, 180, 276, 0);
+    let d = ticks(&policy, d, 1_000.0, 180, 238, 0);
     assert_eq!((d.desired, d.reason), (29, Reason::Stabilizing), "{}", d.message);
-    let d = step(&policy, &d.memory, 29, 1_000.0, 278, 0);
-    assert_eq!((d.desired, d.reason), (5, Reason::NeedFell), "{}", d.message);
+    // The 29 was last needed at 60 s: at 240 s it leaves the window, the 24 (until 98 s) stays.
+    let d = step(&policy, &d.memory, 29, 1_000.0, 240, 0);
+    assert_eq!((d.desired, d.reason), (24, Reason::NeedFell), "{}", d.message);
     assert!(
-        d.message.ends_with("down to 5, the highest need of the window"),
+        d.message.ends_with("down to 24, the highest need of the window"),
         "{}",
         d.message
     );
+    // The 24 leaves at 278 s, but the scale-in cooldown (60 s) holds until 300 s: then 4, the
+    // highest need left in the window, in one decision.
+    let d = ticks(&policy, d, 1_000.0, 242, 298, 0);
+    assert_eq!(
+        (d.desired, d.reason),
+        (24, Reason::ScaleInCooldown),
+        "{}",
+        d.message
+    );
+    let d = step(&policy, &d.memory, 24, 1_000.0, 300, 0);
+    assert_eq!((d.desired, d.reason), (4, Reason::NeedFell), "{}", d.message);
+}
+
+#[test]
+fn headroom_follows_growth_only() {
+    let policy = Policy {
+        scale_out: crate::autoscaler::ScaleOut {
+            steps: Vec::new(),
+            ..Policy::default().scale_out
+        },
+        ..capacity_policy()
+    };
+    // A slow ramp: +25 every 2 s from 15,000 (750 per minute). Until a minute has been watched
+    // the spare is 20 % (3,000); after it, the 750 it rose.
+    let mut d = step(&policy, &Memory::default(), 2, 15_000.0, 0, 0);
+    assert_eq!(d.need, Some(8), "{}", d.message);
+    for (k, at) in (2..=120).step_by(2).enumerate() {
+        d = step(
+            &policy,
+            &d.memory,
+            d.desired,
+            15_000.0 + 25.0 * (k as f64 + 1.0),
+            at,
+            0,
+        );
+    }
+    // 16,500 at 120 s: (16,500 + 750) / 2,500 = 6.9.
+    assert_eq!(d.need, Some(7), "{}", d.message);
+    assert!(
+        d.message
+            .contains("needs 7 at 2,500/replica (+750 risen within 1m)"),
+        "{}",
+        d.message
+    );
+    // Falling below everything of the last minute: no headroom at all, 10,000 / 2,500 = 4.
+    let f = step(&policy, &d.memory, d.desired, 10_000.0, 122, 0);
+    assert_eq!(f.need, Some(4), "{}", f.message);
+    assert!(
+        f.message
+            .contains("needs 4 at 2,500/replica (not rising: no headroom)"),
+        "{}",
+        f.message
+    );
+    // A jump is a surge: the full headroom again.
+    let d = step(&policy, &d.memory, d.desired, 40_000.0, 122, 0);
+    assert_eq!(d.need, Some(20), "{}", d.message);
+    assert!(d.message.contains("(+20%)"), "{}", d.message);
 }
 
 #[test]

@@ -6,8 +6,9 @@ use super::trace::{Trace, TracePoint};
 /// Which trace column is a component's load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Demand {
-    /// The waiting room serves the users in the queue.
-    QueueDepth,
+    /// The waiting room serves everyone waiting: the users in line and, before the on-sale, those
+    /// in the pre-queue (each holds a stream or polls, exactly like a queued user).
+    Waiting,
     /// The reservation service serves the admitted users.
     ActiveUsers,
 }
@@ -15,7 +16,7 @@ pub enum Demand {
 impl Demand {
     pub fn of(self, p: &TracePoint) -> f64 {
         match self {
-            Self::QueueDepth => p.queue_depth,
+            Self::Waiting => p.queue_depth + p.pre_queue_depth.unwrap_or(0.0),
             Self::ActiveUsers => p.active_users.unwrap_or(0.0),
         }
     }
@@ -94,6 +95,33 @@ pub fn run(name: &str, trace: &Trace, scaler: &mut dyn Scaler, world: &World) ->
         timeline.ready.push(pods.ready(now));
     }
     timeline
+}
+
+/// The timelines of one component as CSV: `seconds,load,needed`, then per row
+/// `<name> desired,<name> ready`.
+pub fn csv(timelines: &[Timeline], needed: &[u32]) -> String {
+    let mut out = String::from("seconds,load,needed");
+    for t in timelines {
+        let name = t.name.replace(',', " ");
+        out.push_str(&format!(",{name} desired,{name} ready"));
+    }
+    out.push('\n');
+    let Some(first) = timelines.first() else {
+        return out;
+    };
+    for (i, secs) in first.secs.iter().enumerate() {
+        let need = needed.get(i).copied().unwrap_or(0);
+        out.push_str(&format!("{secs},{},{need}", first.demand[i]));
+        for t in timelines {
+            let (d, r) = (
+                t.desired.get(i).copied().unwrap_or(0),
+                t.ready.get(i).copied().unwrap_or(0),
+            );
+            out.push_str(&format!(",{d},{r}"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Measures a timeline.

@@ -20,7 +20,7 @@ use chrono::{TimeZone as _, Utc};
 
 use crate::autoscaler::{Memory, Policy};
 pub use engine::{Outcome, Timeline, World};
-pub use model::{Floor, KedaHpa, Pods, Scaler, Tiketi};
+pub use model::{Floor, InstantReactive, KedaHpa, Pods, Scaler, Tiketi};
 pub use trace::{Trace, TraceError, TracePoint};
 
 /// Arguments of `tiketi-operator simulate`.
@@ -69,6 +69,10 @@ pub struct SimulateArgs {
     /// trace's file stem (else the stem is appended).
     #[arg(long, env = "TIKETI_SIMULATE_OUT_SVG")]
     pub out_svg: Option<PathBuf>,
+    /// Write each timeline as CSV here (per second: the load, the replicas it needs, and per row
+    /// the replicas that exist and those Ready), for plotting elsewhere. `{trace}` as for SVG.
+    #[arg(long, env = "TIKETI_SIMULATE_OUT_CSV")]
+    pub out_csv: Option<PathBuf>,
     /// Print the comparison as a Markdown table instead of aligned text.
     #[arg(long, env = "TIKETI_SIMULATE_MARKDOWN")]
     pub markdown: bool,
@@ -110,6 +114,10 @@ fn load_policy(path: &Path) -> anyhow::Result<NamedPolicy> {
 }
 
 fn svg_path(template: &Path, trace: &Path, several: bool) -> PathBuf {
+    out_path(template, trace, several, "svg")
+}
+
+fn out_path(template: &Path, trace: &Path, several: bool, ext: &str) -> PathBuf {
     let stem = trace
         .file_stem()
         .map_or_else(|| "trace".into(), |s| s.to_string_lossy().into_owned());
@@ -121,7 +129,7 @@ fn svg_path(template: &Path, trace: &Path, several: bool) -> PathBuf {
         return template.to_path_buf();
     }
     let base = template.with_extension("");
-    PathBuf::from(format!("{}-{stem}.svg", base.display()))
+    PathBuf::from(format!("{}-{stem}.{ext}", base.display()))
 }
 
 /// Everything simulated for one trace.
@@ -140,7 +148,7 @@ pub fn simulate_trace(args: &SimulateArgs, policies: &[(String, Policy)], trace:
         max: args.max,
         per_pod_capacity: args.per_pod_capacity,
         pod_start_delay: args.pod_start_delay,
-        demand: engine::Demand::QueueDepth,
+        demand: engine::Demand::Waiting,
     };
     let on_sale_at = args.on_sale_at.unwrap_or_else(|| {
         // The last empty sample before the queue first fills: the queue opens right after it.

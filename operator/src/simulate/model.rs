@@ -77,6 +77,39 @@ impl Scaler for Static {
     }
 }
 
+// === instant reactive reference ===
+
+/// The reference for what reaction alone can do: every second it sets exactly the replicas the
+/// load needs now (`ceil(load / capacity)`, no headroom, no tolerance, no cooldown, no rate
+/// limit), never below `floor` while it applies (the event's pre-warm, as the cron row holds it).
+/// What it is still under capacity comes from pod start alone: no scaler that reacts to the load
+/// (rather than predicting it) avoids it without holding spare replicas.
+pub struct InstantReactive {
+    pub capacity: f64,
+    pub min: u32,
+    pub max: u32,
+    pub metric: super::engine::Demand,
+    /// `(start, end, replicas)` in trace seconds.
+    pub floor: Option<(f64, f64, u32)>,
+}
+
+impl Scaler for InstantReactive {
+    fn period(&self) -> f64 {
+        1.0
+    }
+
+    fn decide(&mut self, now: f64, point: &TracePoint, _current: u32) -> u32 {
+        let floor = self
+            .floor
+            .filter(|&(start, end, _)| now >= start && now < end)
+            .map_or(0, |(_, _, r)| r);
+        let need = (self.metric.of(point) / self.capacity.max(f64::MIN_POSITIVE)).ceil();
+        (need.clamp(0.0, f64::from(u32::MAX)) as u32)
+            .max(floor)
+            .clamp(self.min, self.max.max(self.min))
+    }
+}
+
 // === tiketi ===
 
 /// The replica floor over time, mirroring `crate::schedule`: minReplicas, then a pre-warm ramp of
@@ -199,7 +232,7 @@ impl KedaHpa {
             polling: 30.0,
             tolerance: 0.1,
             scale_down_window: 300.0,
-            metric: super::engine::Demand::QueueDepth,
+            metric: super::engine::Demand::Waiting,
             cron: None,
             recommendations: VecDeque::new(),
             scale_ups: VecDeque::new(),
