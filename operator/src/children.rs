@@ -534,29 +534,28 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    const TEV: &str = r#"
-apiVersion: tiketi.gg/v1alpha1
-kind: TicketingEvent
-metadata: {name: iu-2026-seoul, namespace: tickets, uid: 0b9c3c8e-0000-4000-8000-000000000001}
-spec:
-  eventId: iu-seoul
-  onSaleAt: 2026-12-01T11:00:00+09:00
-  inventory:
-    sections: [{name: A, rows: 2, seatsPerRow: 3, priceTier: vip}]
-    generalAdmission: [{name: floor, capacity: 4}]
-  queue: {image: "tiketi/queue:0.1", admission: {ratePerSecond: 80, tokenTtl: 7m}}
-  reservation:
-    image: "tiketi/reservation:0.1"
-    imagePullPolicy: IfNotPresent
-    holdTtl: 4m
-    resources: {requests: {cpu: "1", memory: 1Gi}}
-  redis: {urlSecretRef: {name: redis-creds, key: uri}, clusterMode: true}
-  database: {secretRef: {name: db-creds}}
-  auth: {secretRef: {name: auth-keys}}
-"#;
-
     fn tev() -> TicketingEvent {
-        serde_yaml::from_str(TEV).unwrap()
+        crate::crd::fixture::event(serde_json::json!({
+            "metadata": {"name": "iu-2026-seoul", "namespace": "tickets", "uid": "0b9c3c8e-0000-4000-8000-000000000001"},
+            "spec": {
+                "eventId": "iu-seoul",
+                "onSaleAt": "2026-12-01T11:00:00+09:00",
+                "inventory": {
+                    "sections": [{"name": "A", "rows": 2, "seatsPerRow": 3, "priceTier": "vip"}],
+                    "generalAdmission": [{"name": "floor", "capacity": 4}]
+                },
+                "queue": {"image": "tiketi/queue:0.1", "admission": {"ratePerSecond": 80, "tokenTtl": "7m"}},
+                "reservation": {
+                    "image": "tiketi/reservation:0.1",
+                    "imagePullPolicy": "IfNotPresent",
+                    "holdTtl": "4m",
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}
+                },
+                "redis": {"urlSecretRef": {"name": "redis-creds", "key": "uri"}, "clusterMode": true},
+                "database": {"secretRef": {"name": "db-creds"}},
+                "auth": {"secretRef": {"name": "auth-keys"}}
+            }
+        }))
     }
 
     fn deployment_of(ch: &Children, c: Component) -> &Deployment {

@@ -991,22 +991,11 @@ mod tests {
         }
     }
 
-    const TEV: &str = r#"
-apiVersion: tiketi.gg/v1alpha1
-kind: TicketingEvent
-metadata: {name: e, namespace: n, uid: u1}
-spec:
-  onSaleAt: 2026-12-01T02:00:00Z
-  inventory: {sections: [{name: A, rows: 1, seatsPerRow: 1}]}
-  queue: {image: q}
-  reservation: {image: r}
-  redis: {urlSecretRef: {name: redis, key: url}, tls: true}
-  database: {secretRef: {name: db}}
-  auth: {secretRef: {name: auth}}
-"#;
-
     fn tev() -> TicketingEvent {
-        serde_yaml::from_str(TEV).unwrap()
+        crate::crd::fixture::event(serde_json::json!({
+            "metadata": {"uid": "u1"},
+            "spec": {"redis": {"tls": true}}
+        }))
     }
 
     const KEY: &str = "a-signing-key-of-at-least-32-bytes!";

@@ -268,23 +268,10 @@ mod tests {
     use super::*;
 
     fn tev() -> TicketingEvent {
-        serde_yaml::from_str(
-            r#"
-apiVersion: tiketi.gg/v1alpha1
-kind: TicketingEvent
-metadata: {name: e, namespace: n, uid: u1, generation: 1}
-spec:
-  onSaleAt: 2026-12-01T02:00:00Z
-  inventory: {sections: [{name: A, rows: 1, seatsPerRow: 1}]}
-  queue: {image: q}
-  reservation: {image: r}
-  redis: {urlSecretRef: {name: redis, key: url}}
-  database: {secretRef: {name: db}}
-  auth: {secretRef: {name: auth}}
-status: {phase: OnSale, queueDepth: 10}
-"#,
-        )
-        .unwrap()
+        crate::crd::fixture::event(serde_json::json!({
+            "metadata": {"uid": "u1", "generation": 1},
+            "status": {"phase": "OnSale", "queueDepth": 10}
+        }))
     }
 
     #[test]

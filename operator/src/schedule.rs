@@ -193,28 +193,17 @@ pub fn evaluate(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::crd::TicketingEvent;
     use proptest::prelude::*;
 
-    const SPEC: &str = r#"
-apiVersion: tiketi.gg/v1alpha1
-kind: TicketingEvent
-metadata: {name: e, namespace: ns}
-spec:
-  onSaleAt: 2026-12-01T02:00:00Z
-  saleEndsAt: 2026-12-01T05:00:00Z
-  windDown: 30m
-  inventory: {sections: [{name: A, rows: 1, seatsPerRow: 1}]}
-  prewarm: {leadTime: 30m, rampSteps: 3, holdFor: 15m, queue: {replicas: 10}, reservation: {replicas: 20}}
-  queue: {image: q, minReplicas: 2, maxReplicas: 100}
-  reservation: {image: r, minReplicas: 2, maxReplicas: 200}
-  redis: {urlSecretRef: {name: r, key: url}}
-  database: {secretRef: {name: d}}
-  auth: {secretRef: {name: a}}
-"#;
-
     fn spec() -> TicketingEventSpec {
-        serde_yaml::from_str::<TicketingEvent>(SPEC).unwrap().spec
+        crate::crd::fixture::event(serde_json::json!({"spec": {
+            "saleEndsAt": "2026-12-01T05:00:00Z",
+            "windDown": "30m",
+            "prewarm": {"leadTime": "30m", "rampSteps": 3, "holdFor": "15m", "queue": {"replicas": 10}, "reservation": {"replicas": 20}},
+            "queue": {"minReplicas": 2, "maxReplicas": 100},
+            "reservation": {"minReplicas": 2, "maxReplicas": 200}
+        }}))
+        .spec
     }
 
     fn at(s: &str) -> DateTime<Utc> {

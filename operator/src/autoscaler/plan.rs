@@ -291,31 +291,19 @@ mod tests {
     use crate::autoscaler::{Reason, SignalFailure};
     use crate::schedule;
 
-    const EVENT: &str = r#"
-apiVersion: tiketi.gg/v1alpha1
-kind: TicketingEvent
-metadata: {name: iu-2026-seoul, namespace: tickets}
-spec:
-  onSaleAt: 2026-12-01T02:00:00Z
-  inventory: {sections: [{name: A, rows: 20, seatsPerRow: 30}]}
-  prewarm: {leadTime: 30m, rampSteps: 3, queue: {replicas: 10}, reservation: {replicas: 20}}
-  queue: {image: q, minReplicas: 2, maxReplicas: 100}
-  reservation:
-    image: r
-    minReplicas: 2
-    maxReplicas: 200
-    scaling:
-      scaleOut:
-        steps:
-          - {signal: queueDepth, above: 5000, add: 2}
-          - {signal: prometheus, query: "p95_latency", above: 0.2, add: 4}
-  redis: {urlSecretRef: {name: redis, key: url}}
-  database: {secretRef: {name: db}}
-  auth: {secretRef: {name: auth}}
-"#;
-
     fn tev() -> TicketingEvent {
-        serde_yaml::from_str(EVENT).unwrap()
+        crate::crd::fixture::event(serde_json::json!({
+            "metadata": {"name": "iu-2026-seoul", "namespace": "tickets"},
+            "spec": {
+                "inventory": {"sections": [{"name": "A", "rows": 20, "seatsPerRow": 30}]},
+                "prewarm": {"leadTime": "30m", "rampSteps": 3, "queue": {"replicas": 10}, "reservation": {"replicas": 20}},
+                "queue": {"minReplicas": 2, "maxReplicas": 100},
+                "reservation": {"minReplicas": 2, "maxReplicas": 200, "scaling": {"scaleOut": {"steps": [
+                    {"signal": "queueDepth", "above": 5000, "add": 2},
+                    {"signal": "prometheus", "query": "p95_latency", "above": 0.2, "add": 4}
+                ]}}}
+            }
+        }))
     }
 
     fn at(s: &str) -> DateTime<Utc> {

@@ -495,7 +495,7 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
                     humantime::format_duration(args.pod_start_delay)
                 );
                 let load = match c {
-                    Component::Queue => "queue depth",
+                    Component::Queue => "waiting users (queue + pre-queue)",
                     Component::Reservation => "active users",
                 };
                 super::plot::render(&out, &title, timelines, needed, load)?;

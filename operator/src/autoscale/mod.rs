@@ -32,6 +32,10 @@ use crate::scaler::{ScaleReason, kinds};
 use crate::schedule;
 use crate::signals::{EventSignals, PrometheusSignals, SignalError, SignalReader};
 use crate::status::{apply_status, condition, reasons, types};
+
+mod report;
+use report::ComponentOutcome;
+pub use report::HealthGate;
 use tiketi_shared::redis::RedisArgs;
 
 /// Settings of the loop.
@@ -95,45 +99,7 @@ struct EventState {
     written: Option<Written>,
 }
 
-/// Reported signal health with hysteresis: the first reading is reported at once, after that a
-/// flip needs [`HealthGate::TICKS`] consecutive readings the other way, so a Redis that hovers
-/// around the timeout does not flood Events and status writes. Decisions do not wait for it: a
-/// tick with unhealthy signals never scales in, whatever is reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HealthGate {
-    reported: Option<bool>,
-    /// Consecutive readings that disagree with `reported`.
-    pub against: u32,
-}
-
-impl HealthGate {
-    pub const TICKS: u32 = 3;
-
-    /// Feeds one reading; returns (reported health, whether it flipped now).
-    pub fn observe(&mut self, healthy: bool) -> (bool, bool) {
-        match self.reported {
-            None => {
-                self.reported = Some(healthy);
-                (healthy, !healthy)
-            }
-            Some(r) if r == healthy => {
-                self.against = 0;
-                (r, false)
-            }
-            Some(r) => {
-                self.against += 1;
-                if self.against >= Self::TICKS {
-                    self.reported = Some(healthy);
-                    self.against = 0;
-                    (healthy, true)
-                } else {
-                    (r, false)
-                }
-            }
-        }
-    }
-}
-
+/// The last status write (what the throttle compares against).
 #[derive(Debug, Clone)]
 struct Written {
     at: Instant,
@@ -480,7 +446,8 @@ fn component_sizing(planned: &crate::autoscaler::plan::Planned) -> crate::status
     }
 }
 
-/// Decides and applies one event, updating its state (a timeout may cut it short: every field stays consistent on its own).
+/// Decides and applies one event, updating its state (a timeout may cut it short: every field
+/// stays consistent on its own). Everything it logs carries the event's span.
 async fn handle(
     ctx: &Context,
     opts: &AutoscalerOptions,
@@ -490,28 +457,95 @@ async fn handle(
     st: &mut EventState,
     now: DateTime<Utc>,
 ) {
-    let ns = tev.namespace().unwrap_or_default();
-    let name = tev.name_any();
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("autoscale", namespace = %tev.namespace().unwrap_or_default(), event = %tev.name_any());
+    handle_event(ctx, opts, tev, reading, prom, st, now)
+        .instrument(span)
+        .await;
+}
+
+/// read → decide → apply → record, for one event.
+async fn handle_event(
+    ctx: &Context,
+    opts: &AutoscalerOptions,
+    tev: &TicketingEvent,
+    reading: Result<EventSignals, SignalError>,
+    prom: Samples,
+    st: &mut EventState,
+    now: DateTime<Utc>,
+) {
     let labels = EventLabels {
-        namespace: ns.clone(),
-        event: name.clone(),
+        namespace: tev.namespace().unwrap_or_default(),
+        event: tev.name_any(),
     };
     let status = tev.status.clone().unwrap_or_default();
     let sold_out_at = st.sold_out_at.or(status.sold_out_at);
-    let sched = match schedule::evaluate(&tev.spec, sold_out_at, now) {
-        Ok(s) => s,
-        Err(_) => return, // the reconciler reports the invalid spec
+    let Ok(sched) = schedule::evaluate(&tev.spec, sold_out_at, now) else {
+        return; // the reconciler reports the invalid spec
     };
 
-    match &reading {
+    // read
+    let samples = record_signals(ctx, &labels, &reading, &prom, st);
+    if let Some(note) = report::sale_ends_now(sold_out_at, sched.phase, &reading) {
+        // Sold out with nobody waiting: end the sale early so capacity is released.
+        st.sold_out_at = Some(now);
+        tracing::info!("{note}");
+        ctx.events
+            .publish(tev, EventType::Normal, reasons::SOLD_OUT, "Autoscale", note)
+            .await;
+    }
+
+    // decide and apply
+    let mut outcomes: BTreeMap<Component, ComponentOutcome> = BTreeMap::new();
+    let mut health: Vec<(Component, SignalHealth)> = Vec::new();
+    for c in Component::ALL {
+        if let Some((outcome, h)) = decide_and_apply(ctx, tev, &sched, c, &samples, &labels, now).await {
+            outcomes.insert(c, outcome);
+            health.push((c, h));
+        }
+    }
+    if health.is_empty() {
+        return; // Closed: the schedule pins replicas; nothing of ours to report
+    }
+
+    // record
+    let report = report::health_report(&health, &mut st.health_gate);
+    ctx.metrics
+        .signals_healthy
+        .get_or_create(&labels)
+        .set(i64::from(report.healthy));
+    if report.flipped {
+        let (type_, ev_reason) = if report.healthy {
+            tracing::info!("signals recovered");
+            (EventType::Normal, reasons::SIGNALS_RECOVERED)
+        } else {
+            tracing::warn!(message = %report.message, "signals unhealthy");
+            (EventType::Warning, reasons::SIGNALS_UNHEALTHY)
+        };
+        ctx.events
+            .publish(tev, type_, ev_reason, "Autoscale", report.message.clone())
+            .await;
+    }
+    write_status(ctx, opts, tev, st, &status, &report, &outcomes, now).await;
+}
+
+/// Signal metrics and the samples the decisions read (Redis reading plus Prometheus queries).
+fn record_signals(
+    ctx: &Context,
+    labels: &EventLabels,
+    reading: &Result<EventSignals, SignalError>,
+    prom: &Samples,
+    st: &mut EventState,
+) -> Samples {
+    match reading {
         Ok(s) => {
             ctx.metrics
                 .queue_depth
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(i64::try_from(s.queue_depth).unwrap_or(i64::MAX));
             ctx.metrics
                 .active_users
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(i64::try_from(s.active_users).unwrap_or(i64::MAX));
             st.last_ok = Some(s.clone());
         }
@@ -525,7 +559,7 @@ async fn handle(
                 .inc();
         }
     }
-    let mut samples = crate::signals::samples(&reading);
+    let mut samples = crate::signals::samples(reading);
     for (signal, r) in prom.iter() {
         if let Err(f) = r {
             ctx.metrics
@@ -538,204 +572,119 @@ async fn handle(
         }
         samples.insert(signal.clone(), r.clone());
     }
+    samples
+}
 
-    // Sold out with nobody waiting: end the sale early so capacity is released.
-    if sold_out_at.is_none()
-        && sched.phase == Phase::OnSale
-        && reading.as_ref().is_ok_and(EventSignals::sold_out_and_drained)
-    {
-        st.sold_out_at = Some(now);
-        let sold = reading.as_ref().ok().and_then(|s| s.counts.sold);
-        let note = match sold {
-            Some(n) => format!("sold out ({n} sold) and the queue is empty: the sale ends early"),
-            None => "sold out and the queue is empty: the sale ends early".to_owned(),
-        };
-        tracing::info!(namespace = %ns, event = %name, "{note}");
-        ctx.events
-            .publish(tev, EventType::Normal, reasons::SOLD_OUT, "Autoscale", note)
-            .await;
-    }
-
-    let mut health: Vec<(Component, SignalHealth)> = Vec::new();
-    let mut below: BTreeMap<Component, Option<DateTime<Utc>>> = BTreeMap::new();
-    // The shape of each need history (its needs, not the refreshed times): a change is written at
-    // once, so a new leader inherits the window's highest need with the time it was last seen.
-    let mut need_shapes: BTreeMap<Component, Vec<u32>> = BTreeMap::new();
-    let mut sizing: BTreeMap<Component, crate::status::AutoscalerComponentStatus> = BTreeMap::new();
-    for c in Component::ALL {
-        let mut entry = ctx.scaler.book().lock(tev, c).await;
-        let memory: Option<Memory> = entry.memory.clone();
-        let known = Known {
-            current: entry.desired,
-            memory: memory.as_ref(),
-        };
-        let planned = match plan_component(tev, &sched, c, &samples, known, now) {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(namespace = %ns, event = %name, component = %c, error = %e, "scaling policy unusable");
-                continue;
-            }
-        };
-        let d = &planned.decision;
-        ctx.metrics
-            .autoscaler_decisions
-            .get_or_create(&AutoscalerDecisionLabels {
-                namespace: ns.clone(),
-                event: name.clone(),
-                component: c.as_str(),
-                direction: d.direction.metric_label(),
-                reason: d.reason.label(),
-            })
-            .inc();
-        if planned.changes() {
-            let desired = i32::try_from(d.desired).unwrap_or(i32::MAX);
-            let reason = ScaleReason::new(kind_of(d.reason), d.message.clone());
-            match ctx
-                .scaler
-                .apply_replicas(&mut entry, tev, c, desired, &reason)
-                .await
-            {
-                Ok(_) => entry.memory = Some(d.memory.clone()),
-                Err(e) => {
-                    // The memory is not committed: the next tick decides again.
-                    tracing::warn!(namespace = %ns, event = %name, component = %c, error = %e, "applying a scaling decision failed");
-                }
-            }
-        } else {
-            tracing::debug!(namespace = %ns, event = %name, component = %c, replicas = d.desired, reason = %d.reason, message = %d.message, "hold");
-            entry.memory = Some(d.memory.clone());
-        }
-        below.insert(c, d.memory.below_since);
-        need_shapes.insert(c, d.memory.need_marks.iter().map(|m| m.need).collect());
-        ctx.metrics.set_need(&ns, &name, c, d.need);
-        sizing.insert(c, component_sizing(&planned));
-        health.push((c, d.health.clone()));
-    }
-    if health.is_empty() {
-        return; // Closed: the schedule pins replicas; nothing of ours to report
-    }
-
-    // SignalsHealthy and the Events on its flips.
-    // Both components usually read the same signal: name each problem once.
-    let mut problems: Vec<(&'static str, DateTime<Utc>, String)> = Vec::new();
-    for (_, h) in &health {
-        if let SignalHealth::Unhealthy {
-            since,
-            reason,
-            problems: texts,
-        } = h
-        {
-            for text in texts {
-                if !problems.iter().any(|p| &p.2 == text) {
-                    problems.push((*reason, *since, text.clone()));
-                }
-            }
-        }
-    }
-    let (healthy, flipped) = st.health_gate.observe(problems.is_empty());
-    if healthy {
-        // Reported healthy while a short spell of problems has not yet flipped it.
-        problems.clear();
-    }
-    ctx.metrics
-        .signals_healthy
-        .get_or_create(&labels)
-        .set(i64::from(healthy));
-    let (reason, message) = match problems.first() {
-        None if !healthy => (
-            reasons::SIGNALS_UNHEALTHY,
-            format!(
-                "signals fresh again ({} of {} readings before reporting healthy)",
-                st.health_gate.against,
-                HealthGate::TICKS
-            ),
-        ),
-        None => (
-            reasons::SIGNALS_FRESH,
-            "every signal the scaling policies use is fresh".to_owned(),
-        ),
-        Some((reason, since, _)) => (
-            *reason,
-            format!(
-                "{}; since {}: holding replicas (no scale-in on stale data)",
-                problems
-                    .iter()
-                    .map(|p| p.2.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        ),
+/// Decides one component under its book lock and applies a change; None while the schedule owns
+/// replicas (Closed) or the policy cannot be used.
+async fn decide_and_apply(
+    ctx: &Context,
+    tev: &TicketingEvent,
+    sched: &schedule::Schedule,
+    c: Component,
+    samples: &Samples,
+    labels: &EventLabels,
+    now: DateTime<Utc>,
+) -> Option<(ComponentOutcome, SignalHealth)> {
+    let mut entry = ctx.scaler.book().lock(tev, c).await;
+    let memory: Option<Memory> = entry.memory.clone();
+    let known = Known {
+        current: entry.desired,
+        memory: memory.as_ref(),
     };
-    if flipped {
-        let (type_, ev_reason) = if healthy {
-            (EventType::Normal, reasons::SIGNALS_RECOVERED)
-        } else {
-            (EventType::Warning, reasons::SIGNALS_UNHEALTHY)
-        };
-        if healthy {
-            tracing::info!(namespace = %ns, event = %name, "signals recovered");
-        } else {
-            tracing::warn!(namespace = %ns, event = %name, %message, "signals unhealthy");
+    let planned = match plan_component(tev, sched, c, samples, known, now) {
+        Ok(Some(p)) => p,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(component = %c, error = %e, "scaling policy unusable");
+            return None;
         }
-        ctx.events
-            .publish(tev, type_, ev_reason, "Autoscale", message.clone())
-            .await;
+    };
+    let d = &planned.decision;
+    ctx.metrics
+        .autoscaler_decisions
+        .get_or_create(&AutoscalerDecisionLabels {
+            namespace: labels.namespace.clone(),
+            event: labels.event.clone(),
+            component: c.as_str(),
+            direction: d.direction.metric_label(),
+            reason: d.reason.label(),
+        })
+        .inc();
+    if planned.changes() {
+        let desired = i32::try_from(d.desired).unwrap_or(i32::MAX);
+        let reason = ScaleReason::new(kind_of(d.reason), d.message.clone());
+        match ctx
+            .scaler
+            .apply_replicas(&mut entry, tev, c, desired, &reason)
+            .await
+        {
+            Ok(_) => entry.memory = Some(d.memory.clone()),
+            Err(e) => {
+                // The memory is not committed: the next tick decides again.
+                tracing::warn!(component = %c, error = %e, "applying a scaling decision failed");
+            }
+        }
+    } else {
+        tracing::debug!(component = %c, replicas = d.desired, reason = %d.reason, message = %d.message, "hold");
+        entry.memory = Some(d.memory.clone());
     }
+    ctx.metrics.set_need(&labels.namespace, &labels.event, c, d.need);
+    let outcome = ComponentOutcome {
+        sizing: component_sizing(&planned),
+        below_since: d.memory.below_since,
+        need_shape: d.memory.need_marks.iter().map(|m| m.need).collect(),
+    };
+    Some((outcome, d.health.clone()))
+}
 
-    // The autoscaler's status fields, throttled.
+/// The autoscaler's status fields with its own field manager, throttled by [`report::write_due`].
+#[allow(clippy::too_many_arguments)]
+async fn write_status(
+    ctx: &Context,
+    opts: &AutoscalerOptions,
+    tev: &TicketingEvent,
+    st: &mut EventState,
+    status: &crate::crd::TicketingEventStatus,
+    report: &report::HealthReport,
+    outcomes: &BTreeMap<Component, ComponentOutcome>,
+    now: DateTime<Utc>,
+) {
     let existing = status.conditions.clone().unwrap_or_default();
     let cond = condition(
         &existing,
         types::SIGNALS_HEALTHY,
-        healthy,
-        reason,
-        message,
+        report.healthy,
+        report.reason,
+        report.message.clone(),
         tev.metadata.generation,
         now,
     );
-    let last = st.last_ok.as_ref();
-    let observed = last.map(|s| s.observed_at).or(status.signals_observed_at);
-    let mut body = crate::status::AutoscalerStatus {
-        queue_depth: last
-            .map(|s| s.queue_depth)
-            .or(status.queue_depth.and_then(|v| u64::try_from(v).ok())),
-        active_users: last
-            .map(|s| s.active_users)
-            .or(status.active_users.and_then(|v| u64::try_from(v).ok())),
-        pre_queue_depth: last.map(|s| s.pre_queue_depth),
-        sold_out_at: st.sold_out_at.or(status.sold_out_at),
-        ..Default::default()
-    };
-    for (c, b) in &below {
-        let mut fields = sizing.get(c).cloned().unwrap_or_default();
-        fields.below_since = *b;
-        *body.component_mut(*c) = Some(fields);
-    }
-    let urgent = serde_json::json!({
-        "healthy": healthy,
-        "reason": reason,
-        "soldOutAt": body.sold_out_at,
-        "below": below.iter().map(|(c, b)| (c.as_str(), *b)).collect::<BTreeMap<_, _>>(),
-        "needs": need_shapes.iter().map(|(c, n)| (c.as_str(), n.clone())).collect::<BTreeMap<_, _>>(),
-    });
+    let mut body = report::status_body(st.last_ok.as_ref(), status, st.sold_out_at, outcomes);
+    let urgent = report::urgent_shape(report, &body, outcomes);
     let mut snapshot = serde_json::to_value(&body).unwrap_or_default();
     snapshot["message"] = cond.message.clone().into();
-    let write = match &st.written {
-        None => true,
-        Some(w) => {
-            w.urgent != urgent
-                || (w.snapshot != snapshot && w.at.elapsed() >= opts.status_interval)
-                || w.at.elapsed() >= opts.status_heartbeat
-        }
-    };
-    if !write {
+    let last = st.written.as_ref().map(|w| report::LastWrite {
+        elapsed: w.at.elapsed(),
+        urgent: &w.urgent,
+        snapshot: &w.snapshot,
+    });
+    if !report::write_due(
+        last,
+        &urgent,
+        &snapshot,
+        opts.status_interval,
+        opts.status_heartbeat,
+    ) {
         return;
     }
-    body.signals_observed_at = observed;
+    body.signals_observed_at = st
+        .last_ok
+        .as_ref()
+        .map(|s| s.observed_at)
+        .or(status.signals_observed_at);
     body.conditions = vec![cond];
-    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &tev.namespace().unwrap_or_default());
     let value = serde_json::to_value(&body).unwrap_or_default();
     match apply_status(&api, tev, crate::field_managers::AUTOSCALER, value).await {
         Ok(_) => {
@@ -746,36 +695,7 @@ async fn handle(
             })
         }
         Err(e) => {
-            tracing::warn!(namespace = %ns, event = %name, error = %e, "writing the autoscaler's status failed");
+            tracing::warn!(error = %e, "writing the autoscaler's status failed");
         }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod health_gate_tests {
-    use super::HealthGate;
-
-    #[test]
-    fn a_hovering_signal_does_not_flip_the_reported_health() {
-        let mut g = HealthGate::default();
-        assert_eq!(
-            g.observe(true),
-            (true, false),
-            "first healthy reading: reported, no Event"
-        );
-        // Unhealthy every other tick: never three in a row, never reported.
-        for i in 0..20 {
-            assert_eq!(g.observe(i % 2 == 1), (true, false), "tick {i}");
-        }
-        // Three in a row flip it (one Event), and three healthy flip it back.
-        assert_eq!(g.observe(false), (true, false));
-        assert_eq!(g.observe(false), (true, false));
-        assert_eq!(g.observe(false), (false, true));
-        assert_eq!(g.observe(true), (false, false));
-        assert_eq!(g.observe(true), (false, false));
-        assert_eq!(g.observe(true), (true, true));
-        // An operator that starts on a broken Redis reports it at once.
-        assert_eq!(HealthGate::default().observe(false), (false, true));
     }
 }
