@@ -421,7 +421,8 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     let target_of = |c: Component, entry: &BookEntry| schedule_target(&sched, &tev, c, entry);
     let mut targets: BTreeMap<Component, i32> = BTreeMap::new();
     for c in Component::ALL {
-        let entry = ctx.scaler.book().lock(&tev, c).await;
+        let mut entry = ctx.scaler.book().lock(&tev, c).await;
+        entry.adopt(existing.get(&c).and_then(Option::as_ref));
         targets.insert(c, target_of(c, &entry));
     }
     let create: BTreeMap<Component, i32> = targets
@@ -595,7 +596,8 @@ async fn keep_in_force(
     let mut ready = BTreeMap::new();
     let mut updated = BTreeMap::new();
     for c in Component::ALL {
-        let entry = ctx.scaler.book().lock(&good, c).await;
+        let mut entry = ctx.scaler.book().lock(&good, c).await;
+        entry.adopt(existing.get(&c).and_then(Option::as_ref));
         targets.insert(c, schedule_target(&sched, &good, c, &entry));
         let st = existing
             .get(&c)

@@ -111,6 +111,20 @@ pub struct BookEntry {
 }
 
 impl BookEntry {
+    /// A fresh entry (a new leader, a restart) takes the Deployment's `spec.replicas` when this
+    /// operator's scaler manages that field: the previous leader wrote it, even if its status
+    /// write never landed. Without this the new leader would decide from a stale
+    /// `status.desiredReplicas`, revert a fresh scale-out and report it as a `kubectl scale`.
+    /// Returns the adopted replicas.
+    pub fn adopt(&mut self, deployment: Option<&Deployment>) -> Option<i32> {
+        if self.desired.is_some() {
+            return None;
+        }
+        let replicas = deployment.and_then(scaler_owned_replicas)?;
+        self.desired = Some(replicas);
+        Some(replicas)
+    }
+
     /// The replicas last asked for: this process's write, else `status.<component>.desiredReplicas`.
     pub fn recorded(&self, tev: &TicketingEvent, c: Component) -> Option<i32> {
         self.desired.or_else(|| {
@@ -120,6 +134,22 @@ impl BookEntry {
                 .and_then(|s| s.desired_replicas)
         })
     }
+}
+
+/// `spec.replicas` of `d` when [`field_managers::SCALER`] manages it (its server-side apply is
+/// the last write of that field: a `kubectl scale` or another writer takes it over).
+pub fn scaler_owned_replicas(d: &Deployment) -> Option<i32> {
+    let replicas = d.spec.as_ref()?.replicas?;
+    let owned = d.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(field_managers::SCALER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    });
+    owned.then_some(replicas)
 }
 
 type BookKey = (String, Component);
@@ -195,6 +225,24 @@ impl Scaler {
     /// The book both callers decide under.
     pub fn book(&self) -> &Book {
         &self.book
+    }
+
+    /// [`BookEntry::adopt`] with a GET of the Deployment, for a fresh entry only (one call per
+    /// component after a leadership change or a restart). A failed GET adopts nothing.
+    pub async fn adopt(&self, entry: &mut BookEntry, tev: &TicketingEvent, component: Component) {
+        if entry.desired.is_some() {
+            return;
+        }
+        let Some(ns) = tev.namespace() else { return };
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+        match api.get_opt(&component_name(&tev.name_any(), component)).await {
+            Ok(d) => {
+                if let Some(r) = entry.adopt(d.as_ref()) {
+                    tracing::debug!(%component, replicas = r, "adopted the replicas this operator's scaler wrote");
+                }
+            }
+            Err(e) => tracing::debug!(%component, error = %e, "cannot read the Deployment to adopt its replicas"),
+        }
     }
 
     /// Sets `spec.replicas` of `component`'s Deployment to `desired` and records the change (in
@@ -353,17 +401,45 @@ fn status_patch(
 mod tests {
     use super::*;
 
+    fn deployment(replicas: i32, manager: &str, operation: &str) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "e-queue", "managedFields": [
+                {"manager": "tiketi-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {"f:template": {}}}},
+                {"manager": manager, "operation": operation, "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            ]},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_entry_adopts_only_replicas_the_scaler_wrote() {
+        let ours = deployment(29, field_managers::SCALER, "Apply");
+        assert_eq!(scaler_owned_replicas(&ours), Some(29));
+        // A `kubectl scale` (an Update by another manager) is not ours: it stays an override.
+        assert_eq!(scaler_owned_replicas(&deployment(7, "kubectl", "Update")), None);
+        assert_eq!(scaler_owned_replicas(&deployment(7, field_managers::SCALER, "Update")), None);
+
+        let tev = crate::crd::fixture::event(serde_json::json!({"status": {"queue": {"desiredReplicas": 10}}}));
+        let mut fresh = BookEntry::default();
+        assert_eq!(fresh.recorded(&tev, Component::Queue), Some(10), "stale status");
+        assert_eq!(fresh.adopt(Some(&ours)), Some(29));
+        assert_eq!(fresh.recorded(&tev, Component::Queue), Some(29));
+        // An entry this process already wrote is not overridden by what the cache shows.
+        let mut written = BookEntry {
+            desired: Some(31),
+            memory: None,
+        };
+        assert_eq!(written.adopt(Some(&ours)), None);
+        assert_eq!(written.desired, Some(31));
+        assert_eq!(BookEntry::default().adopt(None), None);
+    }
+
     #[test]
     fn decisions_are_newest_first_and_bounded() {
-        let mut tev: TicketingEvent = serde_json::from_value(serde_json::json!({
-            "apiVersion": "tiketi.gg/v1alpha1", "kind": "TicketingEvent",
-            "metadata": {"name": "e", "namespace": "n"},
-            "spec": {"onSaleAt": "2026-12-01T02:00:00Z", "inventory": {"sections": [{"name": "A", "rows": 1, "seatsPerRow": 1}]},
-                     "queue": {"image": "q"}, "reservation": {"image": "r"},
-                     "redis": {"urlSecretRef": {"name": "r", "key": "url"}}, "database": {"secretRef": {"name": "d"}},
-                     "auth": {"secretRef": {"name": "a"}}}
-        }))
-        .unwrap();
+        let mut tev = crate::crd::fixture::event(serde_json::json!({}));
         let now = Utc::now();
         for i in 0..25 {
             let patch = status_patch(

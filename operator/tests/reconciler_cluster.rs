@@ -788,3 +788,66 @@ async fn a_deployment_it_does_not_own_is_never_adopted() {
     );
     teardown(&client, ns, op).await.unwrap();
 }
+
+/// A new leader (here: a restarted operator) finds `spec.replicas` written by this operator's
+/// scaler while `status.desiredReplicas` is stale (the previous leader's status write never
+/// landed). It adopts them: no revert to the stale value, no `ReplicasOverridden`. A write by
+/// another manager is still reported and undone.
+#[tokio::test]
+async fn a_new_leader_adopts_the_replicas_the_scaler_wrote() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-adopt").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &event("adopt", Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    wait_tev(&api, "adopt", "queue desiredReplicas 1", Duration::from_secs(45), |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.queue.as_ref())
+            .and_then(|q| q.desired_replicas)
+            == Some(1)
+    })
+    .await
+    .unwrap();
+    op.stop().await.unwrap();
+
+    // What a leader that died between its Deployment write and its status write leaves behind.
+    deployments
+        .patch(
+            "adopt-queue",
+            &PatchParams::apply(tiketi_operator::field_managers::SCALER).force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "adopt-queue"}, "spec": {"replicas": 3}
+            })),
+        )
+        .await
+        .unwrap();
+    let op = Operator::start(&client, &ns.name);
+    // The restarted operator reconciles (Ready again) and keeps 3 for a while.
+    wait_tev(&api, "adopt", "Ready after the restart", Duration::from_secs(45), |t| {
+        condition_is(t, types::READY, "True")
+    })
+    .await
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let d = deployments.get("adopt-queue").await.unwrap();
+        assert_eq!(replicas(&d), 3, "the scaler's own replicas were reverted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let evs = events_of(&client, &ns.name, "adopt").await.unwrap();
+    assert!(
+        !evs.iter().any(|(_, r, _)| r == reasons::REPLICAS_OVERRIDDEN),
+        "adoption reported as an override: {evs:?}"
+    );
+    teardown(&client, ns, op).await.unwrap();
+}

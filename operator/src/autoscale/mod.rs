@@ -587,6 +587,7 @@ async fn decide_and_apply(
     now: DateTime<Utc>,
 ) -> Option<(ComponentOutcome, SignalHealth)> {
     let mut entry = ctx.scaler.book().lock(tev, c).await;
+    ctx.scaler.adopt(&mut entry, tev, c).await;
     let memory: Option<Memory> = entry.memory.clone();
     let known = Known {
         current: entry.desired,
