@@ -2,6 +2,14 @@
 //! Events with the same reason into one series and keeps the first note, which would hide every
 //! replica change after the first ("ScaledOut reservation 3→5" then "5→7"); each decision here
 //! is its own Event, as the design asks.
+//!
+//! A flood is cut like client-go's spam filter does: per (event, reason) a token bucket of
+//! [`SpamFilter::BURST`] Events refilled one per [`SpamFilter::REFILL`]; what is over it is not
+//! published (the decision is still in `status.recentDecisions`, the log and the metrics).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::api::events::v1::Event;
@@ -13,12 +21,47 @@ use crate::crd::TicketingEvent;
 
 pub use kube::runtime::events::EventType;
 
+/// Per key, a token bucket: [`Self::BURST`] Events at once, then one per [`Self::REFILL`].
+#[derive(Debug, Default)]
+pub struct SpamFilter {
+    buckets: HashMap<(String, String), (f64, Instant)>,
+}
+
+impl SpamFilter {
+    pub const BURST: f64 = 25.0;
+    pub const REFILL: Duration = Duration::from_secs(10);
+    /// Buckets full again for this long are forgotten (bounded memory).
+    const IDLE: Duration = Duration::from_secs(3_600);
+
+    /// Takes a token for (`object`, `reason`) at `now`; false when the bucket is empty.
+    pub fn allow(&mut self, object: &str, reason: &str, now: Instant) -> bool {
+        if self.buckets.len() > 10_000 {
+            self.buckets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < Self::IDLE);
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry((object.to_owned(), reason.to_owned()))
+            .or_insert((Self::BURST, now));
+        let refilled = now.saturating_duration_since(*at).as_secs_f64() / Self::REFILL.as_secs_f64();
+        *tokens = (*tokens + refilled).min(Self::BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Publishes Events as one reporting controller instance; cheap to clone.
 #[derive(Clone)]
 pub struct EventPublisher {
     client: Client,
     controller: String,
     instance: String,
+    spam: Arc<Mutex<SpamFilter>>,
 }
 
 impl EventPublisher {
@@ -27,6 +70,7 @@ impl EventPublisher {
             client,
             controller: controller.into(),
             instance: instance.into(),
+            spam: Arc::default(),
         }
     }
 
@@ -40,6 +84,16 @@ impl EventPublisher {
         note: String,
     ) {
         let Some(ns) = tev.namespace() else { return };
+        let object = tev.uid().unwrap_or_else(|| format!("{ns}/{}", tev.name_any()));
+        let allowed =
+            self.spam
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow(&object, reason, Instant::now());
+        if !allowed {
+            tracing::debug!(event = %tev.name_any(), %reason, %note, "Event not published: rate-limited");
+            return;
+        }
         let now = Utc::now();
         let micro = k8s_openapi::jiff::Timestamp::from_microsecond(now.timestamp_micros())
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
@@ -88,6 +142,24 @@ pub fn bounded(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spam_filter_allows_a_burst_then_one_per_refill_per_object_and_reason() {
+        let mut f = SpamFilter::default();
+        let t0 = Instant::now();
+        let burst = SpamFilter::BURST as usize;
+        assert!((0..burst).all(|_| f.allow("e1", "ScaledOut", t0)));
+        assert!(!f.allow("e1", "ScaledOut", t0), "over the burst");
+        assert!(f.allow("e1", "ScaledIn", t0), "another reason has its own bucket");
+        assert!(f.allow("e2", "ScaledOut", t0), "another event has its own bucket");
+        assert!(!f.allow("e1", "ScaledOut", t0 + SpamFilter::REFILL / 2));
+        assert!(f.allow("e1", "ScaledOut", t0 + SpamFilter::REFILL));
+        assert!(!f.allow("e1", "ScaledOut", t0 + SpamFilter::REFILL));
+        // Quiet for long enough: the whole burst again, never more.
+        let later = t0 + SpamFilter::REFILL * 1_000;
+        assert!((0..burst).all(|_| f.allow("e1", "ScaledOut", later)));
+        assert!(!f.allow("e1", "ScaledOut", later));
+    }
 
     #[test]
     fn bounded_cuts_on_char_boundaries() {

@@ -432,6 +432,17 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         .collect();
     let children = children::build(&tev, &create)?;
 
+    // never adopt the other children either: on a first deploy, a ConfigMap, Service or PDB with
+    // a child's name that this event does not own is refused (the apply would take it over and
+    // the garbage collector would delete it with the event). Only then: it costs a GET each.
+    if !create.is_empty()
+        && let Some(invalid) = foreign_object(&ctx.client, &ns, &tev, &children).await?
+    {
+        // Re-checked, like a foreign Deployment: a predecessor's children go with the GC.
+        write_invalid(&tev, ctx, &api, &invalid, now).await?;
+        return Ok(Action::requeue(MISSING_SECRET_RETRY));
+    }
+
     // dry run: what the API server would refuse in a Deployment (a quantity such as `cpu: lots`,
     // requests above limits) is found before anything is applied, so nothing is deployed half-way
     if kept.is_none()
@@ -652,6 +663,64 @@ where
         &Patch::Apply(body),
     )
     .await
+}
+
+/// The first ConfigMap, Service or PodDisruptionBudget of `ch` that exists without an owner
+/// reference to `tev`, as the InvalidSpec that names it.
+async fn foreign_object(
+    client: &Client,
+    ns: &str,
+    tev: &TicketingEvent,
+    ch: &Children,
+) -> Result<Option<Invalid>, Error> {
+    let Some(uid) = tev.uid() else { return Ok(None) };
+    async fn find<K>(api: Api<K>, objs: &[&K], uid: &str) -> Result<Option<(String, String)>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        for obj in objs {
+            let name = obj.meta().name.clone().unwrap_or_default();
+            if let Some(found) = api.get_opt(&name).await?
+                && !found.owner_references().iter().any(|o| o.uid == uid)
+            {
+                return Ok(Some((K::kind(&()).into_owned(), name)));
+            }
+        }
+        Ok(None)
+    }
+    let found = match find(
+        Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &[&ch.config_map],
+        &uid,
+    )
+    .await?
+    {
+        Some(f) => Some(f),
+        None => match find(
+            Api::<Service>::namespaced(client.clone(), ns),
+            &ch.services.iter().collect::<Vec<_>>(),
+            &uid,
+        )
+        .await?
+        {
+            Some(f) => Some(f),
+            None => {
+                find(
+                    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+                    &ch.pdbs.iter().collect::<Vec<_>>(),
+                    &uid,
+                )
+                .await?
+            }
+        },
+    };
+    Ok(found.map(|(kind, name)| Invalid {
+        reason: reasons::INVALID_SPEC,
+        message: format!(
+            "metadata.name: {kind} {name:?} already exists and is not owned by this TicketingEvent; \
+             the operator does not adopt it (delete or rename it, or rename the TicketingEvent)"
+        ),
+    }))
 }
 
 /// Server-side dry run of every Deployment: `Ok(Err(_))` when the API server refuses one (a 4xx

@@ -241,7 +241,9 @@ impl Scaler {
                     tracing::debug!(%component, replicas = r, "adopted the replicas this operator's scaler wrote");
                 }
             }
-            Err(e) => tracing::debug!(%component, error = %e, "cannot read the Deployment to adopt its replicas"),
+            Err(e) => {
+                tracing::debug!(%component, error = %e, "cannot read the Deployment to adopt its replicas")
+            }
         }
     }
 
@@ -420,9 +422,13 @@ mod tests {
         assert_eq!(scaler_owned_replicas(&ours), Some(29));
         // A `kubectl scale` (an Update by another manager) is not ours: it stays an override.
         assert_eq!(scaler_owned_replicas(&deployment(7, "kubectl", "Update")), None);
-        assert_eq!(scaler_owned_replicas(&deployment(7, field_managers::SCALER, "Update")), None);
+        assert_eq!(
+            scaler_owned_replicas(&deployment(7, field_managers::SCALER, "Update")),
+            None
+        );
 
-        let tev = crate::crd::fixture::event(serde_json::json!({"status": {"queue": {"desiredReplicas": 10}}}));
+        let tev =
+            crate::crd::fixture::event(serde_json::json!({"status": {"queue": {"desiredReplicas": 10}}}));
         let mut fresh = BookEntry::default();
         assert_eq!(fresh.recorded(&tev, Component::Queue), Some(10), "stale status");
         assert_eq!(fresh.adopt(Some(&ours)), Some(29));

@@ -789,15 +789,70 @@ async fn a_deployment_it_does_not_own_is_never_adopted() {
     teardown(&client, ns, op).await.unwrap();
 }
 
+/// The same for the other children: someone else's Service with the name of the event's
+/// reservation Service is refused, left untouched, and nothing is deployed.
+#[tokio::test]
+async fn a_service_it_does_not_own_is_never_adopted() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-adopt-svc").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let theirs: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "held-reservation", "labels": {"app": "theirs"}},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &theirs).await.unwrap();
+    let op = Operator::start(&client, &ns.name);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &event("held", Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    let t = wait_tev(&api, "held", "InvalidSpec=True", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "True")
+    })
+    .await
+    .unwrap();
+    let msg = &tiketi_operator::status::find(&t, types::INVALID_SPEC)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("Service \"held-reservation\" already exists and is not owned"),
+        "{msg}"
+    );
+    let svc = services.get("held-reservation").await.unwrap();
+    assert!(
+        svc.metadata.owner_references.unwrap_or_default().is_empty(),
+        "adopted"
+    );
+    assert_eq!(
+        svc.spec.unwrap().selector.unwrap().get("app").map(String::as_str),
+        Some("theirs"),
+        "overwritten"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.list(&label("held")).await.unwrap().items.is_empty(),
+        "deployed half-way"
+    );
+    teardown(&client, ns, op).await.unwrap();
+}
+
 /// A new leader (here: a restarted operator) finds `spec.replicas` written by this operator's
 /// scaler while `status.desiredReplicas` is stale (the previous leader's status write never
-/// landed). It adopts them: no revert to the stale value, no `ReplicasOverridden`. A write by
-/// another manager is still reported and undone.
+/// landed). It adopts them: no revert to the stale value, no `ReplicasOverridden` (a write by
+/// another manager is still reported and undone: `children_are_owned_secured_ready_and_cleaned_up`).
 #[tokio::test]
 async fn a_new_leader_adopts_the_replicas_the_scaler_wrote() {
     let client = kube_client().await.unwrap();
     install_crd(&client).await.unwrap();
-    let ns = TestNamespace::create(&client, "tev-adopt").await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-adopt-replicas")
+        .await
+        .unwrap();
     create_secrets(&client, &ns.name).await.unwrap();
     let op = Operator::start(&client, &ns.name);
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
@@ -808,13 +863,19 @@ async fn a_new_leader_adopts_the_replicas_the_scaler_wrote() {
     )
     .await
     .unwrap();
-    wait_tev(&api, "adopt", "queue desiredReplicas 1", Duration::from_secs(45), |t| {
-        t.status
-            .as_ref()
-            .and_then(|s| s.queue.as_ref())
-            .and_then(|q| q.desired_replicas)
-            == Some(1)
-    })
+    wait_tev(
+        &api,
+        "adopt",
+        "queue desiredReplicas 1",
+        Duration::from_secs(45),
+        |t| {
+            t.status
+                .as_ref()
+                .and_then(|s| s.queue.as_ref())
+                .and_then(|q| q.desired_replicas)
+                == Some(1)
+        },
+    )
     .await
     .unwrap();
     op.stop().await.unwrap();
@@ -833,9 +894,13 @@ async fn a_new_leader_adopts_the_replicas_the_scaler_wrote() {
         .unwrap();
     let op = Operator::start(&client, &ns.name);
     // The restarted operator reconciles (Ready again) and keeps 3 for a while.
-    wait_tev(&api, "adopt", "Ready after the restart", Duration::from_secs(45), |t| {
-        condition_is(t, types::READY, "True")
-    })
+    wait_tev(
+        &api,
+        "adopt",
+        "Ready after the restart",
+        Duration::from_secs(45),
+        |t| condition_is(t, types::READY, "True"),
+    )
     .await
     .unwrap();
     let until = Instant::now() + Duration::from_secs(8);
