@@ -843,3 +843,147 @@ async fn a_live_sale_keeps_running_on_its_last_good_spec() {
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
+
+/// SIGTERM (the shutdown signal) while the autoscaler is scaling out: work stops first, the
+/// Lease is released after, so no write of `spec.replicas` follows the release. The order is read
+/// from the API server's own sequence (resourceVersions are etcd revisions in this stack).
+#[tokio::test]
+async fn shutdown_during_a_scale_out_releases_the_lease_after_the_last_write() {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-sigterm").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let mut conn = redis(&url).await;
+    let eid = unique("as-sigterm");
+    let mut leader = tiketi_operator::leader::LeaderConfig::new(&ns.name, "tiketi-operator", "sigterm-test");
+    leader.lease_duration = Duration::from_secs(15);
+    leader.renew_deadline = Duration::from_secs(10);
+    leader.retry_period = Duration::from_millis(500);
+    let op = Operator::start_with(&client, &ns.name, Some(leader));
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let policy = serde_json::json!({
+        "pollInterval": "250ms",
+        "capacity": {"signal": "queueDepth", "perReplica": 10, "headroomPercent": 0},
+        "scaleOut": {"steps": []},
+        "scaleIn": {"stabilizationWindow": "1h", "cooldown": "1h"}
+    });
+    let mut tev = on_sale_event("term", &eid, policy);
+    tev.spec.queue.max_replicas = 1000;
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    on_sale_and_healthy(&api, "term").await;
+
+    // Every spec change of the queue Deployment (generation moves) and every Lease update, with
+    // their resourceVersions.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, u64, String)>();
+    let rv = |o: &kube::core::ObjectMeta| {
+        o.resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let dtx = tx.clone();
+    let dwatch = tokio::spawn(
+        watcher(
+            deployments.clone(),
+            watcher::Config::default().fields("metadata.name=term-queue"),
+        )
+        .applied_objects()
+        .for_each(move |d| {
+            if let Ok(d) = &d {
+                let g = d.metadata.generation.unwrap_or(0);
+                let _ = dtx.send(("deployment", rv(&d.metadata), format!("{g}/{}", replicas(d))));
+            }
+            async {}
+        }),
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let lwatch = tokio::spawn(
+        watcher(
+            leases,
+            watcher::Config::default().fields("metadata.name=tiketi-operator"),
+        )
+        .applied_objects()
+        .for_each(move |l| {
+            if let Ok(l) = &l {
+                let holder = l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.clone())
+                    .unwrap_or_default();
+                let _ = tx.send(("lease", rv(&l.metadata), holder));
+            }
+            async {}
+        }),
+    );
+
+    // A queue that keeps growing: a new need (and a write) every poll.
+    let mut depth = 50;
+    for _ in 0..8 {
+        depth += 40;
+        set_queue(&mut conn, &eid, depth).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // SIGTERM while the writes go on.
+    let grow = {
+        let url = url.clone();
+        let eid = eid.clone();
+        tokio::spawn(async move {
+            let mut conn = redis(&url).await;
+            for i in 0..20 {
+                set_queue(&mut conn, &eid, 400 + i * 40).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.stop().await.unwrap();
+    grow.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    dwatch.abort();
+    lwatch.abort();
+
+    let mut seen = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    seen.sort_by_key(|e| e.1);
+    // The release: the first Lease update after which nobody holds it.
+    let release = seen
+        .iter()
+        .find(|(k, _, holder)| *k == "lease" && holder.is_empty())
+        .map(|e| e.1)
+        .unwrap_or_else(|| panic!("the Lease was never released: {seen:?}"));
+    let mut last_gen = None;
+    let mut writes = Vec::new();
+    for (k, v, what) in &seen {
+        if *k == "deployment" {
+            let g = what.split('/').next().unwrap().to_owned();
+            if last_gen.as_ref().is_some_and(|p| p != &g) {
+                writes.push((*v, what.clone()));
+            }
+            last_gen = Some(g);
+        }
+    }
+    assert!(
+        writes.len() >= 3,
+        "the autoscaler was scaling out while it stopped: {seen:?}"
+    );
+    assert!(
+        writes.iter().all(|(v, _)| *v < release),
+        "spec.replicas written after the Lease was released (rv {release}): {writes:?}"
+    );
+    let mut c = redis(&url).await;
+    let _: () = redis::AsyncCommands::del(&mut c, EventKeys::new(&eid).queue())
+        .await
+        .unwrap();
+    clear_keys(&url, &eid).await;
+    // The operator is stopped: delete what it left (no finalizer honoured by anyone now).
+    strip_finalizers(&client, &ns.name).await.unwrap();
+    ns.delete().await.unwrap();
+}
