@@ -138,6 +138,15 @@ impl PrivateRedis {
         self.port
     }
 
+    /// The process has not exited.
+    pub fn alive(&self) -> bool {
+        std::process::Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -156,9 +165,136 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.signal("-CONT");
+        if self.alive() {
+            let _ = self.signal("-CONT");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of one test: three primaries with one replica each (six `redis-server`
+/// processes, node timeout 2 s), for faults the stack's cluster must not suffer (SIGKILL of a
+/// primary, failover). Every node is killed on drop.
+pub struct PrivateCluster {
+    nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateCluster {
+    /// Starts the six nodes, creates the cluster and waits until every node reports
+    /// `cluster_state:ok`.
+    pub fn start() -> Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let bus = free_port()?;
+            nodes.push(PrivateRedis::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .context("redis-cli must be installed (e2e/stack up installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let me = Self { nodes };
+        me.wait_ok(Duration::from_secs(30))?;
+        // A replica that has not finished its first sync never takes over: wait for every link.
+        let start = Instant::now();
+        while !me.nodes.iter().all(|n| {
+            Self::cli(n.port(), &["info", "replication"])
+                .is_some_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
+        }) {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the private cluster's replicas did not sync in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(me)
+    }
+
+    /// The URL of the first node (any node serves as the configuration endpoint).
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// The URLs of every node (some may have been killed).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateRedis::url).collect()
+    }
+
+    fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every node still running reports `cluster_state:ok`.
+    pub fn wait_ok(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.alive()).all(|n| {
+                Self::cli(n.port(), &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("the private cluster did not reach cluster_state:ok in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index of the node that serves `slot` as a primary now.
+    pub fn primary_of(&self, slot: u16) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.alive()
+                && Self::cli(n.port(), &["cluster", "nodes"]).is_some_and(|text| {
+                    text.lines().any(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 8
+                            && f[2].contains("myself")
+                            && f[2].contains("master")
+                            && f[8..].iter().any(|r| match r.split_once('-') {
+                                Some((a, b)) => a
+                                    .parse::<u16>()
+                                    .ok()
+                                    .zip(b.parse::<u16>().ok())
+                                    .is_some_and(|(a, b)| a <= slot && slot <= b),
+                                None => r.parse::<u16>().ok() == Some(slot),
+                            })
+                    })
+                })
+        })
+    }
+
+    /// SIGKILLs node `i` (no shutdown, no save: what a crashed host looks like).
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].signal("-KILL")?;
+        let _ = self.nodes[i].child.wait();
+        Ok(())
     }
 }

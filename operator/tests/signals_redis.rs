@@ -3,7 +3,6 @@
 //! stack's Prometheus (PROMETHEUS_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -183,41 +182,15 @@ async fn a_redis_that_is_down_at_start_is_reported_per_tick_not_at_connect() {
 
 #[tokio::test]
 async fn cluster_mode_groups_per_slot_and_reads_every_event() {
-    let nodes: Vec<PrivateRedis> = (0..3)
-        .map(|_| {
-            PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).unwrap()
-        })
-        .collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
-    let out = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
+    // Its own cluster (explicit bus ports: port + 10,000 may be taken on a busy machine).
+    let cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
+        .await
+        .unwrap()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "cluster create: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // Wait until every node agrees the cluster is ok.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for n in &nodes {
-        loop {
-            let info = Command::new("redis-cli")
-                .args(["-p", &n.port().to_string(), "cluster", "info"])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let urls = cluster.urls();
 
     let events: Vec<String> = (0..40).map(|i| unique(&format!("cl{i}"))).collect();
-    let client = redis::cluster::ClusterClient::new(vec![nodes[0].url()]).unwrap();
+    let client = redis::cluster::ClusterClient::new(vec![urls[0].clone()]).unwrap();
     let mut writer = client.get_async_connection().await.unwrap();
     for (i, e) in events.iter().enumerate() {
         let members: Vec<(i64, String)> = (0..=i as i64).map(|m| (m, format!("u{m}"))).collect();
@@ -235,7 +208,7 @@ async fn cluster_mode_groups_per_slot_and_reads_every_event() {
     let mut reader = SignalReader::connect(
         &RedisArgs {
             cluster: true,
-            ..RedisArgs::new(nodes[1].url())
+            ..RedisArgs::new(urls[1].clone())
         },
         Duration::from_secs(2),
     )

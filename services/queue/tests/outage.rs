@@ -5,74 +5,19 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-struct PrivateRedis {
-    child: Child,
-    url: String,
-    dir: std::path::PathBuf,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tiketi-queue-redis-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for the outage test");
-        Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
-    let redis_srv = PrivateRedis::start();
+    let redis_srv = tiketi_e2e::PrivateRedis::start(&[]).unwrap();
     let event = unique_event("outage");
     let mut spec = EventSpec::new(&event);
     // Waiting in the pre-queue: admission does not move anyone, only the heartbeat sweep could.
     spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
     spec.heartbeat_timeout_seconds = 3;
-    let mut a = args(&redis_srv.url, Some(spec.write()));
+    let mut a = args(&redis_srv.url(), Some(spec.write()));
     a.redis_timeout_ms = 500;
     let server = Server::start(a).await;
     let api = Api::new(&server.base, &event);
@@ -109,7 +54,7 @@ async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
         })
     };
 
-    redis_srv.signal("-STOP");
+    redis_srv.signal("-STOP").unwrap();
     let started = Instant::now();
     let r = api.join("during-outage").await;
     let took = started.elapsed();
@@ -128,7 +73,7 @@ async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
     assert_eq!(ready.status(), 503, "not ready while Redis is away");
     // Longer than the heartbeat timeout: nobody could heartbeat meanwhile.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    redis_srv.signal("-CONT");
+    redis_srv.signal("-CONT").unwrap();
 
     wait_for("recovery", Duration::from_secs(10), || {
         let api = &api;

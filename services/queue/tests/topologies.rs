@@ -160,3 +160,83 @@ async fn the_binary_uses_the_cluster_when_the_pod_variables_say_so() {
         .await;
     }
 }
+
+/// Failover while selling: in a private cluster (three primaries, one replica each), the primary
+/// of some events' slot is SIGKILLed during a run of joins. While its replica is promoted those
+/// joins answer 503 with Retry-After within the Redis timeout (never a hang), the other shards
+/// keep answering, and the queue recovers by itself: joins on the failed shard succeed again.
+#[tokio::test]
+async fn joins_recover_when_a_primary_is_killed() {
+    let mut cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let events: Vec<String> = (0..12).map(|i| unique_event(&format!("fo{i}"))).collect();
+    let mut a = args(
+        "redis://unused",
+        Some(config(&events, chrono::Duration::seconds(-60))),
+    );
+    a.redis = RedisArgs {
+        cluster: true,
+        ..RedisArgs::new(cluster.url())
+    };
+    let server = Server::start(a).await;
+    // A victim shard whose primary is not the seed node, and an event on another shard.
+    let owner = |e: &String| cluster.primary_of(tiketi_shared::redis::slot_of(e));
+    let (victim, primary) = events
+        .iter()
+        .find_map(|e| owner(e).filter(|&p| p != 0).map(|p| (e.clone(), p)))
+        .expect("some event lives on a primary other than the seed");
+    let other = events
+        .iter()
+        .find(|e| owner(e).is_some_and(|p| p != primary))
+        .expect("an event on another shard")
+        .clone();
+    let (va, oa) = (Api::new(&server.base, &victim), Api::new(&server.base, &other));
+    assert_eq!(va.join("before").await.status(), 201);
+
+    cluster.kill(primary).unwrap();
+    let killed = std::time::Instant::now();
+    let (mut refused, mut other_ok, mut n) = (0, 0, 0);
+    let recovered = loop {
+        n += 1;
+        let t = std::time::Instant::now();
+        let r = va.join(&format!("during-{n}")).await;
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "a join took {took:?} during the failover"
+        );
+        match r.status().as_u16() {
+            201 => break killed.elapsed(),
+            503 => {
+                assert!(r.headers().contains_key("retry-after"), "503 without Retry-After");
+                refused += 1;
+            }
+            s => panic!("join during the failover answered {s}"),
+        }
+        if oa.join(&format!("other-{n}")).await.status() == 201 {
+            other_ok += 1;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery 30 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "failover: recovered {recovered:?} after SIGKILL, {refused} joins refused (503), other shard ok {other_ok} times"
+    );
+    assert!(
+        refused > 0,
+        "the kill was not felt: the test did not test a failover"
+    );
+    assert!(
+        other_ok > 0,
+        "the other shards stopped answering during the failover"
+    );
+    // After the promotion the shard serves reads and writes again.
+    assert_eq!(va.join("after").await.status(), 201);
+    assert!(va.me_json("after").await["state"].is_string());
+    server.stop().await;
+}

@@ -167,3 +167,103 @@ async fn a_wrong_ca_is_refused_quickly_with_503() {
     server.stop().await;
     db.drop_db().await;
 }
+
+/// Failover while selling: in a private cluster (three primaries, one replica each) the primary
+/// of an event's slot is SIGKILLed during a run of holds. Every hold answers 201 or 503 within
+/// the Redis timeout (none hangs, nothing else is answered), and
+/// the service recovers by itself once the replica is promoted: holds, a confirm and the counts
+/// published into the event's slot work again.
+#[tokio::test]
+async fn holds_recover_when_a_primary_is_killed() {
+    let mut cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = events("fo", 8);
+    let owner = |e: &String| cluster.primary_of(tiketi_shared::redis::slot_of(e));
+    let (event, primary) = ids
+        .iter()
+        .find_map(|e| owner(e).filter(|&p| p != 0).map(|p| (e.clone(), p)))
+        .expect("an event on a primary other than the seed");
+    let db = TestDb::create("resv_failover").await;
+    let cfg = write_config(&event, 10, 40, 300, 4);
+    let redis = RedisArgs {
+        cluster: true,
+        ..RedisArgs::new(cluster.url())
+    };
+    let mut s = settings(&db.url, "redis://unused", &cfg);
+    s.redis = redis.clone();
+    let server = InProcess::start(s).await;
+    let http = client();
+    let base = server.base.clone();
+    let seat = |n: usize| format!("A-{}-{}", n / 40 + 1, n % 40 + 1);
+    let (st, _) = User::new(&event, "u0")
+        .hold(&http, &base, &event, &[seat(0)])
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::CREATED);
+
+    cluster.kill(primary).unwrap();
+    let killed = Instant::now();
+    let (mut refused, mut n) = (0, 0);
+    let mut last_hold = None;
+    let mut ok_streak = 0;
+    while ok_streak < 3 {
+        n += 1;
+        assert!(n < 390, "out of seats before the service recovered");
+        let user = User::new(&event, &format!("u{n}"));
+        let t = Instant::now();
+        let (st, hold) = user.hold(&http, &base, &event, &[seat(n)]).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a hold took {:?}",
+            t.elapsed()
+        );
+        match st {
+            StatusCode::CREATED => {
+                // Counted as recovered only once the shard answers again (the cluster may have
+                // failed over already, or PostgreSQL decided alone).
+                if killed.elapsed() > Duration::from_secs(2) {
+                    ok_streak += 1;
+                }
+                last_hold = Some((user, hold["holdId"].as_str().unwrap().to_owned()));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                ok_streak = 0;
+            }
+            other => panic!("a hold during the failover answered {other}: {hold}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery 30 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "failover: {n} holds, {refused} refused (503), recovered {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    let (user, id) = last_hold.unwrap();
+    let (st, order) = user.confirm(&http, &base, &id, "k-failover").await.unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{order}");
+    // The counts land in the event's slot on its new primary.
+    let mut conn = RedisConn::connect_lazy(&redis, Duration::from_secs(2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sold: Option<u64> = conn
+            .hget(EventKeys::new(&event).counts(), "sold")
+            .await
+            .unwrap_or(None);
+        if sold.is_some_and(|s| s >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counts not published after the failover ({sold:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+    db.drop_db().await;
+}

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
@@ -345,43 +344,23 @@ pub async fn seat_status(c: &reqwest::Client, base: &str, event: &str, seat: &st
         .to_owned()
 }
 
-/// A private redis-server child on a free port, for tests that flush or stop Redis.
+/// A private redis-server child on a free port, for tests that flush or stop Redis (the
+/// process itself is `tiketi_e2e::PrivateRedis`).
 pub struct PrivateRedis {
     pub url: String,
-    child: tokio::process::Child,
+    server: tiketi_e2e::PrivateRedis,
 }
 
 impl PrivateRedis {
     pub async fn start() -> Self {
-        let port = free_port();
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+        let server = tokio::task::spawn_blocking(|| tiketi_e2e::PrivateRedis::start(&[]))
+            .await
+            .unwrap()
             .expect("redis-server on PATH");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).unwrap();
-        eventually(
-            Duration::from_secs(10),
-            "private redis-server to accept connections",
-            || {
-                let client = client.clone();
-                async move { client.get_multiplexed_async_connection().await.ok().map(|_| ()) }
-            },
-        )
-        .await;
-        Self { url, child }
+        Self {
+            url: server.url(),
+            server,
+        }
     }
 
     pub async fn flushall(&self) {
@@ -392,17 +371,11 @@ impl PrivateRedis {
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("redis-server is running");
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill on PATH")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+        self.server.signal(sig).unwrap();
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+    pub async fn stop(self) {
+        drop(self.server);
     }
 }
 
