@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -33,6 +34,9 @@ pub const COMPONENT_LABEL: &str = "tiketi.gg/component";
 pub const CONFIG_HASH_ANNOTATION: &str = "tiketi.gg/config-hash";
 /// Where the ConfigMap is mounted; TIKETI_EVENT_CONFIG points at this directory.
 pub const CONFIG_DIR: &str = "/etc/tiketi";
+/// Where `spec.redis.caSecretRef` is mounted (its key as [`REDIS_CA_FILE`]).
+pub const REDIS_CA_DIR: &str = "/etc/tiketi-redis-ca";
+pub const REDIS_CA_FILE: &str = "ca.crt";
 /// The port both services listen on inside the pod.
 pub const HTTP_PORT: i32 = 8080;
 /// Seconds the preStop hook waits, so endpoints drop the pod before it stops accepting.
@@ -384,19 +388,29 @@ fn pod_spec(tev: &TicketingEvent, c: Component, tev_name: &str) -> PodSpec {
                 }),
                 ..Default::default()
             }),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "config".into(),
-                    mount_path: CONFIG_DIR.into(),
+            volume_mounts: Some(
+                vec![
+                    VolumeMount {
+                        name: "config".into(),
+                        mount_path: CONFIG_DIR.into(),
+                        read_only: Some(true),
+                        ..Default::default()
+                    },
+                    VolumeMount {
+                        name: "tmp".into(),
+                        mount_path: "/tmp".into(),
+                        ..Default::default()
+                    },
+                ]
+                .into_iter()
+                .chain(tev.spec.redis.ca_secret_ref.as_ref().map(|_| VolumeMount {
+                    name: "redis-ca".into(),
+                    mount_path: REDIS_CA_DIR.into(),
                     read_only: Some(true),
                     ..Default::default()
-                },
-                VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..Default::default()
-                },
-            ]),
+                }))
+                .collect(),
+            ),
             ..Default::default()
         }],
         security_context: Some(PodSecurityContext {
@@ -415,24 +429,42 @@ fn pod_spec(tev: &TicketingEvent, c: Component, tev_name: &str) -> PodSpec {
             spread("topology.kubernetes.io/zone"),
             spread("kubernetes.io/hostname"),
         ]),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(tev_name),
+        volumes: Some(
+            vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: config_map_name(tev_name),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("64Mi".into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(tev.spec.redis.ca_secret_ref.as_ref().map(|ca| Volume {
+                name: "redis-ca".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ca.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: ca.key.clone(),
+                        path: REDIS_CA_FILE.into(),
+                        ..Default::default()
+                    }]),
+                    default_mode: Some(0o444),
                     ..Default::default()
                 }),
                 ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity("64Mi".into())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -499,6 +531,12 @@ fn env(tev: &TicketingEvent, c: Component) -> Vec<EnvVar> {
             false,
         ),
     ];
+    if s.redis.ca_secret_ref.is_some() {
+        env.push(plain(
+            "TIKETI_REDIS_CA_FILE",
+            format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"),
+        ));
+    }
     if c == Component::Queue {
         let hops = s.queue.trusted_proxy_hops.unwrap_or(0);
         env.push(plain("TIKETI_TRUSTED_PROXY_HOPS", hops.to_string()));
@@ -571,6 +609,53 @@ mod tests {
             .into_iter()
             .map(|e| (e.name.clone(), e))
             .collect()
+    }
+
+    #[test]
+    fn a_private_redis_ca_is_mounted_and_named_to_both_services() {
+        let mut t = tev();
+        t.spec.redis.tls = true;
+        t.spec.redis.ca_secret_ref = Some(crate::crd::SecretKeySelector {
+            name: "redis-ca".into(),
+            key: "ca.pem".into(),
+        });
+        let ch = build(&t, &BTreeMap::new()).unwrap();
+        for c in Component::ALL {
+            let d = deployment_of(&ch, c);
+            assert_eq!(
+                env_of(d)["TIKETI_REDIS_CA_FILE"].value.as_deref(),
+                Some("/etc/tiketi-redis-ca/ca.crt")
+            );
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let vol = pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "redis-ca")
+                .unwrap();
+            let secret = vol.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("redis-ca"));
+            let item = &secret.items.as_ref().unwrap()[0];
+            assert_eq!((item.key.as_str(), item.path.as_str()), ("ca.pem", "ca.crt"));
+            let mount = pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.name == "redis-ca")
+                .unwrap();
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                (REDIS_CA_DIR, Some(true))
+            );
+        }
+        // Without one: nothing mounted, the built-in roots (ElastiCache).
+        let ch = build(&tev(), &BTreeMap::new()).unwrap();
+        let d = deployment_of(&ch, Component::Queue);
+        assert!(!env_of(d).contains_key("TIKETI_REDIS_CA_FILE"));
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert!(pod.volumes.as_ref().unwrap().iter().all(|v| v.name != "redis-ca"));
     }
 
     #[test]

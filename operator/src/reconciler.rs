@@ -136,6 +136,9 @@ pub fn required_secrets(tev: &TicketingEvent) -> BTreeMap<String, BTreeSet<Strin
     m.entry(s.redis.url_secret_ref.name.clone())
         .or_default()
         .insert(s.redis.url_secret_ref.key.clone());
+    if let Some(ca) = &s.redis.ca_secret_ref {
+        m.entry(ca.name.clone()).or_default().insert(ca.key.clone());
+    }
     m.entry(s.database.secret_ref.name.clone())
         .or_default()
         .insert(secret_keys::DATABASE_URL.into());
@@ -180,6 +183,23 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
         // The services refuse to start with such a key; saying so here names the Secret.
         tiketi_shared::token::check_signing_key(&format!("Secret {auth:?} key {key:?}"), value)
             .map_err(invalid)?;
+    }
+    if let Some(ca) = &tev.spec.redis.ca_secret_ref {
+        if !tev.spec.redis.tls {
+            return Err(invalid(
+                "spec.redis.caSecretRef is a CA for TLS: set spec.redis.tls: true with it".into(),
+            ));
+        }
+        let pem = secrets
+            .get(&ca.name)
+            .and_then(Option::as_ref)
+            .and_then(|d| d.get(&ca.key));
+        if !pem.is_some_and(|p| String::from_utf8_lossy(p).contains("-----BEGIN CERTIFICATE-----")) {
+            return Err(invalid(format!(
+                "spec.redis.caSecretRef: Secret {:?} key {:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ca.name, ca.key
+            )));
+        }
     }
     let r = &tev.spec.redis.url_secret_ref;
     if tev.spec.redis.tls {

@@ -284,6 +284,15 @@ async fn tls_signals_are_read_and_a_wrong_ca_is_refused() {
     let mut reader = SignalReader::connect(&args(&ca), Duration::from_secs(2)).unwrap();
     let tick = reader.read(std::slice::from_ref(&event)).await;
     assert_eq!(tick[0].1.as_ref().unwrap().queue_depth, 3);
+
+    // The same CA held in memory (how the operator passes an event's spec.redis.caSecretRef).
+    let in_memory = RedisArgs {
+        ca_pem: Some(std::fs::read(&ca).unwrap()),
+        ..RedisArgs::new(url.as_str())
+    };
+    let mut reader = SignalReader::connect(&in_memory, Duration::from_secs(2)).unwrap();
+    let tick = reader.read(std::slice::from_ref(&event)).await;
+    assert_eq!(tick[0].1.as_ref().unwrap().queue_depth, 3);
     let _: () = writer.del(EventKeys::new(&event).queue()).await.unwrap();
 
     let mut refused = SignalReader::connect(&args(&wrong), Duration::from_secs(1)).unwrap();

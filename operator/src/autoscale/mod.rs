@@ -333,34 +333,45 @@ impl Autoscaler {
             .collect()
     }
 
-    /// The Redis endpoint of an event, from its Secret (cached for `secret_ttl`).
+    /// The Redis endpoint of an event, from its Secrets (the URL and, with
+    /// `spec.redis.caSecretRef`, the CA bundle; each cached for `secret_ttl`).
     async fn endpoint(&mut self, tev: &TicketingEvent) -> Result<Endpoint, SignalError> {
         let ns = tev.namespace().unwrap_or_default();
         let r = &tev.spec.redis.url_secret_ref;
-        let key: SecretKey = (ns.clone(), r.name.clone(), r.key.clone());
+        let url = self.secret_value(&ns, &r.name, &r.key).await?;
+        let ca_pem = match &tev.spec.redis.ca_secret_ref {
+            Some(ca) => Some(self.secret_value(&ns, &ca.name, &ca.key).await?.into_bytes()),
+            None => None,
+        };
+        Ok(Endpoint {
+            url,
+            cluster: tev.spec.redis.cluster_mode,
+            tls: tev.spec.redis.tls,
+            ca_file: self.opts.redis_ca_file.clone(),
+            ca_pem,
+        })
+    }
+
+    /// One Secret key, through the cache (a failure is retried after `SECRET_RETRY`).
+    async fn secret_value(&mut self, ns: &str, name: &str, key: &str) -> Result<String, SignalError> {
+        let k: SecretKey = (ns.to_owned(), name.to_owned(), key.to_owned());
         let fresh = |res: &Result<String, SignalError>, at: &Instant, ttl: Duration| {
             let ttl = if res.is_ok() { ttl } else { SECRET_RETRY };
             at.elapsed() < ttl
         };
         let cached = self
             .urls
-            .get(&key)
+            .get(&k)
             .filter(|(res, at)| fresh(res, at, self.opts.secret_ttl))
             .map(|(res, _)| res.clone());
-        let url = match cached {
-            Some(url) => url,
+        match cached {
+            Some(v) => v,
             None => {
-                let res = read_secret_key(&self.ctx.client, &ns, &r.name, &r.key).await;
-                self.urls.insert(key, (res.clone(), Instant::now()));
+                let res = read_secret_key(&self.ctx.client, ns, name, key).await;
+                self.urls.insert(k, (res.clone(), Instant::now()));
                 res
             }
-        }?;
-        Ok(Endpoint {
-            url,
-            cluster: tev.spec.redis.cluster_mode,
-            tls: tev.spec.redis.tls,
-            ca_file: self.opts.redis_ca_file.clone(),
-        })
+        }
     }
 
     /// Runs every due event's Prometheus queries (concurrently); empty samples for the others.

@@ -18,8 +18,10 @@ pub struct SecretKeySelector {
 }
 
 /// The Redis both services use.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.caSecretRef) || self.tls")
+    .message("caSecretRef is a CA for TLS: set tls: true with it"))]
 pub struct RedisSpec {
     /// Secret key holding the Redis URL (redis:// or rediss:// with credentials), e.g.
     /// {name: tiketi-redis, key: url}. Passed to the pods as TIKETI_REDIS_URL.
@@ -33,6 +35,12 @@ pub struct RedisSpec {
     /// so every script and pipeline stays on one slot).
     #[serde(default)]
     pub cluster_mode: bool,
+    /// Secret key holding the PEM bundle of the CAs that sign the Redis server's certificate,
+    /// for a self-managed Redis with a private CA (ElastiCache needs none: Amazon's roots are
+    /// built in). Mounted into the pods (TIKETI_REDIS_CA_FILE) and used by the operator's own
+    /// signal reader. Only with `tls: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeySelector>,
 }
 
 /// The reservation database.

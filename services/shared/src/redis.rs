@@ -41,6 +41,10 @@ pub struct RedisArgs {
     /// ElastiCache's certificates).
     #[arg(long = "redis-ca-file", env = "TIKETI_REDIS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The same bundle held in memory (the operator reads it from an event's Secret); it takes
+    /// precedence over `ca_file`. Not a flag.
+    #[arg(skip)]
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisArgs {
@@ -51,6 +55,7 @@ impl RedisArgs {
             cluster: false,
             tls: false,
             ca_file: None,
+            ca_pem: None,
         }
     }
 
@@ -105,7 +110,13 @@ impl RedisConn {
         if url.contains("#insecure") {
             return Err(ConfigError::Insecure);
         }
-        let certs = args.ca_file.as_deref().map(read_ca).transpose()?;
+        let certs = match &args.ca_pem {
+            Some(pem) => Some(check_ca(pem, |reason| ConfigError::CaFile {
+                path: PathBuf::from("(in memory)"),
+                reason,
+            })?),
+            None => args.ca_file.as_deref().map(read_ca).transpose()?,
+        };
         if args.cluster {
             let mut builder = ClusterClientBuilder::new(vec![url.as_str()])
                 .connection_timeout(timeout)
@@ -195,12 +206,17 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
         reason,
     };
     let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+    check_ca(&pem, fail)
+}
+
+/// `pem` when it holds at least one PEM certificate.
+fn check_ca(pem: &[u8], fail: impl Fn(String) -> ConfigError) -> Result<Vec<u8>, ConfigError> {
+    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
         return Err(fail(
             "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
         ));
     }
-    Ok(pem)
+    Ok(pem.to_vec())
 }
 
 /// The cluster hash slot of an event's keys (they all share its hash tag,
