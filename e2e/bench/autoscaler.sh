@@ -10,8 +10,8 @@
 # Needs the stack (eval "$(e2e/stack env)": REDIS_URL, KUBECONFIG). TIKETI_BENCH_PROFILE=dev skips
 # the release build (figures then include debug-build overhead). TIKETI_BENCH_EVENTS (default 1000)
 # and TIKETI_BENCH_TRIALS (default 25) size parts 3 and 2; TIKETI_BENCH_ONLY=reaction|memory runs
-# one of them. Single-node Redis only (cluster mode is covered for correctness by
-# operator/tests/signals_redis.rs, not benchmarked).
+# one of them. Part 1 runs again against the stack's three-primary cluster (REDIS_CLUSTER_URL):
+# one pipeline per slot group instead of one in all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,6 +23,11 @@ fi
 profile=(--profile "${TIKETI_BENCH_PROFILE:-bench}")
 echo "== autoscaler: signal tick cost (profile ${TIKETI_BENCH_PROFILE:-bench}) =="
 cargo bench -q -p tiketi-operator --bench autoscaler_tick "${profile[@]}"
+if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then
+  echo "== autoscaler: signal tick cost on the three-primary cluster =="
+  TIKETI_BENCH_CLUSTER=1 REDIS_URL="$REDIS_CLUSTER_URL" \
+    cargo bench -q -p tiketi-operator --bench autoscaler_tick "${profile[@]}"
+fi
 
 if [[ -z "${KUBECONFIG:-}" ]]; then
     echo "autoscaler.sh: KUBECONFIG is not set; skipping the loop benchmarks" >&2

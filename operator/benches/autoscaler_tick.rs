@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use tiketi_operator::signals::{COMMANDS_PER_EVENT, SignalReader};
 use tiketi_shared::keys::EventKeys;
+use tiketi_shared::redis::RedisConn;
 
 const SIZES: [usize; 4] = [1, 100, 1_000, 10_000];
 
@@ -22,9 +23,15 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-async fn populate(conn: &mut redis::aio::MultiplexedConnection, events: &[String]) {
+/// Events per write pipeline: many on a single node; one on a cluster (a pipeline stays on one
+/// slot, and every key of an event shares its hash tag).
+fn per_pipeline(conn: &RedisConn, single: usize) -> usize {
+    if conn.is_cluster() { 1 } else { single }
+}
+
+async fn populate(conn: &mut RedisConn, events: &[String]) {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    for chunk in events.chunks(500) {
+    for chunk in events.chunks(per_pipeline(conn, 500)) {
         let mut pipe = redis::pipe();
         for e in chunk {
             let k = EventKeys::new(e);
@@ -43,8 +50,8 @@ async fn populate(conn: &mut redis::aio::MultiplexedConnection, events: &[String
     }
 }
 
-async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, events: &[String]) {
-    for chunk in events.chunks(1_000) {
+async fn cleanup(conn: &mut RedisConn, events: &[String]) {
+    for chunk in events.chunks(per_pipeline(conn, 1_000)) {
         let mut pipe = redis::pipe();
         for e in chunk {
             let k = EventKeys::new(e);
@@ -60,25 +67,18 @@ async fn main() {
     let url = std::env::var("REDIS_URL")
         .expect("REDIS_URL must point at a Redis (eval \"$(e2e/stack env)\"); the benchmark writes bench-* keys and removes them");
     let cluster = std::env::var("TIKETI_BENCH_CLUSTER").is_ok_and(|v| v == "1" || v == "true");
-    let mut reader = SignalReader::connect(
-        &tiketi_shared::redis::RedisArgs {
-            cluster,
-            ..tiketi_shared::redis::RedisArgs::new(url.as_str())
-        },
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    let mut writer = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let target = tiketi_shared::redis::RedisArgs {
+        cluster,
+        ..tiketi_shared::redis::RedisArgs::new(url.as_str())
+    };
+    let mut reader = SignalReader::connect(&target, Duration::from_secs(10)).unwrap();
+    let mut writer = RedisConn::connect_lazy(&target, Duration::from_secs(10)).unwrap();
     let run = format!("bench-{}", std::process::id());
     let all: Vec<String> = (0..*SIZES.last().unwrap())
         .map(|i| format!("{run}-{i}"))
         .collect();
     populate(&mut writer, &all).await;
-    let _: () = writer.set("tiketi-bench-warm", 1).await.unwrap();
+    let _: () = writer.set(format!("{{{run}}}-warm"), 1).await.unwrap();
 
     // Baseline: one PING round trip on the reader's own connection.
     for _ in 0..50 {
@@ -93,10 +93,15 @@ async fn main() {
     pings.sort();
     let ping_p50 = percentile(&pings, 0.5);
     println!(
-        "baseline: PING round trip p50 {:.0} µs, p99 {:.0} µs ({} samples, single node)",
+        "baseline: PING round trip p50 {:.0} µs, p99 {:.0} µs ({} samples, {})",
         us(ping_p50),
         us(percentile(&pings, 0.99)),
         pings.len(),
+        if cluster {
+            "cluster: one node"
+        } else {
+            "single node"
+        },
     );
     println!();
     println!(
@@ -174,5 +179,5 @@ async fn main() {
         );
     }
     cleanup(&mut writer, &all).await;
-    let _: () = writer.del("tiketi-bench-warm").await.unwrap();
+    let _: () = writer.del(format!("{{{run}}}-warm")).await.unwrap();
 }
