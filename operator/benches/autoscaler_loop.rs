@@ -197,64 +197,84 @@ async fn memory(client: &Client) {
 
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
     let run = unique("mem");
+    println!("== operator resident memory with up to {n} TicketingEvents ==");
+    println!("RSS idle (empty namespace) {:.1} MiB", idle_rss as f64 / 1024.0);
+    // Two sizes in one run (half, then all): the slope between them is the cost of one more
+    // event, free of what the first reconciles leave in the allocator.
+    let mut points: Vec<(usize, u64)> = Vec::new();
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            let run = run.clone();
-            async move {
-                let name = format!("ev-{i:05}");
-                let tev = event(&name, Utc::now() + TimeDelta::days(30), |v| {
-                    v["spec"]["eventId"] = format!("{run}-{i}").into();
-                });
-                api.create(&PostParams::default(), &tev).await.unwrap();
-            }
-        })
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
-    wait_until(
-        &format!("all {n} events reconciled (phase set)"),
-        Duration::from_secs(1800),
-        || async {
-            let list = api.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .iter()
-                .filter(|t| t.status.as_ref().and_then(|s| s.phase).is_some())
-                .count()
-                >= n)
-        },
-    )
-    .await
-    .unwrap();
-    let reconciled = started.elapsed();
-    // Let the autoscaler tick over all of them for a while.
-    let before = metrics(port).await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let after = metrics(port).await;
-    let (rss, hwm) = op.memory_kib();
-    let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
-        - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
-    let tick_sum = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_sum")
-        - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_sum");
-    println!("== operator resident memory with {n} TicketingEvents ==");
-    println!(
-        "{n} events created and reconciled in {:.0} s (2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each)",
-        reconciled.as_secs_f64()
-    );
-    println!(
-        "RSS idle (empty namespace) {:.1} MiB; with {n} events {:.1} MiB (peak {:.1} MiB): {:.2}× idle, {:.1} KiB per event",
-        idle_rss as f64 / 1024.0,
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0,
-        rss as f64 / idle_rss.max(1) as f64,
-        (rss.saturating_sub(idle_rss)) as f64 / n as f64
-    );
-    if ticks > 0.0 {
+    for (from, to) in [(0, n / 2), (n / 2, n)] {
+        futures::stream::iter(from..to)
+            .map(|i| {
+                let api = api.clone();
+                let run = run.clone();
+                async move {
+                    let name = format!("ev-{i:05}");
+                    let tev = event(&name, Utc::now() + TimeDelta::days(30), |v| {
+                        v["spec"]["eventId"] = format!("{run}-{i}").into();
+                    });
+                    api.create(&PostParams::default(), &tev).await.unwrap();
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        wait_until(
+            &format!("all {to} events reconciled (phase set)"),
+            Duration::from_secs(1800),
+            || async {
+                let list = api.list(&ListParams::default()).await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .filter(|t| t.status.as_ref().and_then(|s| s.phase).is_some())
+                    .count()
+                    >= to)
+            },
+        )
+        .await
+        .unwrap();
+        let reconciled = started.elapsed();
+        // Let the autoscaler tick over all of them for a while.
+        let before = metrics(port).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let after = metrics(port).await;
+        let (rss, hwm) = op.memory_kib();
+        let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
+            - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
+        let tick_sum = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_sum")
+            - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_sum");
+        let series = after
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
         println!(
-            "autoscaler tick over {n} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll)",
-            tick_sum / ticks * 1e3
+            "{to} events (reconciled {:.0} s after the first create; 2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each): \
+             RSS {:.1} MiB (peak {:.1} MiB), {:.2}× idle, {:.1} KiB per event over idle; \
+             {series} metric series ({} KiB exposition)",
+            reconciled.as_secs_f64(),
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            rss as f64 / idle_rss.max(1) as f64,
+            (rss.saturating_sub(idle_rss)) as f64 / to.max(1) as f64,
+            after.len() / 1024,
+        );
+        if ticks > 0.0 {
+            println!(
+                "  autoscaler tick over {to} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll)",
+                tick_sum / ticks * 1e3
+            );
+        }
+        points.push((to, rss));
+    }
+    if let [(n1, r1), (n2, r2)] = points[..]
+        && n2 > n1
+    {
+        let slope = (r2 as f64 - r1 as f64) / (n2 - n1) as f64;
+        println!(
+            "slope {n1} → {n2} events: {slope:.1} KiB per event; at this slope 1,000 events ≈ {:.1} MiB, 10,000 ≈ {:.1} MiB",
+            (r2 as f64 + slope * (1_000.0 - n2 as f64)) / 1024.0,
+            (r2 as f64 + slope * (10_000.0 - n2 as f64)) / 1024.0,
         );
     }
     // Clean up: the operator removes its finalizers as the events go.

@@ -47,6 +47,22 @@ pub struct RunOptions {
 }
 
 /// A shutdown signal: resolves once `rx` turns true (or its sender is gone).
+/// Drops from a cached TicketingEvent what no reader of the cache uses.
+pub fn trim_cached(tev: &mut TicketingEvent) {
+    tev.managed_fields_mut().clear();
+    if let Some(a) = tev.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(s) = tev.status.as_mut() {
+        s.recent_decisions = None;
+    }
+}
+
+/// Reconciles in flight at once (kube-runtime's default is unbounded).
+pub const RECONCILE_CONCURRENCY: u16 = 8;
+/// Trailing debounce of reconcile triggers per event.
+pub const RECONCILE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -129,6 +145,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    // The cache keeps what the operator reads: not managedFields (a field list per writer, grown
+    // by every status writer), not kubectl's last-applied copy of the whole object, not
+    // status.recentDecisions (the scaler composes it from a fresh GET of the status).
+    .modify(trim_cached)
     .reflect(writer)
     .applied_objects()
     .predicate_filter(reconcile_relevant, PredicateConfig::default());
@@ -142,7 +162,16 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     )
     .default_backoff()
     .touched_objects();
+    // Bounded concurrency: every reconcile in flight holds its own API connection (TLS state
+    // and buffers) in the client's pool, so an unbounded fan-out over N events costs memory in
+    // proportion to N. A short trailing debounce folds the burst of child updates a scale-out
+    // produces (pods turning Ready) into one reconcile; the autoscaler does not wait for it.
     let controller = Controller::for_stream(events_stream, store)
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(RECONCILE_CONCURRENCY)
+                .debounce(RECONCILE_DEBOUNCE),
+        )
         .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
             let (sns, sname) = (s.namespace(), s.name_any());
             secret_refs

@@ -172,7 +172,8 @@ async fn a_wrong_ca_is_refused_quickly_with_503() {
 /// of an event's slot is SIGKILLed during a run of holds. Every hold answers 201 or 503 within
 /// the Redis timeout (none hangs, nothing else is answered), and
 /// the service recovers by itself once the replica is promoted: holds, a confirm and the counts
-/// published into the event's slot work again.
+/// published into the event's slot work again; no order confirmed before the kill is lost and no
+/// seat is sold twice.
 #[tokio::test]
 async fn holds_recover_when_a_primary_is_killed() {
     let mut cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
@@ -197,15 +198,33 @@ async fn holds_recover_when_a_primary_is_killed() {
     let http = client();
     let base = server.base.clone();
     let seat = |n: usize| format!("A-{}-{}", n / 40 + 1, n % 40 + 1);
+    // Orders confirmed before the kill (the seats 0..5), one hold left open on seat 5.
+    let mut orders = Vec::new();
+    for n in 0..5 {
+        let u = User::new(&event, &format!("early{n}"));
+        let (st, hold) = u.hold(&http, &base, &event, &[seat(n)]).await.unwrap();
+        assert_eq!(st, StatusCode::CREATED, "{hold}");
+        let (st, order) = u
+            .confirm(
+                &http,
+                &base,
+                hold["holdId"].as_str().unwrap(),
+                &format!("early-{n}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, StatusCode::CREATED, "{order}");
+        orders.push(order["orderId"].as_str().unwrap().to_owned());
+    }
     let (st, _) = User::new(&event, "u0")
-        .hold(&http, &base, &event, &[seat(0)])
+        .hold(&http, &base, &event, &[seat(5)])
         .await
         .unwrap();
     assert_eq!(st, StatusCode::CREATED);
 
     cluster.kill(primary).unwrap();
     let killed = Instant::now();
-    let (mut refused, mut n) = (0, 0);
+    let (mut refused, mut n) = (0, 5);
     let mut last_hold = None;
     let mut ok_streak = 0;
     while ok_streak < 3 {
@@ -264,6 +283,24 @@ async fn holds_recover_when_a_primary_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Nothing sold before the kill was lost, and no seat was sold twice, while Redis failed over.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    assert_eq!(
+        double_bookings(&pool, &event).await,
+        vec![],
+        "double booking across the failover"
+    );
+    let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.parse().unwrap()).collect();
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_lines WHERE event_id = $1 AND live AND order_id = ANY($2)",
+    )
+    .bind(&event)
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 5, "orders confirmed before the kill: {orders:?}");
+    pool.close().await;
     server.stop().await;
     db.drop_db().await;
 }
