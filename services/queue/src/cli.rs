@@ -19,6 +19,15 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+/// The tools alone (gen-tokens, bench-*), parsed before [`Cli`]: they need none of the serve
+/// flags, so a missing `TIKETI_REDIS_URL` does not stop them.
+#[derive(Debug, Parser)]
+#[command(name = "tiketi-queue")]
+pub struct Tools {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Benchmark baseline: an axum server on the same runtime whose join route does nothing.

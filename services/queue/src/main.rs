@@ -2,32 +2,47 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use tiketi_queue::cli::{Cli, Command};
+use tiketi_queue::cli::{Cli, Command, Tools};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // A tool first: it needs none of the serve flags (no Redis URL to generate tokens).
+    if let Ok(Tools { command }) = Tools::try_parse() {
+        return tool(command).await;
+    }
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::GenTokens {
+        Some(command) => tool(command).await,
+        None => {
+            tiketi_shared::telemetry::init("info,tower_http=warn");
+            let listener = tiketi_shared::net::bind(cli.serve.listen).await?;
+            tiketi_queue::server::serve(cli.serve, listener, tiketi_queue::server::signal()).await
+        }
+    }
+}
+
+async fn tool(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::GenTokens {
             secret,
             count,
             prefix,
             ttl_seconds,
-        }) => {
+        } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             tiketi_queue::bench::tokens(&secret, count, &prefix, ttl_seconds, &mut out)
         }
-        Some(Command::BenchEmpty { listen }) => {
+        Command::BenchEmpty { listen } => {
             tiketi_queue::bench::empty(listen, tiketi_queue::server::signal()).await
         }
-        Some(Command::BenchStreams {
+        Command::BenchStreams {
             addr,
             event,
             tokens,
             count,
             hold_seconds,
-        }) => {
+        } => {
             let text = std::fs::read_to_string(&tokens)?;
             let tokens: Vec<String> = text.lines().map(str::to_owned).collect();
             let started = std::time::Instant::now();
@@ -40,11 +55,6 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_secs(hold_seconds)).await;
             drop(open);
             Ok(())
-        }
-        None => {
-            tiketi_shared::telemetry::init("info,tower_http=warn");
-            let listener = tiketi_shared::net::bind(cli.serve.listen).await?;
-            tiketi_queue::server::serve(cli.serve, listener, tiketi_queue::server::signal()).await
         }
     }
 }
