@@ -277,11 +277,12 @@ async fn memory(client: &Client) {
             (r2 as f64 + slope * (10_000.0 - n2 as f64)) / 1024.0,
         );
     }
-    // Clean up: the operator removes its finalizers as the events go.
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .unwrap();
+    // Clean up: the operator removes its finalizers as the events go. A busy API server may drop
+    // the connection of a large delete: retried until the list is empty.
     let _ = wait_until("events deleted", Duration::from_secs(600), || async {
+        let _ = api
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
         Ok(api.list(&ListParams::default()).await?.items.is_empty())
     })
     .await;
