@@ -111,12 +111,43 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts `redis-server` with `extra` arguments and waits until it accepts connections.
     pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_with(extra, None)
+    }
+
+    /// Like [`Self::start`]; with `tls` (a directory holding `redis.crt`, `redis.key` and
+    /// `ca.crt`, as `e2e/stack` makes them) the port speaks TLS only.
+    pub fn start_with(extra: &[&str], tls: Option<&std::path::Path>) -> Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(unique("tiketi-redis"));
         std::fs::create_dir_all(&dir)?;
         let dir_arg = dir.to_str().context("temp dir is not UTF-8")?.to_owned();
+        let port_args: Vec<String> = match tls {
+            None => vec!["--port".into(), port.to_string()],
+            Some(pki) => {
+                let file = |f: &str| pki.join(f).to_string_lossy().into_owned();
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    file("redis.crt"),
+                    "--tls-key-file".into(),
+                    file("redis.key"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.crt"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-replication".into(),
+                    "yes".into(),
+                ]
+            }
+        };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(&port_args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir", &dir_arg])
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -179,28 +210,62 @@ impl Drop for PrivateRedis {
 /// primary, failover). Every node is killed on drop.
 pub struct PrivateCluster {
     nodes: Vec<PrivateRedis>,
+    /// The PKI directory when the cluster speaks TLS (`--tls-cluster yes`).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl PrivateCluster {
     /// Starts the six nodes, creates the cluster and waits until every node reports
     /// `cluster_state:ok`.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// The same cluster over TLS only (clients, the cluster bus and replication), with the
+    /// certificates of `e2e/stack` (the directory of `REDIS_TLS_CA`).
+    pub fn start_tls(pki: &std::path::Path) -> Result<Self> {
+        Self::start_with(Some(pki))
+    }
+
+    /// [`Self::start`] from async code (the start-up waits block a thread).
+    pub async fn spawn() -> Result<Self> {
+        tokio::task::spawn_blocking(Self::start).await?
+    }
+
+    /// [`Self::start_tls`] with the stack's certificates, from async code; returns the cluster
+    /// and the CA bundle (`REDIS_TLS_CA`) clients verify it with.
+    pub async fn spawn_tls() -> Result<(Self, std::path::PathBuf)> {
+        let ca = std::path::PathBuf::from(stack_env("REDIS_TLS_CA")?);
+        let pki = ca
+            .parent()
+            .context("REDIS_TLS_CA has no directory")?
+            .to_path_buf();
+        let cluster = tokio::task::spawn_blocking(move || Self::start_tls(&pki)).await??;
+        Ok((cluster, ca))
+    }
+
+    fn start_with(tls: Option<&std::path::Path>) -> Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let bus = free_port()?;
-            nodes.push(PrivateRedis::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus.to_string(),
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-config-file",
-                "nodes.conf",
-            ])?);
+            nodes.push(PrivateRedis::start_with(
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ],
+                tls,
+            )?);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let tls_args = Self::tls_args(tls);
         let out = std::process::Command::new("redis-cli")
+            .args(&tls_args)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -213,12 +278,15 @@ impl PrivateCluster {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let me = Self { nodes };
+        let me = Self {
+            nodes,
+            tls: tls.map(std::path::Path::to_path_buf),
+        };
         me.wait_ok(Duration::from_secs(30))?;
         // A replica that has not finished its first sync never takes over: wait for every link.
         let start = Instant::now();
         while !me.nodes.iter().all(|n| {
-            Self::cli(n.port(), &["info", "replication"])
+            me.cli(n.port(), &["info", "replication"])
                 .is_some_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
         }) {
             if start.elapsed() > Duration::from_secs(30) {
@@ -229,18 +297,44 @@ impl PrivateCluster {
         Ok(me)
     }
 
-    /// The URL of the first node (any node serves as the configuration endpoint).
+    /// The URL of the first node (any node serves as the configuration endpoint); `rediss://`
+    /// for a TLS cluster.
     pub fn url(&self) -> String {
-        self.nodes[0].url()
+        self.urls().remove(0)
+    }
+
+    /// What a tiketi part is given to reach this cluster (cluster mode, verified with `ca`).
+    pub fn redis_args(&self, ca: Option<std::path::PathBuf>) -> tiketi_shared::redis::RedisArgs {
+        tiketi_shared::redis::RedisArgs {
+            cluster: true,
+            ca_file: ca,
+            ..tiketi_shared::redis::RedisArgs::new(self.url())
+        }
     }
 
     /// The URLs of every node (some may have been killed).
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(PrivateRedis::url).collect()
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        self.nodes
+            .iter()
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port()))
+            .collect()
     }
 
-    fn cli(port: u16, args: &[&str]) -> Option<String> {
+    fn tls_args(tls: Option<&std::path::Path>) -> Vec<String> {
+        tls.map(|pki| {
+            vec![
+                "--tls".to_owned(),
+                "--cacert".to_owned(),
+                pki.join("ca.crt").to_string_lossy().into_owned(),
+            ]
+        })
+        .unwrap_or_default()
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
         let out = std::process::Command::new("redis-cli")
+            .args(Self::tls_args(self.tls.as_deref()))
             .args(["-p", &port.to_string()])
             .args(args)
             .stderr(std::process::Stdio::null())
@@ -256,7 +350,8 @@ impl PrivateCluster {
         let start = Instant::now();
         loop {
             let ok = self.nodes.iter().filter(|n| n.alive()).all(|n| {
-                Self::cli(n.port(), &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                self.cli(n.port(), &["cluster", "info"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
             });
             if ok {
                 return Ok(());
@@ -272,7 +367,7 @@ impl PrivateCluster {
     pub fn primary_of(&self, slot: u16) -> Option<usize> {
         self.nodes.iter().position(|n| {
             n.alive()
-                && Self::cli(n.port(), &["cluster", "nodes"]).is_some_and(|text| {
+                && self.cli(n.port(), &["cluster", "nodes"]).is_some_and(|text| {
                     text.lines().any(|l| {
                         let f: Vec<&str> = l.split_whitespace().collect();
                         f.len() > 8

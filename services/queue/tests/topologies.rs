@@ -106,6 +106,17 @@ async fn queues_over_tls_with_an_auth_token_and_with_an_acl_user() {
     }
 }
 
+/// A Redis Cluster that speaks TLS only (clients, bus and replication: ElastiCache cluster mode
+/// with in-transit encryption), verified with the stack's CA: the same flow on every shard.
+#[tokio::test]
+async fn queues_over_a_tls_cluster() {
+    let (cluster, ca) = tiketi_e2e::PrivateCluster::spawn_tls().await.unwrap();
+    assert!(cluster.url().starts_with("rediss://"));
+    let events: Vec<String> = (0..12).map(|i| unique_event(&format!("tlscl{i}"))).collect();
+    assert!(shards(&events) >= 2, "the events span shards");
+    queue_over(cluster.redis_args(Some(ca)), &events).await;
+}
+
 /// The binary reads the variables the operator writes into the pod (`TIKETI_REDIS_CLUSTER` from
 /// `spec.redis.clusterMode`), so a deployed queue really talks to the cluster: events on every
 /// shard answer (a single-node client would get MOVED for two shards in three and answer 503).
@@ -168,10 +179,7 @@ async fn the_binary_uses_the_cluster_when_the_pod_variables_say_so() {
 /// everyone who was in line before the kill still is.
 #[tokio::test]
 async fn joins_recover_when_a_primary_is_killed() {
-    let mut cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut cluster = tiketi_e2e::PrivateCluster::spawn().await.unwrap();
     let events: Vec<String> = (0..12).map(|i| unique_event(&format!("fo{i}"))).collect();
     let mut a = args(
         "redis://unused",

@@ -108,6 +108,15 @@ async fn sells_over_a_redis_cluster() {
     sell_over(cluster(), &ids).await;
 }
 
+/// A Redis Cluster that speaks TLS only (ElastiCache cluster mode with in-transit encryption),
+/// verified with the stack's CA.
+#[tokio::test]
+async fn sells_over_a_tls_cluster() {
+    let (cluster, ca) = tiketi_e2e::PrivateCluster::spawn_tls().await.unwrap();
+    let ids = events("tlscl", 8);
+    sell_over(cluster.redis_args(Some(ca)), &ids).await;
+}
+
 #[tokio::test]
 async fn sells_over_tls_with_an_auth_token_and_with_an_acl_user() {
     sell_over(tls("REDIS_TLS_URL", "REDIS_TLS_CA"), &events("tok", 2)).await;
@@ -176,10 +185,7 @@ async fn a_wrong_ca_is_refused_quickly_with_503() {
 /// seat is sold twice.
 #[tokio::test]
 async fn holds_recover_when_a_primary_is_killed() {
-    let mut cluster = tokio::task::spawn_blocking(tiketi_e2e::PrivateCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut cluster = tiketi_e2e::PrivateCluster::spawn().await.unwrap();
     let ids = events("fo", 8);
     let owner = |e: &String| cluster.primary_of(tiketi_shared::redis::slot_of(e));
     let (event, primary) = ids
