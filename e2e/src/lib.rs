@@ -106,6 +106,8 @@ pub struct PrivateRedis {
     child: std::process::Child,
     port: u16,
     dir: std::path::PathBuf,
+    /// Killed by [`Self::kill`].
+    killed: bool,
 }
 
 impl PrivateRedis {
@@ -154,7 +156,12 @@ impl PrivateRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("redis-server must be installed (e2e/stack up installs it)")?;
-        let me = Self { child, port, dir };
+        let me = Self {
+            child,
+            port,
+            dir,
+            killed: false,
+        };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
@@ -169,13 +176,17 @@ impl PrivateRedis {
         self.port
     }
 
-    /// The process has not exited.
+    /// Not killed by [`Self::kill`].
     pub fn alive(&self) -> bool {
-        std::process::Command::new("kill")
-            .args(["-0", &self.child.id().to_string()])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        !self.killed
+    }
+
+    /// SIGKILLs the server (no shutdown, no save: what a crashed host looks like) and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.killed = true;
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -386,10 +397,8 @@ impl PrivateCluster {
         })
     }
 
-    /// SIGKILLs node `i` (no shutdown, no save: what a crashed host looks like).
+    /// SIGKILLs node `i` (see [`PrivateRedis::kill`]).
     pub fn kill(&mut self, i: usize) -> Result<()> {
-        self.nodes[i].signal("-KILL")?;
-        let _ = self.nodes[i].child.wait();
-        Ok(())
+        self.nodes[i].kill()
     }
 }

@@ -194,7 +194,7 @@ pub fn validate(tev: &TicketingEvent, secrets: &SecretData) -> Result<(), Invali
             .get(&ca.name)
             .and_then(Option::as_ref)
             .and_then(|d| d.get(&ca.key));
-        if !pem.is_some_and(|p| String::from_utf8_lossy(p).contains("-----BEGIN CERTIFICATE-----")) {
+        if !pem.is_some_and(|p| tiketi_shared::redis::holds_pem_certificate(p)) {
             return Err(invalid(format!(
                 "spec.redis.caSecretRef: Secret {:?} key {:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
                 ca.name, ca.key
@@ -573,14 +573,7 @@ fn foreign_child(
     existing.iter().find_map(|(c, d)| {
         let d = d.as_ref()?;
         let owned = d.owner_references().iter().any(|o| o.uid == uid);
-        (!owned).then(|| Invalid {
-            reason: reasons::INVALID_SPEC,
-            message: format!(
-                "spec.{c}: Deployment {:?} already exists and is not owned by this TicketingEvent; \
-                 the operator does not adopt it (delete or rename it, or rename the TicketingEvent)",
-                d.name_any()
-            ),
-        })
+        (!owned).then(|| not_owned(&format!("spec.{c}"), "Deployment", &d.name_any()))
     })
 }
 
@@ -694,53 +687,42 @@ async fn foreign_object(
     ch: &Children,
 ) -> Result<Option<Invalid>, Error> {
     let Some(uid) = tev.uid() else { return Ok(None) };
-    async fn find<K>(api: Api<K>, objs: &[&K], uid: &str) -> Result<Option<(String, String)>, kube::Error>
+    async fn find<K>(client: &Client, ns: &str, objs: &[K], uid: &str) -> Result<Option<Invalid>, kube::Error>
     where
-        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
     {
+        let api = Api::<K>::namespaced(client.clone(), ns);
         for obj in objs {
             let name = obj.meta().name.clone().unwrap_or_default();
             if let Some(found) = api.get_opt(&name).await?
                 && !found.owner_references().iter().any(|o| o.uid == uid)
             {
-                return Ok(Some((K::kind(&()).into_owned(), name)));
+                return Ok(Some(not_owned("metadata.name", &K::kind(&()), &name)));
             }
         }
         Ok(None)
     }
-    let found = match find(
-        Api::<ConfigMap>::namespaced(client.clone(), ns),
-        &[&ch.config_map],
-        &uid,
-    )
-    .await?
-    {
-        Some(f) => Some(f),
-        None => match find(
-            Api::<Service>::namespaced(client.clone(), ns),
-            &ch.services.iter().collect::<Vec<_>>(),
-            &uid,
-        )
-        .await?
-        {
-            Some(f) => Some(f),
-            None => {
-                find(
-                    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-                    &ch.pdbs.iter().collect::<Vec<_>>(),
-                    &uid,
-                )
-                .await?
-            }
-        },
-    };
-    Ok(found.map(|(kind, name)| Invalid {
+    if let Some(i) = find(client, ns, std::slice::from_ref(&ch.config_map), &uid).await? {
+        return Ok(Some(i));
+    }
+    if let Some(i) = find(client, ns, &ch.services, &uid).await? {
+        return Ok(Some(i));
+    }
+    Ok(find(client, ns, &ch.pdbs, &uid).await?)
+}
+
+/// The InvalidSpec of a child name taken by an object this event does not own.
+fn not_owned(field: &str, kind: &str, name: &str) -> Invalid {
+    Invalid {
         reason: reasons::INVALID_SPEC,
         message: format!(
-            "metadata.name: {kind} {name:?} already exists and is not owned by this TicketingEvent; \
+            "{field}: {kind} {name:?} already exists and is not owned by this TicketingEvent; \
              the operator does not adopt it (delete or rename it, or rename the TicketingEvent)"
         ),
-    }))
+    }
 }
 
 /// Server-side dry run of every Deployment: `Ok(Err(_))` when the API server refuses one (a 4xx

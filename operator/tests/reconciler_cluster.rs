@@ -731,6 +731,29 @@ async fn event_id_cannot_change_once_created() {
     ns.delete().await.unwrap();
 }
 
+/// Starts the operator in `ns`, applies the event `name` and returns the operator with the
+/// InvalidSpec message the event gets.
+async fn refused(client: &kube::Client, ns: &str, name: &str) -> (Operator, String) {
+    let op = Operator::start(client, ns);
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &event(name, Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    let t = wait_tev(&api, name, "InvalidSpec=True", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "True")
+    })
+    .await
+    .unwrap();
+    let msg = tiketi_operator::status::find(&t, types::INVALID_SPEC)
+        .unwrap()
+        .message
+        .clone();
+    (op, msg)
+}
+
 #[tokio::test]
 async fn a_deployment_it_does_not_own_is_never_adopted() {
     let client = kube_client().await.unwrap();
@@ -747,22 +770,7 @@ async fn a_deployment_it_does_not_own_is_never_adopted() {
     }))
     .unwrap();
     deployments.create(&PostParams::default(), &theirs).await.unwrap();
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &event("taken", Utc::now() + TimeDelta::days(30), |_| {}),
-    )
-    .await
-    .unwrap();
-    let t = wait_tev(&api, "taken", "InvalidSpec=True", Duration::from_secs(20), |t| {
-        condition_is(t, types::INVALID_SPEC, "True")
-    })
-    .await
-    .unwrap();
-    let msg = &tiketi_operator::status::find(&t, types::INVALID_SPEC)
-        .unwrap()
-        .message;
+    let (op, msg) = refused(&client, &ns.name, "taken").await;
     assert!(
         msg.contains("\"taken-queue\" already exists and is not owned"),
         "{msg}"
@@ -804,22 +812,7 @@ async fn a_service_it_does_not_own_is_never_adopted() {
     }))
     .unwrap();
     services.create(&PostParams::default(), &theirs).await.unwrap();
-    let op = Operator::start(&client, &ns.name);
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
-    api.create(
-        &PostParams::default(),
-        &event("held", Utc::now() + TimeDelta::days(30), |_| {}),
-    )
-    .await
-    .unwrap();
-    let t = wait_tev(&api, "held", "InvalidSpec=True", Duration::from_secs(20), |t| {
-        condition_is(t, types::INVALID_SPEC, "True")
-    })
-    .await
-    .unwrap();
-    let msg = &tiketi_operator::status::find(&t, types::INVALID_SPEC)
-        .unwrap()
-        .message;
+    let (op, msg) = refused(&client, &ns.name, "held").await;
     assert!(
         msg.contains("Service \"held-reservation\" already exists and is not owned"),
         "{msg}"

@@ -172,7 +172,7 @@ pub fn crowd_prewarm(
                 "pre-warm raised to {n}: preQueueDepth {} × {}{cap_text} / {per}{}",
                 value(pre),
                 value(growth),
-                headroom_text(cap)
+                cap.spare_note(grown, None)
             ),
         ));
     }
@@ -180,10 +180,7 @@ pub fn crowd_prewarm(
     if n == 0 {
         return None;
     }
-    let explained = cap.explain_after_rise(n, served, rise);
-    let spare = explained
-        .split_once(" (")
-        .map_or(String::new(), |(_, tail)| format!(" ({tail}"));
+    let spare = cap.spare_note(served, rise);
     Some((
         n,
         format!(
@@ -215,16 +212,6 @@ fn pre_queue_rise(
         .pre_lows
         .record(s.value, s.observed_at, cap.growth_window, gap_allowed);
     memory.pre_lows.rise(s.value, s.observed_at, cap.growth_window)
-}
-
-/// ` (+20%)` for a capacity with headroom, empty without.
-fn headroom_text(cap: &super::policy::Capacity) -> String {
-    let pct = (cap.headroom * 100.0).round();
-    if pct > 0.0 {
-        format!(" (+{}%)", super::format::value(pct))
-    } else {
-        String::new()
-    }
 }
 
 /// `prewarm.expectedGrowth` as used (at least 1; 1.5 without a pre-warm block).

@@ -103,41 +103,40 @@ impl Capacity {
         }
     }
 
-    /// Like [`Self::explain`], naming the spare when the rise capped it:
-    /// `needs 7 at 2,500/replica (+750 risen within 1m)`, `needs 6 at 2,500/replica (not rising)`.
-    pub fn explain_after_rise(&self, need: u32, value: f64, rise: Option<f64>) -> String {
-        let spare = self.spare(value, rise);
-        let full = value * self.headroom;
-        if self.headroom <= 0.0 || spare >= full {
-            return self.explain(need);
+    /// The spare as decision messages name it: ` (+20%)` (the full headroom), ` (+750 risen
+    /// within 1m)` (capped by the rise), ` (not rising: no headroom)`, or empty without headroom.
+    pub fn spare_note(&self, value: f64, rise: Option<f64>) -> String {
+        let pct = (self.headroom * 100.0).round();
+        if pct <= 0.0 {
+            return String::new();
         }
-        let per = super::format::value(self.per_replica);
-        if spare <= 0.0 {
-            format!("needs {need} at {per}/replica (not rising: no headroom)")
+        let spare = self.spare(value, rise);
+        if spare >= value * self.headroom {
+            format!(" (+{}%)", super::format::value(pct))
+        } else if spare <= 0.0 {
+            " (not rising: no headroom)".to_owned()
         } else {
             format!(
-                "needs {need} at {per}/replica (+{} risen within {})",
+                " (+{} risen within {})",
                 super::format::value(spare.round()),
                 super::format::duration(self.growth_window)
             )
         }
     }
 
+    /// Like [`Self::explain`], naming the spare when the rise capped it:
+    /// `needs 7 at 2,500/replica (+750 risen within 1m)`, `needs 6 at 2,500/replica (not rising)`.
+    pub fn explain_after_rise(&self, need: u32, value: f64, rise: Option<f64>) -> String {
+        format!(
+            "needs {need} at {}/replica{}",
+            super::format::value(self.per_replica),
+            self.spare_note(value, rise)
+        )
+    }
+
     /// `needs 24 at 2,500/replica (+20%)`, for decision messages.
     pub fn explain(&self, need: u32) -> String {
-        let pct = (self.headroom * 100.0).round();
-        if pct > 0.0 {
-            format!(
-                "needs {need} at {}/replica (+{}%)",
-                super::format::value(self.per_replica),
-                super::format::value(pct)
-            )
-        } else {
-            format!(
-                "needs {need} at {}/replica",
-                super::format::value(self.per_replica)
-            )
-        }
+        self.explain_after_rise(need, 0.0, None)
     }
 }
 

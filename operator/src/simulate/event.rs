@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::engine::{self, Demand, Outcome, Timeline, World};
 use super::model::{InstantReactive, KedaHpa, Scaler, Static};
 use super::trace::{Trace, TracePoint};
-use super::{SimulateArgs, out_path, print, svg_path};
+use super::{SimulateArgs, out_path, print};
 use crate::autoscaler::plan::{self as autoscaler, Known};
 use crate::autoscaler::{Memory, Policy, Samples, Signal};
 use crate::crd::{Component, TicketingEvent};
@@ -465,6 +465,26 @@ pub fn report(run: &EventTraceRun, args: &SimulateArgs) -> String {
     out
 }
 
+/// Where a component's timeline goes: the queue's at the template's path, the reservation's
+/// next to it as `<stem>-reservation.<ext>`.
+fn component_path(
+    template: &Path,
+    trace: &Path,
+    several: bool,
+    ext: &str,
+    c: Component,
+) -> std::path::PathBuf {
+    let base = out_path(template, trace, several, ext);
+    match c {
+        Component::Queue => base,
+        Component::Reservation => base.with_file_name(format!(
+            "{}-reservation.{ext}",
+            base.file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+        )),
+    }
+}
+
 /// `simulate --event`: every trace, printed (text, Markdown or JSON), plots if asked.
 pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
     let tev = load_event(event)?;
@@ -478,15 +498,7 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
         let run = simulate(args, &tev, &trace, &name)?;
         if let Some(template) = &args.out_svg {
             for (c, timelines, needed) in &run.timelines {
-                let base = svg_path(template, path, several);
-                let out = match c {
-                    Component::Queue => base,
-                    Component::Reservation => base.with_file_name(format!(
-                        "{}-reservation.svg",
-                        base.file_stem()
-                            .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
-                    )),
-                };
+                let out = component_path(template, path, several, "svg", *c);
                 let title = format!(
                     "{name} ({}): {c} load and replicas, pod start {}",
                     event
@@ -506,15 +518,7 @@ pub fn run(args: &SimulateArgs, event: &Path) -> anyhow::Result<()> {
         }
         if let Some(template) = &args.out_csv {
             for (c, timelines, needed) in &run.timelines {
-                let base = out_path(template, path, several, "csv");
-                let out = match c {
-                    Component::Queue => base,
-                    Component::Reservation => base.with_file_name(format!(
-                        "{}-reservation.csv",
-                        base.file_stem()
-                            .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
-                    )),
-                };
+                let out = component_path(template, path, several, "csv", *c);
                 std::fs::write(&out, engine::csv(timelines, needed))
                     .with_context(|| format!("writing {}", out.display()))?;
             }

@@ -209,9 +209,14 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
     check_ca(&pem, fail)
 }
 
+/// True when `pem` holds at least one PEM certificate (what a CA bundle must).
+pub fn holds_pem_certificate(pem: &[u8]) -> bool {
+    String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
+}
+
 /// `pem` when it holds at least one PEM certificate.
 fn check_ca(pem: &[u8], fail: impl Fn(String) -> ConfigError) -> Result<Vec<u8>, ConfigError> {
-    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+    if !holds_pem_certificate(pem) {
         return Err(fail(
             "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
         ));
