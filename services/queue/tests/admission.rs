@@ -301,9 +301,13 @@ async fn sigterm_drains_and_releases_the_lease() {
             .unwrap()
             .success()
     );
-    // During the drain delay the process still answers, but not ready.
-    let r = client.get(format!("{}/readyz", p.base)).send().await.unwrap();
-    assert_eq!(r.status(), 503);
+    // During the drain delay the process still answers, but not ready (the signal reaches its
+    // handler a moment after `kill` returns: polled, not read once).
+    wait_for("/readyz 503 during the drain", Duration::from_secs(2), || async {
+        let r = client.get(format!("{}/readyz", p.base)).send().await.unwrap();
+        r.status() == 503
+    })
+    .await;
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(s) = p.child.try_wait().unwrap() {
