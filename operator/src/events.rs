@@ -62,6 +62,12 @@ pub struct EventPublisher {
     controller: String,
     instance: String,
     spam: Arc<Mutex<SpamFilter>>,
+    suppressed: Option<
+        prometheus_client::metrics::family::Family<
+            crate::metrics::ReasonLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
 }
 
 impl EventPublisher {
@@ -71,7 +77,14 @@ impl EventPublisher {
             controller: controller.into(),
             instance: instance.into(),
             spam: Arc::default(),
+            suppressed: None,
         }
+    }
+
+    /// Counts the Events the spam filter holds back in `metrics` (`events_suppressed_total`).
+    pub fn counting(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.suppressed = Some(metrics.events_suppressed.clone());
+        self
     }
 
     /// Publishes one Event about `tev`; a failure is logged, never fatal (Events are best effort).
@@ -79,7 +92,7 @@ impl EventPublisher {
         &self,
         tev: &TicketingEvent,
         type_: EventType,
-        reason: &str,
+        reason: &'static str,
         action: &str,
         note: String,
     ) {
@@ -91,6 +104,9 @@ impl EventPublisher {
                 .unwrap_or_else(|p| p.into_inner())
                 .allow(&object, reason, Instant::now());
         if !allowed {
+            if let Some(c) = &self.suppressed {
+                c.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
+            }
             tracing::debug!(event = %tev.name_any(), %reason, %note, "Event not published: rate-limited");
             return;
         }

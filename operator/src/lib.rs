@@ -13,6 +13,7 @@ pub mod reconciler;
 pub mod runtime;
 pub mod scaler;
 pub mod schedule;
+pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod simulate;

@@ -56,6 +56,12 @@ pub enum Direction {
     down,
 }
 
+/// A Kubernetes Event reason (one of `status::reasons`, a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: &'static str,
@@ -99,6 +105,8 @@ pub struct Metrics {
     pub autoscaler_tick_duration: Histogram,
     pub autoscaler_events: Gauge,
     pub panics: Family<TaskLabels, Counter>,
+    pub events_suppressed: Family<ReasonLabels, Counter>,
+    pub secret_reads: Counter,
 }
 
 impl Metrics {
@@ -122,6 +130,8 @@ impl Metrics {
             autoscaler_tick_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             autoscaler_events: Gauge::default(),
             panics: Family::default(),
+            events_suppressed: Family::default(),
+            secret_reads: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("tiketi_operator");
         r.register(
@@ -203,6 +213,16 @@ impl Metrics {
             "panics",
             "Panics caught, by task (a reconcile panic fails that reconcile; a task panic makes /healthz fail)",
             m.panics.clone(),
+        );
+        r.register(
+            "events_suppressed",
+            "Kubernetes Events not published by the spam filter (over 25 per event and reason, then 1 per 10 s)",
+            m.events_suppressed.clone(),
+        );
+        r.register(
+            "secret_reads",
+            "Secret data read from the API server (a GET per new resourceVersion; 0 in steady state)",
+            m.secret_reads.clone(),
         );
         r.register(
             "autoscaler_events",

@@ -1,7 +1,9 @@
 //! The TicketingEvent reconciler, as a pipeline: gather (Secrets, existing Deployments) →
 //! validate (pure) → schedule (pure) → build children (pure) → apply (server-side apply, one field
-//! manager) → replicas (through the scaler) → orphan clean-up → status. A finalizer deletes the
-//! children explicitly and forgets the event's metric series.
+//! manager) → replicas (through the scaler) → orphan clean-up → status. There is no finalizer:
+//! every child has an owner reference to its event, so the garbage collector deletes them with it
+//! (also while the operator is scaled to zero), and the event's metric series are forgotten when
+//! the watch sees it go (`runtime::run`). A finalizer left by an older operator is removed.
 //!
 //! Only the leader writes: a follower's reconcile returns at once, and every event is reconciled
 //! again when leadership is gained.
@@ -12,11 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,9 +32,11 @@ use crate::scaler::{self, BookEntry, ScaleReason, Scaler};
 use crate::schedule::{self, Schedule};
 use crate::status::{apply_status, condition, reasons, types};
 
-/// Finalizer on every TicketingEvent the operator has seen.
-pub const FINALIZER: &str = "tiketi.gg/cleanup";
-/// Re-check of a spec that refers to a missing Secret (Secrets are not watched).
+/// The finalizer older operators put on every TicketingEvent (deletion waited for the operator,
+/// and hung while it was scaled to zero). Removed from every event this operator reconciles.
+pub const LEGACY_FINALIZER: &str = "tiketi.gg/cleanup";
+/// Re-check of a spec that refers to a missing Secret (a backstop: the Secret watch reconciles
+/// the event when it is created).
 pub const MISSING_SECRET_RETRY: Duration = Duration::from_secs(15);
 
 /// Shared state of the reconciler and the autoscaler loop.
@@ -43,11 +46,19 @@ pub struct Context {
     pub metrics: Metrics,
     pub scaler: Scaler,
     pub leader: LeaderState,
+    /// Secret data (auth keys, URLs, the CA) for validation and the autoscaler's signal reads.
+    pub secrets: crate::secrets::Secrets,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, events: EventPublisher, metrics: Metrics, leader: LeaderState) -> Self {
+    pub fn new(
+        client: Client,
+        events: EventPublisher,
+        metrics: Metrics,
+        leader: LeaderState,
+        secrets: crate::secrets::Secrets,
+    ) -> Self {
         let scaler = Scaler::new(client.clone(), events.clone(), metrics.clone(), leader.clone());
         Self {
             client,
@@ -55,6 +66,7 @@ impl Context {
             metrics,
             scaler,
             leader,
+            secrets,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -85,8 +97,6 @@ pub enum Error {
     Schedule(#[from] schedule::ScheduleError),
     #[error("scaling: {0}")]
     Scale(#[from] crate::scaler::ScaleError),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("TicketingEvent has no namespace")]
     NoNamespace,
     #[error("reconcile panicked: {0}")]
@@ -103,12 +113,6 @@ impl Error {
             Self::Build(_) => "build",
             Self::Schedule(_) => "schedule",
             Self::Scale(e) => e.metric_label(),
-            // The finalizer wraps every apply/clean-up error: label what actually failed.
-            Self::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
-                _ => "finalizer",
-            },
             Self::NoNamespace => "no_namespace",
             Self::Panicked(_) => "panic",
             Self::Timeout(_) => "timeout",
@@ -329,23 +333,43 @@ pub async fn reconcile(tev: Arc<TicketingEvent>, ctx: Arc<Context>) -> Result<Ac
     tracing::debug!(namespace = %ns, event = %tev.name_any(), "reconciling");
     let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", tev.name_any());
-    let action = finalizer(&api, FINALIZER, tev, |event| async {
-        match event {
-            Finalizer::Apply(tev) => apply(tev, &ctx).await,
-            Finalizer::Cleanup(tev) => cleanup(tev, &ctx).await,
-        }
-    })
-    .await;
-    let action = match action {
-        Ok(a) => a,
-        // The object went away between clean-up and the finalizer's removal: nothing left to do.
-        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
-            Action::await_change()
-        }
-        Err(e) => return Err(Error::Finalizer(Box::new(e))),
+    drop_legacy_finalizer(&api, &tev).await?;
+    let action = if tev.metadata.deletion_timestamp.is_some() {
+        // Being deleted (another finalizer holds it): the garbage collector takes the children.
+        ctx.metrics.forget_event(&ns, &tev.name_any());
+        Action::await_change()
+    } else {
+        apply(tev, &ctx).await?
     };
     ctx.reset_backoff(&key);
     Ok(action)
+}
+
+/// Removes [`LEGACY_FINALIZER`] if the event carries it. The patch carries the cached
+/// resourceVersion, so a concurrent change of the list is a conflict (retried) instead of a
+/// lost finalizer of someone else's.
+async fn drop_legacy_finalizer(api: &Api<TicketingEvent>, tev: &TicketingEvent) -> Result<(), Error> {
+    if !tev.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = tev
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": rest,
+        "resourceVersion": tev.resource_version(),
+    }});
+    match api
+        .patch(&tev.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing to remove.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Errors become one Warning Event and a requeue with exponential backoff.
@@ -381,22 +405,14 @@ pub fn error_policy(tev: Arc<TicketingEvent>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(backoff)
 }
 
-async fn gather_secrets(client: &Client, ns: &str, tev: &TicketingEvent) -> Result<SecretData, kube::Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+async fn gather_secrets(
+    secrets: &crate::secrets::Secrets,
+    ns: &str,
+    tev: &TicketingEvent,
+) -> Result<SecretData, kube::Error> {
     let mut out = SecretData::new();
     for name in required_secrets(tev).into_keys() {
-        let data = api.get_opt(&name).await?.map(|s| {
-            let mut d: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            for (k, v) in s.string_data.unwrap_or_default() {
-                d.insert(k, v.into_bytes());
-            }
-            d
-        });
+        let data = secrets.get(ns, &name).await?.map(|d| (*d).clone());
         out.insert(name, data);
     }
     Ok(out)
@@ -410,7 +426,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
 
     // gather
-    let secrets = gather_secrets(&ctx.client, &ns, &tev).await?;
+    let secrets = gather_secrets(&ctx.secrets, &ns, &tev).await?;
     let mut existing: BTreeMap<Component, Option<Deployment>> = BTreeMap::new();
     for c in Component::ALL {
         existing.insert(c, deployments.get_opt(&component_name(&name, c)).await?);
@@ -503,19 +519,9 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         let mut entry = ctx.scaler.book().lock(&tev, c).await;
         let target = target_of(c, &entry);
         targets.insert(c, target);
-        let kind = if sched.pinned {
-            scaler::kinds::CLOSED
-        } else {
-            scaler::kinds::SCHEDULE
-        };
+        let reason = schedule_reason(&sched, &tev, c, entry.recorded(&tev, c), target);
         ctx.scaler
-            .apply_replicas(
-                &mut entry,
-                &tev,
-                c,
-                target,
-                &ScaleReason::new(kind, sched.reason.clone()),
-            )
+            .apply_replicas(&mut entry, &tev, c, target, &reason)
             .await?;
     }
 
@@ -600,6 +606,30 @@ fn schedule_target(sched: &Schedule, tev: &TicketingEvent, c: Component, entry: 
         tev.spec.max_replicas(c),
         entry.recorded(tev, c),
     )
+}
+
+/// Why the reconciler sets `target`: a lowered maxReplicas that cuts the last decision says so
+/// (not "on sale"); otherwise the schedule's reason (its floor, or Closed pinning minReplicas).
+fn schedule_reason(
+    sched: &Schedule,
+    tev: &TicketingEvent,
+    c: Component,
+    recorded: Option<i32>,
+    target: i32,
+) -> ScaleReason {
+    let max = tev.spec.max_replicas(c);
+    if !sched.pinned && target == max && recorded.is_some_and(|r| r > max) {
+        return ScaleReason::new(
+            scaler::kinds::MAX_LOWERED,
+            format!("spec.{c}.maxReplicas is {max}"),
+        );
+    }
+    let kind = if sched.pinned {
+        scaler::kinds::CLOSED
+    } else {
+        scaler::kinds::SCHEDULE
+    };
+    ScaleReason::new(kind, sched.reason.clone())
 }
 
 /// A dry-run refusal found after validation: the same as an invalid spec with the last good one
@@ -1024,35 +1054,27 @@ async fn warn_invalid(ctx: &Context, tev: &TicketingEvent, message: String) {
         .await;
 }
 
-/// Deletion: remove the children now (owner references would too, but only once the garbage
-/// collector gets to them) and forget the event's metrics.
-async fn cleanup(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error> {
-    let ns = tev.namespace().ok_or(Error::NoNamespace)?;
-    let name = tev.name_any();
-    let empty = Children {
-        config_map: ConfigMap::default(),
-        deployments: vec![],
-        services: vec![],
-        pdbs: vec![],
-    };
-    delete_orphans(ctx, &tev, &ns, &empty).await?;
-    ctx.metrics.forget_event(&ns, &name);
-    ctx.events
-        .publish(
-            &tev,
-            EventType::Normal,
-            reasons::CLEANED_UP,
-            "Cleanup",
-            "deleted every child".into(),
-        )
-        .await;
-    Ok(Action::await_change())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lowered_max_is_named_as_such_not_as_the_schedule() {
+        let t = crate::crd::fixture::event(serde_json::json!({
+            "spec": {"queue": {"minReplicas": 1, "maxReplicas": 4}}
+        }));
+        let sched = schedule::evaluate(&t.spec, None, t.spec.on_sale_at).unwrap();
+        let r = schedule_reason(&sched, &t, Component::Queue, Some(9), 4);
+        assert_eq!(r.kind, scaler::kinds::MAX_LOWERED);
+        assert_eq!(r.message, "spec.queue.maxReplicas is 4");
+        // At or under the max, or with nothing recorded above it: the schedule's reason.
+        for recorded in [Some(4), Some(2), None] {
+            let r = schedule_reason(&sched, &t, Component::Queue, recorded, 4);
+            assert_eq!(r.kind, scaler::kinds::SCHEDULE, "{recorded:?}");
+            assert_eq!(r.message, sched.reason);
+        }
+    }
 
     #[test]
     fn quantities_follow_the_api_servers_pattern() {

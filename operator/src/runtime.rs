@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -56,6 +56,30 @@ pub fn trim_cached(tev: &mut TicketingEvent) {
     if let Some(s) = tev.status.as_mut() {
         s.recent_decisions = None;
     }
+}
+
+/// Bound of every API call except the watches (a reconcile makes a few; the autoscaler bounds
+/// one event's calls at 5 s, the Lease calls at what is left of the renew deadline).
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `client` with every request bounded by `timeout` until its response arrives (the body of a
+/// non-watch response is small and follows at once). For the calls, not for watches: a watch
+/// response is a stream that stays open for minutes.
+pub fn with_request_timeout(client: Client, timeout: Duration) -> Client {
+    let default_ns = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        async move {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            match tokio::time::timeout(timeout, client.send(req)).await {
+                Ok(res) => res.map_err(tower::BoxError::from),
+                Err(_) => Err(tower::BoxError::from(format!(
+                    "{method} {path}: no answer from the API server within {timeout:?}"
+                ))),
+            }
+        }
+    });
+    Client::new(service, default_ns)
 }
 
 /// Reconciles in flight at once (kube-runtime's default is unbounded).
@@ -123,15 +147,50 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         });
     }
 
-    let events = EventPublisher::new(client.clone(), "tiketi-operator", identity);
+    let ns = namespace.as_deref();
+    // Every call but the watches is bounded (kube's client has no read timeout, and retries
+    // throttling for minutes): a hung API server fails that call, not the loop waiting on it.
+    let calls = with_request_timeout(client.clone(), API_CALL_TIMEOUT);
+    // A Secret an event refers to that is deleted, created or changed reconciles that event at
+    // once (a deleted Secret mid-sale shows as InvalidSpec=True with the last good spec kept; a
+    // recreated one ends it). Metadata only: which Secrets exist and at which resourceVersion;
+    // the data of the referenced ones is read once per version (`crate::secrets`).
+    let (secret_store, secret_writer) = reflector::store();
+    let secrets_synced = Arc::new(AtomicBool::new(false));
+    let secrets_watch = watcher(
+        api::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(crate::secrets::trim_meta)
+    .reflect(secret_writer)
+    .inspect_ok({
+        let synced = secrets_synced.clone();
+        move |ev| {
+            if matches!(ev, watcher::Event::InitDone) {
+                synced.store(true, Ordering::Release);
+            }
+        }
+    })
+    .touched_objects();
+    let secrets = crate::secrets::Secrets::new(
+        calls.clone(),
+        Some(crate::secrets::Watched {
+            store: secret_store,
+            synced: secrets_synced,
+        }),
+    )
+    .counting(metrics.secret_reads.clone());
+
+    let events = EventPublisher::new(calls.clone(), "tiketi-operator", identity).counting(&metrics);
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        calls.clone(),
         events,
         metrics.clone(),
         leader_state.clone(),
+        secrets,
     ));
 
-    let ns = namespace.as_deref();
     let children = watcher::Config::default().labels(MANAGED_BY);
     // Every time this replica becomes leader, reconcile everything.
     let mut became_leader = leader_state.subscribe();
@@ -150,18 +209,18 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // status.recentDecisions (the scaler composes it from a fresh GET of the status).
     .modify(trim_cached)
     .reflect(writer)
+    // A deleted event's metric series go with it (its children go with the garbage collector).
+    .inspect_ok({
+        let metrics = metrics.clone();
+        move |ev| {
+            if let watcher::Event::Delete(t) = ev {
+                metrics.forget_event(&t.namespace().unwrap_or_default(), &t.name_any());
+            }
+        }
+    })
     .applied_objects()
     .predicate_filter(reconcile_relevant, PredicateConfig::default());
-    // A Secret an event refers to that is deleted, created or changed reconciles that event at
-    // once (a deleted Secret mid-sale shows as InvalidSpec=True with the last good spec kept; a
-    // recreated one ends it). Metadata only: the operator never caches Secret data.
     let secret_refs = store.clone();
-    let secrets = watcher(
-        api::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
     // Bounded concurrency: every reconcile in flight holds its own API connection (TLS state
     // and buffers) in the client's pool, so an unbounded fan-out over N events costs memory in
     // proportion to N. A short trailing debounce folds the burst of child updates a scale-out
@@ -172,7 +231,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                 .concurrency(RECONCILE_CONCURRENCY)
                 .debounce(RECONCILE_DEBOUNCE),
         )
-        .watches_stream(secrets, move |s: PartialObjectMeta<Secret>| {
+        .watches_stream(secrets_watch, move |s: PartialObjectMeta<Secret>| {
             let (sns, sname) = (s.namespace(), s.name_any());
             secret_refs
                 .state()
@@ -303,6 +362,31 @@ mod tests {
         }))
     }
 
+    #[tokio::test]
+    async fn a_call_the_api_server_never_answers_fails_within_the_timeout() {
+        // An API server that accepts the request and never answers (a stalled connection).
+        let hung = tower::service_fn(|_req: axum::http::Request<kube::client::Body>| {
+            futures::future::pending::<Result<axum::http::Response<kube::client::Body>, tower::BoxError>>()
+        });
+        let client = with_request_timeout(Client::new(hung, "default"), Duration::from_millis(200));
+        let api: Api<ConfigMap> = Api::namespaced(client, "ns");
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), api.get("x"))
+            .await
+            .expect("the call hung past its timeout")
+            .expect_err("a hung call cannot succeed");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.to_string()
+                .contains("no answer from the API server within 200ms"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn only_what_the_reconciler_uses_triggers_it() {
         let base = reconcile_relevant(&tev());
@@ -325,7 +409,7 @@ mod tests {
         t.status.as_mut().unwrap().sold_out_at = Some(chrono::Utc::now());
         assert_ne!(reconcile_relevant(&t), base);
         let mut t = tev();
-        t.metadata.finalizers = Some(vec![crate::reconciler::FINALIZER.into()]);
+        t.metadata.finalizers = Some(vec!["example.com/keep".into()]);
         assert_ne!(reconcile_relevant(&t), base);
     }
 }

@@ -48,7 +48,6 @@ pub mod reasons {
     pub const REPLICAS_OVERRIDDEN: &str = "ReplicasOverridden";
     pub const ORPHAN_DELETED: &str = "OrphanDeleted";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
-    pub const CLEANED_UP: &str = "CleanedUp";
     /// SignalsHealthy=True. (When False, the reason is the failure's: Timeout, RedisError,
     /// SignalStale, SignalMissing, PrometheusError, DecodeError, ConfigError.)
     pub const SIGNALS_FRESH: &str = "SignalsFresh";

@@ -414,9 +414,7 @@ async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
     assert!(metrics.contains("tiketi_operator_autoscaler_tick_duration_seconds_count"));
     drop(second);
     clear_keys(&url, &eid).await;
-    // No operator left to honour the finalizer: strip it, then delete the namespace.
     api.delete("restart", &Default::default()).await.unwrap();
-    strip_finalizers(&client, &ns.name).await.unwrap();
     ns.delete().await.unwrap();
 }
 
@@ -983,7 +981,5 @@ async fn shutdown_during_a_scale_out_releases_the_lease_after_the_last_write() {
         .await
         .unwrap();
     clear_keys(&url, &eid).await;
-    // The operator is stopped: delete what it left (no finalizer honoured by anyone now).
-    strip_finalizers(&client, &ns.name).await.unwrap();
     ns.delete().await.unwrap();
 }

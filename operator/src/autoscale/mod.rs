@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -48,8 +47,6 @@ pub struct AutoscalerOptions {
     pub status_interval: Duration,
     /// Status is rewritten at least this often, so `signalsObservedAt` stays current.
     pub status_heartbeat: Duration,
-    /// How long a Redis URL read from a Secret is reused before it is read again.
-    pub secret_ttl: Duration,
     /// Events decided at once (bounds the API writes in flight).
     pub concurrency: usize,
     /// Bound of deciding and applying one event (its API calls): a hung call holds that event
@@ -65,7 +62,6 @@ impl Default for AutoscalerOptions {
             signal_timeout: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
             status_heartbeat: Duration::from_secs(60),
-            secret_ttl: Duration::from_secs(30),
             concurrency: 16,
             event_timeout: Duration::from_secs(5),
             redis_ca_file: None,
@@ -77,14 +73,10 @@ impl Default for AutoscalerOptions {
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A reader not used for this long is dropped (its event went away or changed its URL).
 const READER_IDLE: Duration = Duration::from_secs(300);
-/// A Secret that could not be read is tried again after this long.
-const SECRET_RETRY: Duration = Duration::from_secs(5);
 
 /// One Redis endpoint; events sharing it share one pipeline per tick.
 /// One Redis the loop reads from (URL from the event's Secret, mode from its spec).
 type Endpoint = RedisArgs;
-
-type SecretKey = (String, String, String);
 
 /// What the loop remembers of one event between ticks (besides the scaler's book).
 #[derive(Debug, Clone)]
@@ -127,7 +119,6 @@ pub struct Autoscaler {
     epoch: Instant,
     events: HashMap<String, EventState>,
     readers: HashMap<Endpoint, (SignalReader, Instant)>,
-    urls: HashMap<SecretKey, (Result<String, SignalError>, Instant)>,
     prometheus: HashMap<String, PrometheusSignals>,
 }
 
@@ -140,7 +131,6 @@ impl Autoscaler {
             epoch: Instant::now(),
             events: HashMap::new(),
             readers: HashMap::new(),
-            urls: HashMap::new(),
             prometheus: HashMap::new(),
         }
     }
@@ -334,7 +324,7 @@ impl Autoscaler {
     }
 
     /// The Redis endpoint of an event, from its Secrets (the URL and, with
-    /// `spec.redis.caSecretRef`, the CA bundle; each cached for `secret_ttl`).
+    /// `spec.redis.caSecretRef`, the CA bundle), read through the operator's one Secret cache.
     async fn endpoint(&mut self, tev: &TicketingEvent) -> Result<Endpoint, SignalError> {
         let ns = tev.namespace().unwrap_or_default();
         let r = &tev.spec.redis.url_secret_ref;
@@ -352,26 +342,13 @@ impl Autoscaler {
         })
     }
 
-    /// One Secret key, through the cache (a failure is retried after `SECRET_RETRY`).
+    /// One Secret key, through the operator's Secret cache (see [`crate::secrets`]).
     async fn secret_value(&mut self, ns: &str, name: &str, key: &str) -> Result<String, SignalError> {
-        let k: SecretKey = (ns.to_owned(), name.to_owned(), key.to_owned());
-        let fresh = |res: &Result<String, SignalError>, at: &Instant, ttl: Duration| {
-            let ttl = if res.is_ok() { ttl } else { SECRET_RETRY };
-            at.elapsed() < ttl
-        };
-        let cached = self
-            .urls
-            .get(&k)
-            .filter(|(res, at)| fresh(res, at, self.opts.secret_ttl))
-            .map(|(res, _)| res.clone());
-        match cached {
-            Some(v) => v,
-            None => {
-                let res = read_secret_key(&self.ctx.client, ns, name, key).await;
-                self.urls.insert(k, (res.clone(), Instant::now()));
-                res
-            }
-        }
+        self.ctx
+            .secrets
+            .value(ns, name, key)
+            .await
+            .map_err(SignalError::Config)
     }
 
     /// Runs every due event's Prometheus queries (concurrently); empty samples for the others.
@@ -405,32 +382,6 @@ impl Autoscaler {
         }
         futures::future::join_all(jobs).await
     }
-}
-
-async fn read_secret_key(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, SignalError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = api
-        .get_opt(name)
-        .await
-        .map_err(|e| SignalError::Config(format!("reading Secret {ns}/{name}: {e}")))?
-        .ok_or_else(|| SignalError::Config(format!("Secret {ns}/{name} does not exist")))?;
-    let bytes = secret
-        .data
-        .and_then(|d| d.get(key).map(|b| b.0.clone()))
-        .or_else(|| {
-            secret
-                .string_data
-                .and_then(|d| d.get(key).map(|s| s.clone().into_bytes()))
-        })
-        .ok_or_else(|| SignalError::Config(format!("Secret {ns}/{name} has no key {key:?}")))?;
-    String::from_utf8(bytes)
-        .map(|s| s.trim().to_owned())
-        .map_err(|_| SignalError::Config(format!("Secret {ns}/{name} key {key:?} is not UTF-8")))
 }
 
 /// The scaler kind (bounded metric label, and whether a cooldown starts) of a decision reason.

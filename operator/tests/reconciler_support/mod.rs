@@ -92,21 +92,8 @@ pub async fn teardown(client: &Client, ns: tiketi_e2e::TestNamespace, op: Operat
     )
     .await;
     op.stop().await?;
-    strip_finalizers(client, &ns.name).await?;
     ns.delete().await?;
     gone
-}
-
-/// Removes the operator's finalizer from every TicketingEvent in `ns` (for a namespace whose
-/// operator is gone).
-pub async fn strip_finalizers(client: &Client, ns: &str) -> Result<()> {
-    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), ns);
-    for t in api.list(&ListParams::default()).await?.items {
-        let patch = serde_json::json!({"metadata": {"finalizers": null}});
-        api.patch(&t.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
-    }
-    Ok(())
 }
 
 /// The three Secrets the standard test event refers to.
