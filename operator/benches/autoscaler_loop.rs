@@ -20,7 +20,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use reconciler_support::{OperatorProcess, create_secrets, event, install_crd, replicas, strip_finalizers};
+use reconciler_support::{OperatorProcess, create_secrets, event, install_crd, replicas};
 use redis::AsyncCommands;
 use tiketi_e2e::{TestNamespace, free_port, kube_client, stack_env, unique, wait_until};
 use tiketi_operator::crd::TicketingEvent;
@@ -178,7 +178,6 @@ async fn reaction(client: &Client, redis_url: &str) {
     println!("for comparison (documented defaults, not measured here): HPA sync 15 s, KEDA polling 30 s");
     drop(op);
     let _: () = conn.del(&key).await.unwrap();
-    strip_finalizers(client, &ns.name).await.unwrap();
     ns.delete().await.unwrap();
 }
 
@@ -287,7 +286,6 @@ async fn memory(client: &Client) {
     })
     .await;
     drop(op);
-    strip_finalizers(client, &ns.name).await.unwrap();
     ns.delete().await.unwrap();
 }
 
