@@ -517,6 +517,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     // not undone
     for c in Component::ALL {
         let mut entry = ctx.scaler.book().lock(&tev, c).await;
+        ctx.scaler.flush(&mut entry, &tev, c).await;
         let target = target_of(c, &entry);
         targets.insert(c, target);
         let reason = schedule_reason(&sched, &tev, c, entry.recorded(&tev, c), target);

@@ -108,6 +108,18 @@ pub struct BookEntry {
     pub desired: Option<i32>,
     /// The autoscaler's memory after its last decision (None: not yet, rebuild from status).
     pub memory: Option<Memory>,
+    /// A change written to the Deployment whose status record was refused; retried by
+    /// [`Scaler::flush`] before the next decision (the Deployment write is what counts: the
+    /// memory is committed from it, so a refused status write never scales out twice).
+    pub unrecorded: Option<Unrecorded>,
+}
+
+/// A change applied to a Deployment but not yet recorded in status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unrecorded {
+    pub change: ScaleChange,
+    pub reason: ScaleReason,
+    pub at: DateTime<Utc>,
 }
 
 impl BookEntry {
@@ -247,6 +259,21 @@ impl Scaler {
         }
     }
 
+    /// Records in status the change that [`Self::apply_replicas`] could not record, if any (the
+    /// caller holds `entry` from [`Book::lock`]). A failure keeps it for the next call.
+    pub async fn flush(&self, entry: &mut BookEntry, tev: &TicketingEvent, component: Component) {
+        let Some(u) = entry.unrecorded.clone() else { return };
+        let Some(ns) = tev.namespace() else { return };
+        let api: Api<TicketingEvent> = Api::namespaced(self.client.clone(), &ns);
+        match record_change(&api, &tev.name_any(), component, &u).await {
+            Ok(()) => {
+                tracing::info!(%component, from = u.change.from, to = u.change.to, "recorded a change whose status write had failed");
+                entry.unrecorded = None;
+            }
+            Err(e) => tracing::debug!(%component, error = %e, "status still not writable"),
+        }
+    }
+
     /// Sets `spec.replicas` of `component`'s Deployment to `desired` and records the change (in
     /// `entry`, which the caller holds from [`Book::lock`], and in status).
     /// Idempotent: when nothing changes it re-asserts ownership of the field and returns `None`
@@ -331,10 +358,19 @@ impl Scaler {
             (reasons::SCALED_IN, Direction::down)
         };
         let note = format!("{event_reason} {component} {from}→{desired}: {}", reason.message);
-        // Compose recentDecisions from the freshest status: another component's decision may
-        // have landed since `tev` was read.
-        let fresh = api.get_status(&name).await?;
-        merge_status(&api, &name, status_patch(&fresh, component, change, reason, now)).await?;
+        let u = Unrecorded {
+            change,
+            reason: reason.clone(),
+            at: now,
+        };
+        // The Deployment write landed: that is the change. A status write that fails now is kept
+        // and retried (`flush`), never a reason to decide (and scale) again.
+        if let Err(e) = record_change(&api, &name, component, &u).await {
+            tracing::warn!(namespace = %ns, event = %name, %component, error = %e, "recording a scaling change in status failed; retried before the next decision");
+            entry.unrecorded = Some(u);
+        } else {
+            entry.unrecorded = None;
+        }
         tracing::info!(namespace = %ns, event = %name, %component, from, to = desired, reason = %reason.message, "scaled");
         self.metrics
             .scaling_decisions
@@ -351,6 +387,24 @@ impl Scaler {
             .await;
         Ok(Some(change))
     }
+}
+
+/// Writes one applied change to status (with `recentDecisions` composed from the freshest
+/// status: another component's decision may have landed since the event was read).
+async fn record_change(
+    api: &Api<TicketingEvent>,
+    name: &str,
+    component: Component,
+    u: &Unrecorded,
+) -> Result<(), kube::Error> {
+    let fresh = api.get_status(name).await?;
+    merge_status(
+        api,
+        name,
+        status_patch(&fresh, component, u.change, &u.reason, u.at),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The status merge patch of one applied change.

@@ -412,10 +412,61 @@ async fn a_killed_operator_is_replaced_by_one_that_honours_the_cooldown() {
         "{metrics}"
     );
     assert!(metrics.contains("tiketi_operator_autoscaler_tick_duration_seconds_count"));
+
+    // Secrets come through the metadata watch: ticks every 500 ms and reconciles read no Secret
+    // from the API server while nothing changes; a new version is read once it is seen.
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let (reads, ticks) = (
+        sample(&metrics, "tiketi_operator_secret_reads_total"),
+        sample(&metrics, "tiketi_operator_autoscaler_tick_duration_seconds_count"),
+    );
+    assert!(reads <= 6.0, "{reads} Secret reads for 3 Secrets");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = reqwest_get(&metrics_url).await;
+    assert!(
+        sample(&later, "tiketi_operator_autoscaler_tick_duration_seconds_count") >= ticks + 4.0,
+        "the autoscaler did not tick"
+    );
+    assert_eq!(
+        sample(&later, "tiketi_operator_secret_reads_total"),
+        reads,
+        "Secret GETs while nothing changed"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let rotated = serde_json::json!({"stringData": {"rotatedAt": Utc::now().to_rfc3339()}});
+    secrets
+        .patch(
+            "tiketi-redis",
+            &Default::default(),
+            &kube::api::Patch::Merge(&rotated),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "the new Secret version to be read",
+        Duration::from_secs(10),
+        || async {
+            Ok(sample(
+                &reqwest_get(&metrics_url).await,
+                "tiketi_operator_secret_reads_total",
+            ) > reads)
+        },
+    )
+    .await
+    .unwrap();
+    println!("Secret GETs: {reads} at start, {reads} after 3 s of ticks, +1 version read after a rotation");
     drop(second);
     clear_keys(&url, &eid).await;
     api.delete("restart", &Default::default()).await.unwrap();
     ns.delete().await.unwrap();
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition (0 when absent).
+fn sample(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn reqwest_get(url: &str) -> String {
@@ -744,6 +795,61 @@ async fn a_restart_inside_the_scale_in_window_keeps_the_window() {
 }
 
 #[tokio::test]
+async fn a_restart_inside_a_step_policys_window_keeps_the_evidence() {
+    let Stage {
+        client,
+        ns,
+        url,
+        eid,
+        mut conn,
+        op,
+        api,
+        deployments,
+    } = Stage::new("as-stepwin").await;
+    // Evidence continues across gaps up to max(freshness 1 s, afterStale 6 s) = 6 s; the
+    // queue stays at 0, so only the heartbeat (every 3 s while the evidence runs) rewrites
+    // `signalsObservedAt` — with the 60 s heartbeat alone the new operator restarted it.
+    let mut policy = queue_policy("1s", "16s", "1s");
+    policy["fallback"]["afterStale"] = "6s".into();
+    api.create(&PostParams::default(), &on_sale_event("stepwin", &eid, policy))
+        .await
+        .unwrap();
+    on_sale_and_healthy(&api, "stepwin").await;
+    set_queue(&mut conn, &eid, 100).await;
+    wait_replicas(&deployments, "stepwin", 3, Duration::from_secs(10)).await;
+    set_queue(&mut conn, &eid, 0).await;
+    let emptied = Instant::now();
+    wait_tev(
+        &api,
+        "stepwin",
+        "belowSince in status",
+        Duration::from_secs(5),
+        |t| queue_status(t).below_since.is_some(),
+    )
+    .await
+    .unwrap();
+    // Replace the operator 10 s into the 16 s window.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(emptied.elapsed())).await;
+    op.stop().await.unwrap();
+    assert_eq!(queue_replicas(&deployments, "stepwin").await, 3);
+    let op = Operator::start(&client, &ns.name);
+    wait_replicas(&deployments, "stepwin", 2, Duration::from_secs(40)).await;
+    let took = emptied.elapsed();
+    println!("step policy, operator replaced 10 s into a 16 s window: scaled in {took:?} after emptying");
+    assert!(
+        took >= Duration::from_secs(15),
+        "scaled in {took:?} after emptying, inside the window"
+    );
+    // A restarted evidence would scale in no sooner than 10 + 16 = 26 s.
+    assert!(
+        took < Duration::from_secs(23),
+        "scale-in took {took:?}: the new operator restarted the evidence"
+    );
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_live_sale_keeps_running_on_its_last_good_spec() {
     let Stage {
         client,
@@ -982,4 +1088,131 @@ async fn shutdown_during_a_scale_out_releases_the_lease_after_the_last_write() {
         .unwrap();
     clear_keys(&url, &eid).await;
     ns.delete().await.unwrap();
+}
+
+/// A ValidatingAdmissionPolicy (and its binding) that refuses every status write of
+/// TicketingEvents in `ns` while it exists.
+async fn refuse_status_writes(
+    client: &kube::Client,
+    ns: &str,
+) -> impl std::future::Future<Output = ()> + use<> {
+    use kube::api::DynamicObject;
+    use kube::discovery::ApiResource;
+    let gvk = |kind: &str| {
+        ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    };
+    let (policy_ar, binding_ar) = (
+        gvk("ValidatingAdmissionPolicy"),
+        gvk("ValidatingAdmissionPolicyBinding"),
+    );
+    let policies: Api<DynamicObject> = Api::all_with(client.clone(), &policy_ar);
+    let bindings: Api<DynamicObject> = Api::all_with(client.clone(), &binding_ar);
+    let name = format!("refuse-status-{ns}");
+    let policy: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["tiketi.gg"], "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["ticketingevents/status"]
+            }]},
+            "validations": [{"expression": "false", "message": "status writes refused by the test"}]
+        }
+    }))
+    .unwrap();
+    let binding: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+        }
+    }))
+    .unwrap();
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    async move {
+        let _ = bindings.delete(&name, &Default::default()).await;
+        let _ = policies.delete(&name, &Default::default()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_status_write_does_not_scale_out_again_inside_the_cooldown() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-nostatus").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let eid = unique("as-nostatus");
+    let mut conn = redis(&url).await;
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &on_sale_event("nostatus", &eid, queue_policy("20s", "1m", "10m")),
+    )
+    .await
+    .unwrap();
+    let op = Operator::start(&client, &ns.name);
+    on_sale_and_healthy(&api, "nostatus").await;
+
+    let allow = refuse_status_writes(&client, &ns.name).await;
+    // The policy takes effect within a moment: wait until a status write is refused.
+    let probe = serde_json::json!({"status": {"queueDepth": 0}});
+    wait_until("status writes to be refused", Duration::from_secs(10), || async {
+        Ok(api
+            .patch_status("nostatus", &Default::default(), &kube::api::Patch::Merge(&probe))
+            .await
+            .is_err())
+    })
+    .await
+    .unwrap();
+
+    // One step (1 → 3): the Deployment write lands, the status write with the cooldown does not.
+    set_queue(&mut conn, &eid, 100).await;
+    wait_replicas(&deployments, "nostatus", 3, Duration::from_secs(10)).await;
+    assert!(
+        queue_status(&api.get("nostatus").await.unwrap())
+            .last_scale_out_time
+            .is_none(),
+        "a status write got through the policy"
+    );
+    // 8 s of ticks every 500 ms with the queue still above the step: the cooldown (20 s) is
+    // kept from the write that landed, so no second step.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            queue_replicas(&deployments, "nostatus").await,
+            3,
+            "scaled out again inside the cooldown while status could not be written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Status writes allowed again: the decision and its cooldown reach the status.
+    allow.await;
+    let t = wait_tev(
+        &api,
+        "nostatus",
+        "the scale-out in status",
+        Duration::from_secs(15),
+        |t| {
+            let q = queue_status(t);
+            q.last_scale_out_time.is_some() && q.desired_replicas == Some(3)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(queue_replicas(&deployments, "nostatus").await, 3);
+    println!(
+        "status refused for 8 s after a scale-out: replicas stayed 3, lastScaleOutTime {:?} once allowed",
+        queue_status(&t).last_scale_out_time
+    );
+    clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
 }

@@ -550,6 +550,7 @@ async fn decide_and_apply(
 ) -> Option<(ComponentOutcome, SignalHealth)> {
     let mut entry = ctx.scaler.book().lock(tev, c).await;
     ctx.scaler.adopt(&mut entry, tev, c).await;
+    ctx.scaler.flush(&mut entry, tev, c).await;
     let memory: Option<Memory> = entry.memory.clone();
     let known = Known {
         current: entry.desired,
@@ -597,6 +598,7 @@ async fn decide_and_apply(
         sizing: component_sizing(&planned),
         below_since: d.memory.below_since,
         need_shape: d.memory.need_marks.iter().map(|m| m.need).collect(),
+        evidence_gap: d.memory.below_since.map(|_| planned.evidence_gap),
     };
     Some((outcome, d.health.clone()))
 }
@@ -637,7 +639,7 @@ async fn write_status(
         &urgent,
         &snapshot,
         opts.status_interval,
-        opts.status_heartbeat,
+        report::heartbeat(opts.status_heartbeat, outcomes),
     ) {
         return;
     }

@@ -151,6 +151,20 @@ pub struct ComponentOutcome {
     /// The needs of the need history (not their refreshed times): a change is written at once,
     /// so a new leader inherits the window's highest need.
     pub need_shape: Vec<u32>,
+    /// While scale-in evidence runs (`below_since`): the gap that would restart it. Status is
+    /// rewritten at least every half of it, so `signalsObservedAt` carries the evidence across
+    /// a leader change (a 60 s heartbeat would lose it to a 30 s gap).
+    pub evidence_gap: Option<Duration>,
+}
+
+/// How often status must be rewritten at least: the configured heartbeat, or half the shortest
+/// evidence gap of a component whose scale-in evidence runs.
+pub fn heartbeat(configured: Duration, outcomes: &BTreeMap<Component, ComponentOutcome>) -> Duration {
+    outcomes
+        .values()
+        .filter_map(|o| o.evidence_gap)
+        .map(|gap| (gap / 2).max(Duration::from_secs(1)))
+        .fold(configured, Duration::min)
 }
 
 /// The autoscaler's status body (without conditions and `signalsObservedAt`): the last good
@@ -354,8 +368,17 @@ mod tests {
                 },
                 below_since: Some(t(3)),
                 need_shape: vec![12],
+                evidence_gap: Some(Duration::from_secs(30)),
             },
         );
+        // Evidence running with a 30 s gap: status is rewritten at least every 15 s, not 60 s.
+        assert_eq!(
+            heartbeat(Duration::from_secs(60), &outcomes),
+            Duration::from_secs(15)
+        );
+        let mut idle = outcomes.clone();
+        idle.values_mut().for_each(|o| o.evidence_gap = None);
+        assert_eq!(heartbeat(Duration::from_secs(60), &idle), Duration::from_secs(60));
         let body = status_body(None, &status, None, &outcomes);
         assert_eq!(
             (

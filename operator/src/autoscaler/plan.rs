@@ -17,6 +17,10 @@ pub struct Planned {
     pub decision: Decision,
     /// The pre-warm floor sized from the crowd (PreWarming with a capacity and a pre-queue).
     pub prewarm: Option<u32>,
+    /// The longest gap between two readings that still continues the scale-in evidence
+    /// (max(freshness, fallback.afterStale)); a new leader reads the last one from
+    /// `status.signalsObservedAt`.
+    pub evidence_gap: std::time::Duration,
 }
 
 impl Planned {
@@ -112,6 +116,7 @@ pub fn plan_component(
         current,
         decision,
         prewarm: crowd.map(|(n, _)| n),
+        evidence_gap: policy.freshness().max(policy.fallback.after_stale),
     }))
 }
 
