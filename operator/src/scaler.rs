@@ -490,7 +490,7 @@ mod tests {
         // An entry this process already wrote is not overridden by what the cache shows.
         let mut written = BookEntry {
             desired: Some(31),
-            memory: None,
+            ..Default::default()
         };
         assert_eq!(written.adopt(Some(&ours)), None);
         assert_eq!(written.desired, Some(31));
