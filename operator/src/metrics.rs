@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -44,17 +44,12 @@ pub struct DecisionLabels {
     pub namespace: String,
     pub event: String,
     pub component: &'static str,
-    pub direction: Direction,
+    /// `up` or `down` ([`crate::autoscaler::Direction::metric_label`]).
+    pub direction: &'static str,
     /// A fixed kind (schedule, scaleOut, scaleIn, fallback, …), never free text.
     pub reason: &'static str,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Direction {
-    up,
-    down,
-}
 
 /// A Kubernetes Event reason (one of `status::reasons`, a fixed set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -328,7 +323,9 @@ impl Metrics {
             self.desired_replicas.remove(&labels);
             self.ready_replicas.remove(&labels);
             self.needed_replicas.remove(&labels);
-            for direction in [Direction::up, Direction::down] {
+            for direction in [crate::autoscaler::Direction::Up, crate::autoscaler::Direction::Down]
+                .map(crate::autoscaler::Direction::metric_label)
+            {
                 for reason in crate::scaler::kinds::ALL {
                     self.scaling_decisions.remove(&DecisionLabels {
                         namespace: namespace.into(),
@@ -431,7 +428,7 @@ mod forget_tests {
                 namespace: "ns".into(),
                 event: "iu".into(),
                 component: "queue",
-                direction: Direction::up,
+                direction: "up",
                 reason: crate::scaler::kinds::SCALE_OUT,
             })
             .inc();

@@ -28,7 +28,8 @@ use crate::children::component_name;
 use crate::crd::{Component, ScalingDecisionRecord, TicketingEvent};
 use crate::events::{EventPublisher, EventType, bounded};
 use crate::field_managers;
-use crate::metrics::{DecisionLabels, Direction, Metrics};
+use crate::autoscaler::Direction;
+use crate::metrics::{DecisionLabels, Metrics};
 use crate::status::{merge_status, reasons};
 
 /// How many decisions `status.recentDecisions` keeps (newest first).
@@ -352,11 +353,12 @@ impl Scaler {
 
         let now = Utc::now();
         let change = ScaleChange { from, to: desired };
-        let (event_reason, direction) = if desired > from {
-            (reasons::SCALED_OUT, Direction::up)
+        let direction = if desired > from {
+            Direction::Up
         } else {
-            (reasons::SCALED_IN, Direction::down)
+            Direction::Down
         };
+        let event_reason = direction.event_reason().unwrap_or(reasons::SCALED_OUT);
         let note = format!("{event_reason} {component} {from}→{desired}: {}", reason.message);
         let u = Unrecorded {
             change,
@@ -378,7 +380,7 @@ impl Scaler {
                 namespace: ns.clone(),
                 event: name.clone(),
                 component: component.as_str(),
-                direction,
+                direction: direction.metric_label(),
                 reason: reason.kind,
             })
             .inc();
