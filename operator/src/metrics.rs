@@ -50,7 +50,6 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
-
 /// A Kubernetes Event reason (one of `status::reasons`, a fixed set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -323,8 +322,11 @@ impl Metrics {
             self.desired_replicas.remove(&labels);
             self.ready_replicas.remove(&labels);
             self.needed_replicas.remove(&labels);
-            for direction in [crate::autoscaler::Direction::Up, crate::autoscaler::Direction::Down]
-                .map(crate::autoscaler::Direction::metric_label)
+            for direction in [
+                crate::autoscaler::Direction::Up,
+                crate::autoscaler::Direction::Down,
+            ]
+            .map(crate::autoscaler::Direction::metric_label)
             {
                 for reason in crate::scaler::kinds::ALL {
                     self.scaling_decisions.remove(&DecisionLabels {

@@ -23,12 +23,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use crate::autoscaler::Direction;
 use crate::autoscaler::Memory;
 use crate::children::component_name;
 use crate::crd::{Component, ScalingDecisionRecord, TicketingEvent};
 use crate::events::{EventPublisher, EventType, bounded};
 use crate::field_managers;
-use crate::autoscaler::Direction;
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::status::{merge_status, reasons};
 
