@@ -40,6 +40,11 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TIKETI_NAMESPACE")]
     namespace: Option<String>,
+    /// Read Secrets only in these namespaces (comma-separated; default: wherever events are
+    /// watched). An event elsewhere is InvalidSpec naming the rule; RBAC can then grant Secret
+    /// reads per namespace (chart value `secretNamespaces`).
+    #[arg(long, env = "TIKETI_SECRET_NAMESPACES", value_delimiter = ',')]
+    secret_namespaces: Vec<String>,
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "TIKETI_METRICS_ADDR", default_value = "[::]:9090")]
     metrics_addr: SocketAddr,
@@ -101,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         namespace,
+        secret_namespaces,
         metrics_addr,
         leader_election,
         lease_namespace,
@@ -133,6 +139,7 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         client,
         RunOptions {
             namespace,
+            secret_namespaces,
             metrics_addr: Some(metrics_addr),
             leader,
             identity,

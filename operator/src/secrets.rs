@@ -24,11 +24,12 @@ pub type Data = BTreeMap<String, Vec<u8>>;
 /// What the metadata watch shows of Secrets.
 pub type MetaStore = Store<PartialObjectMeta<Secret>>;
 
-/// The metadata watch: its store, and whether its initial list has arrived (set by the
-/// watch stream on `InitDone`; the store's own readiness future must not be polled by a second
-/// waiter).
+/// One metadata watch: the namespace it covers (None: all), its store, and whether its initial
+/// list has arrived (set by the watch stream on `InitDone`; the store's own readiness future
+/// must not be polled by a second waiter).
 #[derive(Clone)]
 pub struct Watched {
+    pub namespace: Option<String>,
     pub store: MetaStore,
     pub synced: Arc<AtomicBool>,
 }
@@ -43,14 +44,15 @@ struct Cached {
 #[derive(Clone)]
 pub struct Secrets {
     client: Client,
-    meta: Option<Watched>,
+    meta: Vec<Watched>,
     cache: Arc<Mutex<HashMap<(String, String), Cached>>>,
     reads: prometheus_client::metrics::counter::Counter,
 }
 
 impl Secrets {
-    /// `meta`: the metadata watch's store; `None` reads every Secret with a GET.
-    pub fn new(client: Client, meta: Option<Watched>) -> Self {
+    /// `meta`: the metadata watches. Empty: every Secret anywhere is read with a GET (tests).
+    /// Otherwise only the namespaces they cover may be read.
+    pub fn new(client: Client, meta: Vec<Watched>) -> Self {
         Self {
             client,
             meta,
@@ -65,10 +67,28 @@ impl Secrets {
         self
     }
 
+    /// None when Secrets in `ns` may be read; otherwise why not, naming the rule.
+    pub fn refuses(&self, ns: &str) -> Option<String> {
+        if self.meta.is_empty() || self.covering(ns).is_some() {
+            return None;
+        }
+        let allowed: Vec<&str> = self.meta.iter().filter_map(|w| w.namespace.as_deref()).collect();
+        Some(format!(
+            "the operator reads Secrets only in namespaces {} (--secret-namespaces, chart value secretNamespaces), not in {ns:?}",
+            allowed.join(", ")
+        ))
+    }
+
+    fn covering(&self, ns: &str) -> Option<&Watched> {
+        self.meta
+            .iter()
+            .find(|w| w.namespace.as_deref().is_none_or(|n| n == ns))
+    }
+
     /// What the synced watch says of `ns/name`: `Some(None)` = it does not exist,
     /// `Some(Some(rv))` = it exists at that resourceVersion, `None` = not synced (ask the API).
     fn watched(&self, ns: &str, name: &str) -> Option<Option<String>> {
-        let meta = self.meta.as_ref()?;
+        let meta = self.covering(ns)?;
         if !meta.synced.load(Ordering::Acquire) {
             return None;
         }
@@ -82,6 +102,9 @@ impl Secrets {
 
     /// The data of Secret `ns/name`; `None` when it does not exist.
     pub async fn get(&self, ns: &str, name: &str) -> Result<Option<Arc<Data>>, kube::Error> {
+        if let Some(why) = self.refuses(ns) {
+            return Err(kube::Error::Service(why.into()));
+        }
         let key = (ns.to_owned(), name.to_owned());
         let watched = self.watched(ns, name);
         match &watched {
