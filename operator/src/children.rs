@@ -23,7 +23,8 @@ use tiketi_shared::config::{
 };
 
 use crate::crd::{
-    Component, MAX_SPEC_DURATION, PullPolicy, TicketingEvent, parse_duration_within, secret_keys,
+    Component, MAX_SPEC_DURATION, MIN_SERVICE_DURATION, PullPolicy, TicketingEvent, parse_duration_within,
+    secret_keys,
 };
 
 /// Label holding the owning TicketingEvent's name on every child (orphan clean-up selects on it).
@@ -87,8 +88,7 @@ pub fn event_config(tev: &TicketingEvent) -> Result<EventConfig, BuildError> {
     let s = &tev.spec;
     // Whole seconds of at least one (the services count seconds: 500 ms would become 0).
     let secs = |field, v: &str| {
-        parse_duration_within(field, v, std::time::Duration::from_secs(1), MAX_SPEC_DURATION)
-            .map(|d| d.as_secs())
+        parse_duration_within(field, v, MIN_SERVICE_DURATION, MAX_SPEC_DURATION).map(|d| d.as_secs())
     };
     for (field, value) in [
         (

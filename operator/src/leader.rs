@@ -86,6 +86,48 @@ impl LeaderState {
     }
 }
 
+/// A write refused because this replica does not lead (any more). It never reached the API
+/// server: [`guard_writes`] checks leadership right before each write is sent.
+#[derive(Debug, thiserror::Error)]
+#[error("not the leader (any more): {method} {path} was not sent")]
+pub struct NotLeader {
+    pub method: String,
+    pub path: String,
+}
+
+impl NotLeader {
+    /// True when `err` is a write [`guard_writes`] refused.
+    pub fn is(err: &kube::Error) -> bool {
+        matches!(err, kube::Error::Service(e) if e.downcast_ref::<NotLeader>().is_some())
+    }
+}
+
+/// `client` with every write (any method but GET, HEAD and OPTIONS: applies, patches, creates,
+/// deletes, status writes, Events) sent only while `leader` leads at that instant, so no code
+/// path can write after the renew deadline passed or leadership moved, whatever it checked when
+/// it began. Reads and watches pass. Not for the Lease calls themselves (the election uses its
+/// own client).
+pub fn guard_writes(client: Client, leader: LeaderState) -> Client {
+    use axum::http::Method;
+    let default_ns = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let leads =
+            matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) || leader.is_leader();
+        let refused = (!leads).then(|| NotLeader {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+        });
+        async move {
+            match refused {
+                Some(e) => Err(tower::BoxError::from(e)),
+                None => client.send(req).await.map_err(tower::BoxError::from),
+            }
+        }
+    });
+    Client::new(service, default_ns)
+}
+
 /// Starts an election; returns the state handle and a future that runs it until `shutdown`
 /// resolves (then releases the Lease if held). The caller resolves `shutdown` only once its
 /// writers have stopped, so no write follows the release.
@@ -290,5 +332,45 @@ mod deadline_tests {
         *until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
         assert!(state.is_leader());
         assert!(LeaderState::always().is_leader());
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_reads_but_no_write() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // An "API server" that counts what reaches it and answers 404 to everything.
+        let sent = Arc::new(AtomicUsize::new(0));
+        let seen = sent.clone();
+        let server = tower::service_fn(move |_req: axum::http::Request<kube::client::Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#;
+            let res = axum::http::Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(body.as_bytes().to_vec()))
+                .unwrap();
+            futures::future::ready(Ok::<_, tower::BoxError>(res))
+        });
+        let (tx, rx) = watch::channel(Some(true));
+        let state = LeaderState {
+            rx,
+            until: Arc::default(),
+        };
+        let api: Api<ConfigMap> = Api::namespaced(guard_writes(Client::new(server, "ns"), state), "ns");
+        let patch = kube::api::Patch::Merge(serde_json::json!({"data": {"a": "b"}}));
+        let params = kube::api::PatchParams::default();
+        // Leading: both reach the server.
+        assert!(api.get_opt("x").await.unwrap().is_none());
+        assert!(api.patch("x", &params, &patch).await.is_err());
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+        // Stepped down: the read still goes, the write is refused before it is sent.
+        tx.send_replace(Some(false));
+        assert!(api.get_opt("x").await.unwrap().is_none());
+        let err = api.patch("x", &params, &patch).await.unwrap_err();
+        assert!(NotLeader::is(&err), "{err:?}");
+        assert!(err.to_string().contains("not the leader"), "{err}");
+        let err = api.delete("x", &Default::default()).await.unwrap_err();
+        assert!(NotLeader::is(&err), "{err:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 3, "a write reached the API server");
     }
 }

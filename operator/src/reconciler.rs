@@ -109,7 +109,7 @@ impl Error {
     /// A fixed label per variant, for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(_) => "kube",
+            Self::Kube(e) => crate::runtime::kube_error_label(e),
             Self::Build(_) => "build",
             Self::Schedule(_) => "schedule",
             Self::Scale(e) => e.metric_label(),
@@ -405,33 +405,89 @@ pub fn error_policy(tev: Arc<TicketingEvent>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(backoff)
 }
 
-async fn gather_secrets(
-    secrets: &crate::secrets::Secrets,
-    ns: &str,
-    tev: &TicketingEvent,
-) -> Result<SecretData, kube::Error> {
-    let mut out = SecretData::new();
-    for name in required_secrets(tev).into_keys() {
-        let data = secrets.get(ns, &name).await?.map(|d| (*d).clone());
-        out.insert(name, data);
-    }
-    Ok(out)
+/// What a reconcile reads before deciding anything: the Secrets the event refers to and its
+/// Deployments as they are.
+struct Gathered {
+    secrets: SecretData,
+    existing: BTreeMap<Component, Option<Deployment>>,
 }
 
+/// gather: `Ok(Err(_))` when the event cannot run at all here (a namespace the operator may not
+/// read Secrets in).
+async fn gather(tev: &TicketingEvent, ctx: &Context, ns: &str) -> Result<Result<Gathered, Invalid>, Error> {
+    if let Some(why) = ctx.secrets.refuses(ns) {
+        return Ok(Err(Invalid {
+            reason: reasons::INVALID_SPEC,
+            message: why,
+        }));
+    }
+    let mut secrets = SecretData::new();
+    for name in required_secrets(tev).into_keys() {
+        let data = ctx.secrets.get(ns, &name).await?.map(|d| (*d).clone());
+        secrets.insert(name, data);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let mut existing = BTreeMap::new();
+    for c in Component::ALL {
+        existing.insert(c, deployments.get_opt(&component_name(&tev.name_any(), c)).await?);
+    }
+    Ok(Ok(Gathered { secrets, existing }))
+}
+
+/// What the schedule asks for now and the children built from the spec.
+struct Plan {
+    sched: Schedule,
+    /// Replicas per component (the schedule's, keeping the last decision in the book).
+    targets: BTreeMap<Component, i32>,
+    /// Components whose Deployment does not exist yet, with the replicas to create it with.
+    create: BTreeMap<Component, i32>,
+    children: Children,
+}
+
+/// plan: schedule and build (no writes; the book entries adopt what the scaler wrote).
+async fn plan(
+    tev: &TicketingEvent,
+    ctx: &Context,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+    now: DateTime<Utc>,
+) -> Result<Plan, Error> {
+    let status = tev.status.clone().unwrap_or_default();
+    let sched = schedule::evaluate(&tev.spec, status.sold_out_at, now)?;
+    let mut targets = BTreeMap::new();
+    for c in Component::ALL {
+        let mut entry = ctx.scaler.book().lock(tev, c).await;
+        entry.adopt(existing.get(&c).and_then(Option::as_ref), tev, c);
+        targets.insert(c, schedule_target(&sched, tev, c, &entry));
+    }
+    let create: BTreeMap<Component, i32> = targets
+        .iter()
+        .filter(|(c, _)| existing.get(c).is_some_and(Option::is_none))
+        .map(|(c, r)| (*c, *r))
+        .collect();
+    let children = children::build(tev, &create)?;
+    Ok(Plan {
+        sched,
+        targets,
+        create,
+        children,
+    })
+}
+
+/// The reconcile pipeline: gather → validate → plan → (ownership and dry-run checks) → apply →
+/// replicas → clean up → status. An event already deployed keeps its last good spec in force
+/// (schedule, replicas, autoscaling) when its spec turns invalid, a Secret goes away or the API
+/// server refuses what the spec builds, with InvalidSpec=True saying why; one never deployed
+/// gets nothing until it is valid.
 async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error> {
     let ns = tev.namespace().ok_or(Error::NoNamespace)?;
-    let name = tev.name_any();
     let now = Utc::now();
     let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
 
     // gather
-    let secrets = gather_secrets(&ctx.secrets, &ns, &tev).await?;
-    let mut existing: BTreeMap<Component, Option<Deployment>> = BTreeMap::new();
-    for c in Component::ALL {
-        existing.insert(c, deployments.get_opt(&component_name(&name, c)).await?);
-    }
-
+    let Gathered { secrets, existing } = match gather(&tev, ctx, &ns).await? {
+        Ok(g) => g,
+        Err(invalid) => return write_invalid(&tev, ctx, &api, &invalid, now).await,
+    };
     // never adopt: a Deployment with a child's name that this event does not own (someone
     // else's, or a leftover) would be taken over by the apply and deleted with the event
     if let Some(invalid) = foreign_child(&tev, &existing) {
@@ -441,9 +497,8 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::requeue(MISSING_SECRET_RETRY));
     }
 
-    // validate; an event already deployed keeps its last good spec in force on a bad edit or a
-    // deleted Secret (schedule, replicas, autoscaling), with InvalidSpec=True saying why
-    let (tev, kept) = match validate(&tev, &secrets) {
+    // validate
+    let (mut tev, mut kept) = match validate(&tev, &secrets) {
         Ok(()) => (tev, None),
         Err(invalid) => match last_good(&tev, &existing) {
             Some(good) => (Arc::new(good), Some(invalid)),
@@ -451,28 +506,14 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         },
     };
 
-    // schedule and build
-    let status = tev.status.clone().unwrap_or_default();
-    let sched = schedule::evaluate(&tev.spec, status.sold_out_at, now)?;
-    let target_of = |c: Component, entry: &BookEntry| schedule_target(&sched, &tev, c, entry);
-    let mut targets: BTreeMap<Component, i32> = BTreeMap::new();
-    for c in Component::ALL {
-        let mut entry = ctx.scaler.book().lock(&tev, c).await;
-        entry.adopt(existing.get(&c).and_then(Option::as_ref));
-        targets.insert(c, target_of(c, &entry));
-    }
-    let create: BTreeMap<Component, i32> = targets
-        .iter()
-        .filter(|(c, _)| existing.get(c).is_some_and(Option::is_none))
-        .map(|(c, r)| (*c, *r))
-        .collect();
-    let children = children::build(&tev, &create)?;
+    // plan
+    let mut plan = plan(&tev, ctx, &existing, now).await?;
 
     // never adopt the other children either: on a first deploy, a ConfigMap, Service or PDB with
     // a child's name that this event does not own is refused (the apply would take it over and
     // the garbage collector would delete it with the event). Only then: it costs a GET each.
-    if !create.is_empty()
-        && let Some(invalid) = foreign_object(&ctx.client, &ns, &tev, &children).await?
+    if !plan.create.is_empty()
+        && let Some(invalid) = foreign_object(&ctx.client, &ns, &tev, &plan.children).await?
     {
         // Re-checked, like a foreign Deployment: a predecessor's children go with the GC.
         write_invalid(&tev, ctx, &api, &invalid, now).await?;
@@ -480,95 +521,108 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     }
 
     // dry run: what the API server would refuse in a Deployment (a quantity such as `cpu: lots`,
-    // requests above limits) is found before anything is applied, so nothing is deployed half-way
-    if kept.is_none()
-        && let Err(invalid) = dry_run_deployments(&deployments, &children).await?
-    {
-        return match last_good(&tev, &existing) {
-            Some(good) => Box::pin(keep_in_force(Arc::new(good), invalid, &existing, ctx)).await,
-            None => write_invalid(&tev, ctx, &api, &invalid, now).await,
-        };
+    // requests above limits) is found before anything is applied, so nothing is deployed
+    // half-way; a deployed event goes on with its last good spec, like an invalid one
+    if kept.is_none() {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Err(invalid) = dry_run_deployments(&deployments, &plan.children).await? {
+            let Some(good) = last_good(&tev, &existing) else {
+                return write_invalid(&tev, ctx, &api, &invalid, now).await;
+            };
+            tev = Arc::new(good);
+            kept = Some(invalid);
+            plan = self::plan(&tev, ctx, &existing, now).await?;
+        }
     }
 
     // apply (children stay as the last good spec built them while it is kept in force)
     let applied = match &kept {
-        None => apply_children(&ctx.client, &ns, &children).await?,
+        None => apply_children(ctx, &tev, &ns, &plan).await?,
         Some(_) => Component::ALL
             .into_iter()
             .filter_map(|c| existing.get(&c).cloned().flatten().map(|d| (c, d)))
             .collect(),
     };
-    if !create.is_empty() {
-        let note = format!(
-            "created {}",
-            create
-                .iter()
-                .map(|(c, r)| format!("{c} with {r} replicas"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        ctx.events
-            .publish(&tev, EventType::Normal, reasons::CREATED, "Deploy", note)
-            .await;
-    }
 
-    // replicas, through the scaler (its own field manager; it also reports a `kubectl scale`),
-    // under the component's book entry so an autoscaler decision made since `tev` was cached is
-    // not undone
-    for c in Component::ALL {
-        let mut entry = ctx.scaler.book().lock(&tev, c).await;
-        ctx.scaler.flush(&mut entry, &tev, c).await;
-        let target = target_of(c, &entry);
-        targets.insert(c, target);
-        let reason = schedule_reason(&sched, &tev, c, entry.recorded(&tev, c), target);
-        ctx.scaler
-            .apply_replicas(&mut entry, &tev, c, target, &reason)
-            .await?;
-    }
+    // replicas
+    apply_replicas(ctx, &tev, &mut plan).await?;
 
     // clean up children that are no longer desired
     if kept.is_none() {
-        delete_orphans(ctx, &tev, &ns, &children).await?;
+        delete_orphans(ctx, &tev, &ns, &plan.children).await?;
     }
 
     // status
-    let ready: BTreeMap<Component, i32> = applied
-        .iter()
-        .map(|(c, d)| (*c, d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)))
-        .collect();
-    let updated: BTreeMap<Component, bool> = applied
-        .iter()
-        .map(|(c, d)| {
-            let st = d.status.as_ref();
-            let gen_seen = st.and_then(|s| s.observed_generation) >= d.metadata.generation;
-            let up = st.and_then(|s| s.updated_replicas).unwrap_or(0) >= targets[c];
-            (*c, gen_seen && up)
-        })
-        .collect();
-    let obs = Observed {
-        sched: &sched,
-        targets: &targets,
-        ready: &ready,
-        updated: &updated,
-        kept: kept.as_ref(),
-    };
-    write_status(&tev, ctx, &api, &obs, now).await?;
+    write_status(&tev, ctx, &api, &observe(&plan, &applied, kept.as_ref()), now).await?;
+    let name = tev.name_any();
     for c in Component::ALL {
-        ctx.metrics.set_replicas(&ns, &name, c, targets[&c], ready[&c]);
+        let ready = applied
+            .iter()
+            .find(|(ac, _)| *ac == c)
+            .map_or(0, |(_, d)| ready_of(d));
+        ctx.metrics.set_replicas(&ns, &name, c, plan.targets[&c], ready);
     }
-    ctx.metrics.set_phase(&ns, &name, sched.phase);
+    ctx.metrics.set_phase(&ns, &name, plan.sched.phase);
 
-    let next = requeue_at(sched.next_boundary, now);
+    let next = requeue_at(plan.sched.next_boundary, now);
     Ok(match &kept {
         // Re-check soon: a recreated Secret or a fixed edit ends the fallback to the last good spec.
         Some(_) => {
-            let at = sched.next_boundary.map_or(MISSING_SECRET_RETRY, |b| {
+            let at = plan.sched.next_boundary.map_or(MISSING_SECRET_RETRY, |b| {
                 (b - now).to_std().unwrap_or_default().min(MISSING_SECRET_RETRY)
             });
             Action::requeue(at)
         }
         None => next,
     })
+}
+
+fn ready_of(d: &Deployment) -> i32 {
+    d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)
+}
+
+/// replicas: through the scaler (its own field manager; it also reports a `kubectl scale`), under
+/// the component's book entry so an autoscaler decision made since `tev` was cached is not undone.
+async fn apply_replicas(ctx: &Context, tev: &TicketingEvent, plan: &mut Plan) -> Result<(), Error> {
+    for c in Component::ALL {
+        let mut entry = ctx.scaler.book().lock(tev, c).await;
+        ctx.scaler.flush(&mut entry, tev, c).await;
+        let target = schedule_target(&plan.sched, tev, c, &entry);
+        plan.targets.insert(c, target);
+        let reason = schedule_reason(&plan.sched, tev, c, entry.recorded(tev, c), target);
+        ctx.scaler
+            .apply_replicas(&mut entry, tev, c, target, &reason)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What the status write reports of this pass.
+fn observe<'a>(
+    plan: &'a Plan,
+    applied: &[(Component, Deployment)],
+    kept: Option<&'a Invalid>,
+) -> Observed<'a> {
+    let mut ready = BTreeMap::new();
+    let mut updated = BTreeMap::new();
+    for c in Component::ALL {
+        let d = applied.iter().find(|(ac, _)| *ac == c).map(|(_, d)| d);
+        ready.insert(c, d.map_or(0, ready_of));
+        // Settled: the Deployment controller saw this generation and updated every replica.
+        let settled = d.is_some_and(|d| {
+            let st = d.status.as_ref();
+            st.and_then(|s| s.observed_generation) >= d.metadata.generation
+                && st.and_then(|s| s.updated_replicas).unwrap_or(0) >= plan.targets[&c]
+        });
+        updated.insert(c, settled);
+    }
+    Observed {
+        sched: &plan.sched,
+        targets: &plan.targets,
+        ready,
+        updated,
+        kept,
+    }
 }
 
 /// A Deployment that has a child's name but no owner reference to this event (by uid).
@@ -633,51 +687,12 @@ fn schedule_reason(
     ScaleReason::new(kind, sched.reason.clone())
 }
 
-/// A dry-run refusal found after validation: the same as an invalid spec with the last good one
-/// kept. The current pass applies nothing new (children stay as the last good spec built them)
-/// and writes status with the refusal; the next reconcile reads it from the condition.
-async fn keep_in_force(
-    good: Arc<TicketingEvent>,
-    invalid: Invalid,
-    existing: &BTreeMap<Component, Option<Deployment>>,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    let ns = good.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Utc::now();
-    let status = good.status.clone().unwrap_or_default();
-    let sched = schedule::evaluate(&good.spec, status.sold_out_at, now)?;
-    let mut targets = BTreeMap::new();
-    let mut ready = BTreeMap::new();
-    let mut updated = BTreeMap::new();
-    for c in Component::ALL {
-        let mut entry = ctx.scaler.book().lock(&good, c).await;
-        entry.adopt(existing.get(&c).and_then(Option::as_ref));
-        targets.insert(c, schedule_target(&sched, &good, c, &entry));
-        let st = existing
-            .get(&c)
-            .and_then(Option::as_ref)
-            .and_then(|d| d.status.as_ref());
-        ready.insert(c, st.and_then(|s| s.ready_replicas).unwrap_or(0));
-        updated.insert(c, false);
-    }
-    let obs = Observed {
-        sched: &sched,
-        targets: &targets,
-        ready: &ready,
-        updated: &updated,
-        kept: Some(&invalid),
-    };
-    write_status(&good, ctx, &api, &obs, now).await?;
-    Ok(Action::requeue(MISSING_SECRET_RETRY))
-}
-
 /// What a reconcile pass saw and decided, for its status write.
 struct Observed<'a> {
     sched: &'a Schedule,
     targets: &'a BTreeMap<Component, i32>,
-    ready: &'a BTreeMap<Component, i32>,
-    updated: &'a BTreeMap<Component, bool>,
+    ready: BTreeMap<Component, i32>,
+    updated: BTreeMap<Component, bool>,
     /// The current spec is invalid (why) and the last good one is kept in force.
     kept: Option<&'a Invalid>,
 }
@@ -782,13 +797,16 @@ async fn dry_run_deployments(api: &Api<Deployment>, ch: &Children) -> Result<Res
     Ok(Ok(()))
 }
 
-/// Applies every child; returns the Deployments as the API server stored them.
+/// apply: every child (server-side apply); returns the Deployments as the API server stored
+/// them. A first deploy is announced with an Event.
 async fn apply_children(
-    client: &Client,
+    ctx: &Context,
+    tev: &TicketingEvent,
     ns: &str,
-    ch: &Children,
+    plan: &Plan,
 ) -> Result<Vec<(Component, Deployment)>, Error> {
     use futures::future::try_join_all;
+    let (client, ch) = (&ctx.client, &plan.children);
     // ConfigMap, Services and PDBs together; Deployments after them (pods mount the ConfigMap).
     let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
     let svcs = Api::<Service>::namespaced(client.clone(), ns);
@@ -800,6 +818,17 @@ async fn apply_children(
     )?;
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
     let applied = try_join_all(ch.deployments.iter().map(|(_, d)| ssa(&api, d))).await?;
+    if !plan.create.is_empty() {
+        let created: Vec<String> = plan
+            .create
+            .iter()
+            .map(|(c, r)| format!("{c} with {r} replicas"))
+            .collect();
+        let note = format!("created {}", created.join(", "));
+        ctx.events
+            .publish(tev, EventType::Normal, reasons::CREATED, "Deploy", note)
+            .await;
+    }
     Ok(ch.deployments.iter().map(|(c, _)| *c).zip(applied).collect())
 }
 
@@ -873,7 +902,8 @@ async fn write_status(
         ready,
         updated,
         kept,
-    } = *obs;
+    } = obs;
+    let kept = *kept;
     let gen_ = tev.metadata.generation;
     let old = tev.status.clone().unwrap_or_default();
     let (last_good_spec, last_good_generation) = match kept {
@@ -1074,6 +1104,39 @@ mod tests {
             let r = schedule_reason(&sched, &t, Component::Queue, recorded, 4);
             assert_eq!(r.kind, scaler::kinds::SCHEDULE, "{recorded:?}");
             assert_eq!(r.message, sched.reason);
+        }
+    }
+
+    #[test]
+    fn error_labels_say_what_failed() {
+        let api = |code: u16| kube::Error::Api(kube::core::Status::failure("x", "").with_code(code).boxed());
+        let service = |e: tower::BoxError| kube::Error::Service(e);
+        let not_leader = crate::leader::NotLeader {
+            method: "PATCH".into(),
+            path: "/apis/apps/v1/namespaces/ns/deployments/d".into(),
+        };
+        let timed_out = crate::runtime::CallTimeout {
+            method: "GET".into(),
+            path: "/api/v1/namespaces/ns/secrets/s".into(),
+            timeout: Duration::from_secs(10),
+        };
+        let cases = [
+            (Error::Kube(api(422)), "api_refused"),
+            (Error::Kube(api(409)), "conflict"),
+            (Error::Kube(api(503)), "api_error"),
+            (Error::Kube(service(Box::new(not_leader))), "not_leader"),
+            (Error::Kube(service(Box::new(timed_out))), "api_timeout"),
+            (Error::Kube(service("connection reset".into())), "kube"),
+            (
+                Error::Scale(scaler::ScaleError::NoDeployment("d".into())),
+                "no_deployment",
+            ),
+            (Error::Timeout(RECONCILE_TIMEOUT), "timeout"),
+            (Error::Panicked("boom".into()), "panic"),
+            (Error::NoNamespace, "no_namespace"),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.metric_label(), want, "{err}");
         }
     }
 

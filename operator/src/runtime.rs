@@ -36,6 +36,8 @@ const MANAGED_BY: &str = "app.kubernetes.io/managed-by=tiketi-operator";
 pub struct RunOptions {
     /// Watch one namespace, or all when `None`.
     pub namespace: Option<String>,
+    /// Read Secrets only in these namespaces; empty: wherever events are watched.
+    pub secret_namespaces: Vec<String>,
     /// Serve /metrics, /healthz, /readyz here; `None` = no server (tests).
     pub metrics_addr: Option<SocketAddr>,
     /// Leader election; `None` = always leader (a single replica).
@@ -62,6 +64,30 @@ pub fn trim_cached(tev: &mut TicketingEvent) {
 /// one event's calls at 5 s, the Lease calls at what is left of the renew deadline).
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A call [`with_request_timeout`] cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path}: no answer from the API server within {timeout:?}")]
+pub struct CallTimeout {
+    pub method: String,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// A fixed metric label for a kube error that says what failed: the API server refused the
+/// request (`api_refused`, 4xx), had a conflict (`conflict`), failed (`api_error`, 5xx), did not
+/// answer in time (`api_timeout`), the write was not sent because this replica does not lead
+/// (`not_leader`), or the connection failed (`kube`).
+pub fn kube_error_label(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => "conflict",
+        kube::Error::Api(s) if (400..500).contains(&s.code) => "api_refused",
+        kube::Error::Api(_) => "api_error",
+        kube::Error::Service(b) if b.downcast_ref::<crate::leader::NotLeader>().is_some() => "not_leader",
+        kube::Error::Service(b) if b.downcast_ref::<CallTimeout>().is_some() => "api_timeout",
+        _ => "kube",
+    }
+}
+
 /// `client` with every request bounded by `timeout` until its response arrives (the body of a
 /// non-watch response is small and follows at once). For the calls, not for watches: a watch
 /// response is a stream that stays open for minutes.
@@ -73,9 +99,11 @@ pub fn with_request_timeout(client: Client, timeout: Duration) -> Client {
             let (method, path) = (req.method().clone(), req.uri().path().to_owned());
             match tokio::time::timeout(timeout, client.send(req)).await {
                 Ok(res) => res.map_err(tower::BoxError::from),
-                Err(_) => Err(tower::BoxError::from(format!(
-                    "{method} {path}: no answer from the API server within {timeout:?}"
-                ))),
+                Err(_) => Err(tower::BoxError::from(CallTimeout {
+                    method: method.to_string(),
+                    path,
+                    timeout,
+                })),
             }
         }
     });
@@ -105,6 +133,7 @@ where
 pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let RunOptions {
         namespace,
+        secret_namespaces,
         metrics_addr,
         leader: leader_cfg,
         identity,
@@ -112,6 +141,8 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     } = opts;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    // Every task is supervised: a panic is logged, counted and fails /healthz and /readyz.
+    let failed = crate::supervise::Failures::default();
 
     // The Lease is released only after the controller and the autoscaler have stopped (SIGTERM:
     // stop work first, then release), so a standby never writes while this replica still does.
@@ -122,16 +153,16 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                 let _ = release_rx.await;
             };
             let (state, fut) = leader::elect(client.clone(), cfg, release);
-            (state, Some(tokio::spawn(fut)))
+            let task = crate::supervise::spawn("leader-election", fut, &failed, &metrics);
+            (state, Some(task))
         }
         None => (LeaderState::always(), None),
     };
     {
-        // Mirror leadership into the metric.
         // Mirror leadership into the metric; on stepping down, drop the per-event gauges.
         let mut rx = leader_state.subscribe();
         let m = metrics.clone();
-        tokio::spawn(async move {
+        let mirror = async move {
             let mut was = false;
             loop {
                 let leads = *rx.borrow_and_update() == Some(true);
@@ -144,43 +175,60 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                     break;
                 }
             }
-        });
+        };
+        crate::supervise::spawn("leader-metric", mirror, &failed, &metrics);
     }
 
     let ns = namespace.as_deref();
     // Every call but the watches is bounded (kube's client has no read timeout, and retries
     // throttling for minutes): a hung API server fails that call, not the loop waiting on it.
-    let calls = with_request_timeout(client.clone(), API_CALL_TIMEOUT);
+    // And every write is sent only while this replica leads at that instant (`guard_writes`).
+    let calls = leader::guard_writes(
+        with_request_timeout(client.clone(), API_CALL_TIMEOUT),
+        leader_state.clone(),
+    );
     // A Secret an event refers to that is deleted, created or changed reconciles that event at
     // once (a deleted Secret mid-sale shows as InvalidSpec=True with the last good spec kept; a
     // recreated one ends it). Metadata only: which Secrets exist and at which resourceVersion;
     // the data of the referenced ones is read once per version (`crate::secrets`).
-    let (secret_store, secret_writer) = reflector::store();
-    let secrets_synced = Arc::new(AtomicBool::new(false));
-    let secrets_watch = watcher(
-        api::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(crate::secrets::trim_meta)
-    .reflect(secret_writer)
-    .inspect_ok({
-        let synced = secrets_synced.clone();
-        move |ev| {
-            if matches!(ev, watcher::Event::InitDone) {
-                synced.store(true, Ordering::Release);
+    // One watch per namespace Secrets may be read in (`secret_namespaces`), else one over the
+    // events' scope. Each has its own store: a watch's relist replaces its whole store.
+    let scopes: Vec<Option<String>> = if secret_namespaces.is_empty() {
+        vec![namespace.clone()]
+    } else {
+        secret_namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut watched = Vec::new();
+    let mut secret_streams = Vec::new();
+    for scope in scopes {
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let stream = watcher(
+            api::<PartialObjectMeta<Secret>>(&client, scope.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(crate::secrets::trim_meta)
+        .reflect(writer)
+        .inspect_ok({
+            let synced = synced.clone();
+            move |ev| {
+                if matches!(ev, watcher::Event::InitDone) {
+                    synced.store(true, Ordering::Release);
+                }
             }
-        }
-    })
-    .touched_objects();
-    let secrets = crate::secrets::Secrets::new(
-        calls.clone(),
-        Some(crate::secrets::Watched {
-            store: secret_store,
-            synced: secrets_synced,
-        }),
-    )
-    .counting(metrics.secret_reads.clone());
+        })
+        .touched_objects()
+        .boxed();
+        secret_streams.push(stream);
+        watched.push(crate::secrets::Watched {
+            namespace: scope,
+            store,
+            synced,
+        });
+    }
+    let secrets_watch = futures::stream::select_all(secret_streams);
+    let secrets = crate::secrets::Secrets::new(calls.clone(), watched).counting(metrics.secret_reads.clone());
 
     let events = EventPublisher::new(calls.clone(), "tiketi-operator", identity).counting(&metrics);
     let ctx = Arc::new(Context::new(
@@ -251,7 +299,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     {
         let store = controller.store();
         let synced = synced.clone();
-        tokio::spawn(async move {
+        let sync = async move {
             // Re-poll with a timeout: the store's readiness is a oneshot channel that wakes only
             // its latest poller, and the Controller's applier polls it too, so a single await here
             // could sleep forever even after the initial list arrived.
@@ -266,9 +314,9 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                     Err(_) => {}
                 }
             }
-        });
+        };
+        crate::supervise::spawn("watch-sync", sync, &failed, &metrics);
     }
-    let failed = crate::supervise::Failures::default();
     let autoscaler = crate::supervise::spawn(
         "autoscaler",
         Autoscaler::new(ctx.clone(), controller.store(), autoscaler).run(shutdown.clone()),
@@ -284,7 +332,15 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                 failed: failed.clone(),
             },
         );
-        tokio::spawn(server::serve(addr, app, shutdown_signal(shutdown.clone())))
+        let serve = server::serve(addr, app, shutdown_signal(shutdown.clone()));
+        let dead = failed.clone();
+        let task = async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the /metrics, /healthz and /readyz server failed");
+                dead.record(format!("task server failed: {e}"));
+            }
+        };
+        crate::supervise::spawn("server", task, &failed, &metrics)
     });
 
     controller
@@ -301,7 +357,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     autoscaler.await?;
     let _ = release_tx.send(());
     if let Some(h) = server {
-        h.await??;
+        h.await?;
     }
     if let Some(h) = election {
         h.await?;

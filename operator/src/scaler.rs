@@ -53,6 +53,71 @@ pub mod kinds {
     pub const ALL: [&str; 6] = [SCHEDULE, CLOSED, SCALE_OUT, SCALE_IN, FALLBACK, MAX_LOWERED];
 }
 
+/// Annotations the scaler writes on a component Deployment in the same server-side apply as
+/// `spec.replicas` (RFC 3339): when the last signal-driven scale-out and scale-in happened. The
+/// same instants are in status (`lastScaleOutTime`, `lastScaleInTime`), but a status write can
+/// fail after the Deployment write landed; a new leader then takes the cooldowns from here, so
+/// replicas and their cooldown are one write.
+pub mod cooldown_annotations {
+    pub const LAST_SCALE_OUT: &str = "tiketi.gg/last-scale-out-time";
+    pub const LAST_SCALE_IN: &str = "tiketi.gg/last-scale-in-time";
+}
+
+/// The cooldown instants a Deployment carries (see [`cooldown_annotations`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScaledAt {
+    pub out: Option<DateTime<Utc>>,
+    pub inn: Option<DateTime<Utc>>,
+}
+
+impl ScaledAt {
+    /// Read from `d`'s annotations (an unparsable value counts as absent).
+    pub fn of(d: &Deployment) -> Self {
+        let read = |key: &str| {
+            d.annotations()
+                .get(key)
+                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Self {
+            out: read(cooldown_annotations::LAST_SCALE_OUT),
+            inn: read(cooldown_annotations::LAST_SCALE_IN),
+        }
+    }
+
+    /// After a change of `kind` at `at`.
+    pub fn after(self, kind: &str, at: DateTime<Utc>) -> Self {
+        match kind {
+            kinds::SCALE_OUT => Self {
+                out: Some(at),
+                ..self
+            },
+            kinds::SCALE_IN => Self {
+                inn: Some(at),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// The annotations that carry it (only the instants that exist).
+    pub fn annotations(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for (key, at) in [
+            (cooldown_annotations::LAST_SCALE_OUT, self.out),
+            (cooldown_annotations::LAST_SCALE_IN, self.inn),
+        ] {
+            if let Some(at) = at {
+                m.insert(
+                    key.to_owned(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into(),
+                );
+            }
+        }
+        m
+    }
+}
+
 /// Why replicas change: a fixed `kind` for metrics and a free-text message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleReason {
@@ -96,7 +161,7 @@ impl ScaleError {
         match self {
             Self::NoDeployment(_) => "no_deployment",
             Self::NoNamespace => "no_namespace",
-            Self::Kube(_) => "kube",
+            Self::Kube(e) => crate::runtime::kube_error_label(e),
             Self::NotLeader => "not_leader",
         }
     }
@@ -113,6 +178,9 @@ pub struct BookEntry {
     /// [`Scaler::flush`] before the next decision (the Deployment write is what counts: the
     /// memory is committed from it, so a refused status write never scales out twice).
     pub unrecorded: Option<Unrecorded>,
+    /// The cooldown instants the Deployment carried when this entry adopted it (a new leader):
+    /// newer than status when the previous leader's status write never landed.
+    pub adopted_cooldowns: Option<ScaledAt>,
 }
 
 /// A change applied to a Deployment but not yet recorded in status.
@@ -129,13 +197,64 @@ impl BookEntry {
     /// write never landed. Without this the new leader would decide from a stale
     /// `status.desiredReplicas`, revert a fresh scale-out and report it as a `kubectl scale`.
     /// Returns the adopted replicas.
-    pub fn adopt(&mut self, deployment: Option<&Deployment>) -> Option<i32> {
+    /// When status does not show those replicas, the change is kept as [`Unrecorded`] (with the
+    /// cooldown instant the Deployment carries), so the next [`Scaler::flush`] records it.
+    pub fn adopt(
+        &mut self,
+        deployment: Option<&Deployment>,
+        tev: &TicketingEvent,
+        c: Component,
+    ) -> Option<i32> {
         if self.desired.is_some() {
             return None;
         }
-        let replicas = deployment.and_then(scaler_owned_replicas)?;
+        let deployment = deployment?;
+        let replicas = scaler_owned_replicas(deployment)?;
+        let scaled_at = ScaledAt::of(deployment);
         self.desired = Some(replicas);
+        self.adopted_cooldowns = Some(scaled_at);
+        let status = tev.status.as_ref().and_then(|s| s.component(c));
+        if let Some(from) = status.and_then(|s| s.desired_replicas)
+            && from != replicas
+        {
+            let newer = |adopted: Option<DateTime<Utc>>, recorded: Option<DateTime<Utc>>| {
+                adopted.filter(|a| recorded.is_none_or(|r| a > &r))
+            };
+            let (kind, at) =
+                if let Some(at) = newer(scaled_at.out, status.and_then(|s| s.last_scale_out_time)) {
+                    (kinds::SCALE_OUT, at)
+                } else if let Some(at) = newer(scaled_at.inn, status.and_then(|s| s.last_scale_in_time)) {
+                    (kinds::SCALE_IN, at)
+                } else {
+                    (kinds::SCHEDULE, Utc::now())
+                };
+            self.unrecorded = Some(Unrecorded {
+                change: ScaleChange { from, to: replicas },
+                reason: ScaleReason::new(
+                    kind,
+                    "written by the previous leader, whose status record had not landed",
+                ),
+                at,
+            });
+        }
         Some(replicas)
+    }
+
+    /// The autoscaler's memory: this process's, else (a new leader) rebuilt from status with the
+    /// cooldowns the adopted Deployment carries where they are newer. None: rebuild from status.
+    pub fn memory_or_adopted(&self, tev: &TicketingEvent, c: Component) -> Option<Memory> {
+        if self.memory.is_some() {
+            return self.memory.clone();
+        }
+        let adopted = self.adopted_cooldowns?;
+        let status = tev.status.as_ref();
+        let mut m = Memory::from_status(
+            status.and_then(|s| s.component(c)),
+            status.and_then(|s| s.signals_observed_at),
+        );
+        m.last_scale_out = m.last_scale_out.max(adopted.out);
+        m.last_scale_in = m.last_scale_in.max(adopted.inn);
+        Some(m)
     }
 
     /// The replicas last asked for: this process's write, else `status.<component>.desiredReplicas`.
@@ -250,7 +369,7 @@ impl Scaler {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
         match api.get_opt(&component_name(&tev.name_any(), component)).await {
             Ok(d) => {
-                if let Some(r) = entry.adopt(d.as_ref()) {
+                if let Some(r) = entry.adopt(d.as_ref(), tev, component) {
                     tracing::debug!(%component, replicas = r, "adopted the replicas this operator's scaler wrote");
                 }
             }
@@ -312,10 +431,17 @@ impl Scaler {
                 )
                 .await;
         }
+        let now = Utc::now();
+        // The cooldown instants ride in the same write as the replicas (see `cooldown_annotations`).
+        let scaled_at = if from == desired {
+            ScaledAt::of(&current)
+        } else {
+            ScaledAt::of(&current).after(reason.kind, now)
+        };
         let body = serde_json::json!({
             "apiVersion": Deployment::api_version(&()),
             "kind": Deployment::kind(&()),
-            "metadata": {"name": deploy_name},
+            "metadata": {"name": deploy_name, "annotations": scaled_at.annotations()},
             "spec": {"replicas": desired},
         });
         // Leadership is checked right before the write, not only when the tick or reconcile began.
@@ -351,7 +477,6 @@ impl Scaler {
             return Ok(None);
         }
 
-        let now = Utc::now();
         let change = ScaleChange { from, to: desired };
         let direction = if desired > from {
             Direction::Up
@@ -359,7 +484,7 @@ impl Scaler {
             Direction::Down
         };
         let event_reason = direction.event_reason().unwrap_or(reasons::SCALED_OUT);
-        let note = format!("{event_reason} {component} {from}→{desired}: {}", reason.message);
+        let note = direction.note(component.as_str(), from, desired, &reason.message);
         let u = Unrecorded {
             change,
             reason: reason.clone(),
@@ -487,16 +612,73 @@ mod tests {
             crate::crd::fixture::event(serde_json::json!({"status": {"queue": {"desiredReplicas": 10}}}));
         let mut fresh = BookEntry::default();
         assert_eq!(fresh.recorded(&tev, Component::Queue), Some(10), "stale status");
-        assert_eq!(fresh.adopt(Some(&ours)), Some(29));
+        assert_eq!(fresh.adopt(Some(&ours), &tev, Component::Queue), Some(29));
+        // Status said 10: the adopted change is recorded on the next flush.
+        let u = fresh
+            .unrecorded
+            .clone()
+            .expect("the previous leader's change is to be recorded");
+        assert_eq!(u.change, ScaleChange { from: 10, to: 29 });
         assert_eq!(fresh.recorded(&tev, Component::Queue), Some(29));
         // An entry this process already wrote is not overridden by what the cache shows.
         let mut written = BookEntry {
             desired: Some(31),
             ..Default::default()
         };
-        assert_eq!(written.adopt(Some(&ours)), None);
+        assert_eq!(written.adopt(Some(&ours), &tev, Component::Queue), None);
         assert_eq!(written.desired, Some(31));
-        assert_eq!(BookEntry::default().adopt(None), None);
+        assert_eq!(BookEntry::default().adopt(None, &tev, Component::Queue), None);
+    }
+
+    #[test]
+    fn a_new_leader_takes_the_cooldowns_the_deployment_carries() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // The previous leader scaled out at 10:00:05; its status write (lastScaleOutTime) never
+        // landed, so status still says 09:00.
+        let tev = crate::crd::fixture::event(serde_json::json!({"status": {"queue": {
+            "desiredReplicas": 3, "lastScaleOutTime": "2026-12-01T09:00:00Z",
+            "lastScaleInTime": "2026-12-01T09:30:00Z"
+        }}}));
+        let at = ScaledAt::default().after(kinds::SCALE_OUT, t("2026-12-01T10:00:05Z"));
+        assert_eq!(at.inn, None);
+        let mut d = deployment(5, field_managers::SCALER, "Apply");
+        d.metadata.annotations = Some(
+            at.annotations()
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap().to_owned()))
+                .collect(),
+        );
+        assert_eq!(ScaledAt::of(&d), at, "the annotations read back");
+        let mut fresh = BookEntry::default();
+        assert_eq!(fresh.adopt(Some(&d), &tev, Component::Queue), Some(5));
+        // Status said 3: recorded as the scale-out it was, at the instant it happened.
+        let u = fresh.unrecorded.clone().unwrap();
+        assert_eq!(
+            (u.change.from, u.change.to, u.reason.kind),
+            (3, 5, kinds::SCALE_OUT)
+        );
+        assert_eq!(u.at, t("2026-12-01T10:00:05Z"));
+        let m = fresh.memory_or_adopted(&tev, Component::Queue).unwrap();
+        assert_eq!(
+            m.last_scale_out,
+            Some(t("2026-12-01T10:00:05Z")),
+            "the newer instant wins"
+        );
+        assert_eq!(
+            m.last_scale_in,
+            Some(t("2026-12-01T09:30:00Z")),
+            "status kept where newer"
+        );
+        // Schedule steps start no cooldown; this process's own memory is never replaced.
+        assert_eq!(at.after(kinds::SCHEDULE, t("2026-12-02T00:00:00Z")), at);
+        let own = Memory::default();
+        fresh.memory = Some(own.clone());
+        assert_eq!(fresh.memory_or_adopted(&tev, Component::Queue), Some(own));
+        // Nothing adopted: rebuilt from status by the caller.
+        assert_eq!(
+            BookEntry::default().memory_or_adopted(&tev, Component::Queue),
+            None
+        );
     }
 
     #[test]

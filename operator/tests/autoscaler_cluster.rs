@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, ResourceExt};
 use reconciler_support::*;
 use redis::AsyncCommands;
 use tiketi_e2e::{PrivateRedis, TestNamespace, free_port, kube_client, stack_env, unique, wait_until};
@@ -904,9 +904,12 @@ async fn a_live_sale_keeps_running_on_its_last_good_spec() {
         "{evs:?}"
     );
 
-    // 2. The Secret comes back and an edit breaks the policy: the old policy keeps scaling.
+    // 2. The Secret comes back and an edit builds a Deployment the API server refuses (requests
+    // above limits: only its dry run finds it): the old spec keeps scaling.
     create_secrets(&client, &ns.name).await.unwrap();
-    let patch = serde_json::json!({"spec": {"queue": {"scaling": {"pollInterval": "0s"}}}});
+    let patch = serde_json::json!({"spec": {"queue": {"resources": {
+        "requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}
+    }}}});
     api.patch(
         "good",
         &kube::api::PatchParams::default(),
@@ -917,11 +920,14 @@ async fn a_live_sale_keeps_running_on_its_last_good_spec() {
     wait_tev(
         &api,
         "good",
-        "InvalidSpec=True for pollInterval",
+        "InvalidSpec=True for the refused Deployment",
         Duration::from_secs(20),
         |t| {
-            tiketi_operator::status::find(t, types::INVALID_SPEC)
-                .is_some_and(|c| c.status == "True" && c.message.contains("pollInterval"))
+            tiketi_operator::status::find(t, types::INVALID_SPEC).is_some_and(|c| {
+                c.status == "True"
+                    && c.message.contains("the API server refuses Deployment")
+                    && c.message.contains("keeping the spec")
+            })
         },
     )
     .await
@@ -929,8 +935,21 @@ async fn a_live_sale_keeps_running_on_its_last_good_spec() {
     set_queue(&mut conn, &eid, 0).await;
     wait_replicas(&deployments, "good", 1, Duration::from_secs(20)).await;
 
+    // The Deployment still runs the last good spec's resources.
+    let d = deployments.get("good-queue").await.unwrap();
+    let requests = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .and_then(|r| r.requests)
+        .unwrap_or_default();
+    assert_ne!(
+        requests.get("memory").map(|q| q.0.as_str()),
+        Some("2Gi"),
+        "the refused spec was applied"
+    );
+
     // 3. Fixed: valid again, the new generation is the good one.
-    let patch = serde_json::json!({"spec": {"queue": {"scaling": {"pollInterval": "500ms"}}}});
+    let patch = serde_json::json!({"spec": {"queue": {"resources": null}}});
     api.patch(
         "good",
         &kube::api::PatchParams::default(),
@@ -1155,7 +1174,7 @@ async fn a_refused_status_write_does_not_scale_out_again_inside_the_cooldown() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     api.create(
         &PostParams::default(),
-        &on_sale_event("nostatus", &eid, queue_policy("20s", "1m", "10m")),
+        &on_sale_event("nostatus", &eid, queue_policy("45s", "1m", "10m")),
     )
     .await
     .unwrap();
@@ -1183,7 +1202,7 @@ async fn a_refused_status_write_does_not_scale_out_again_inside_the_cooldown() {
             .is_none(),
         "a status write got through the policy"
     );
-    // 8 s of ticks every 500 ms with the queue still above the step: the cooldown (20 s) is
+    // 8 s of ticks every 500 ms with the queue still above the step: the cooldown (45 s) is
     // kept from the write that landed, so no second step.
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
@@ -1194,7 +1213,28 @@ async fn a_refused_status_write_does_not_scale_out_again_inside_the_cooldown() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Status writes allowed again: the decision and its cooldown reach the status.
+    // A leader change while status is still refused: the new leader knows nothing of the change
+    // but what the Deployment carries (replicas and, in the same write, the cooldown instant).
+    let d = deployments.get("nostatus-queue").await.unwrap();
+    assert!(
+        d.annotations()
+            .contains_key(tiketi_operator::scaler::cooldown_annotations::LAST_SCALE_OUT),
+        "the scale-out's instant is not on the Deployment: {:?}",
+        d.annotations()
+    );
+    op.stop().await.unwrap();
+    let op = Operator::start(&client, &ns.name);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            queue_replicas(&deployments, "nostatus").await,
+            3,
+            "a new leader scaled out again inside the cooldown it could only learn from the Deployment"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Status writes allowed again: the decision and its cooldown reach the status (recorded by
+    // the new leader from what it adopted).
     allow.await;
     let t = wait_tev(
         &api,
@@ -1214,5 +1254,103 @@ async fn a_refused_status_write_does_not_scale_out_again_inside_the_cooldown() {
         queue_status(&t).last_scale_out_time
     );
     clear_keys(&url, &eid).await;
+    teardown(&client, ns, op).await.unwrap();
+}
+
+/// The operator's client with a switch: while on, every request whose path names `marker`
+/// hangs (accepted, never answered), the way one event's calls look behind a stalled API server
+/// or a slow admission webhook. Everything else passes.
+fn client_stalling(
+    client: kube::Client,
+    marker: &'static str,
+) -> (kube::Client, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let on = std::sync::Arc::new(AtomicBool::new(false));
+    let switch = on.clone();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let hang = switch.load(Ordering::SeqCst) && req.uri().path().contains(marker);
+        async move {
+            if hang {
+                futures::future::pending::<()>().await;
+            }
+            client.send(req).await.map_err(tower::BoxError::from)
+        }
+    });
+    (kube::Client::new(service, "default"), on)
+}
+
+/// Sum of the samples of `name` whose labels contain `labels`.
+fn sum_samples(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One event whose API calls hang holds only itself: the other event's decisions go on at its
+/// poll interval (before, every tick waited for every event, so each tick lasted the 5 s bound).
+#[tokio::test]
+async fn a_hung_event_does_not_hold_the_others() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "as-hung").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let url = stack_env("REDIS_URL").unwrap();
+    let (fine_id, hung_id) = (unique("as-fine"), unique("as-hung"));
+    let mut conn = redis(&url).await;
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    for (name, id) in [("fine", &fine_id), ("hung", &hung_id)] {
+        api.create(
+            &PostParams::default(),
+            &on_sale_event(name, id, queue_policy("1s", "1m", "10m")),
+        )
+        .await
+        .unwrap();
+    }
+    let (stalling, stall) = client_stalling(client.clone(), "/hung");
+    let port = free_port().unwrap();
+    let op = Operator::start_opts(&stalling, &ns.name, |o| {
+        o.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    });
+    on_sale_and_healthy(&api, "fine").await;
+    on_sale_and_healthy(&api, "hung").await;
+
+    // "hung" wants to scale and every call it makes hangs; "fine" is read in the same ticks.
+    stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    set_queue(&mut conn, &hung_id, 100).await;
+    set_queue(&mut conn, &fine_id, 100).await;
+    let asked = Instant::now();
+    wait_replicas(&deployments, "fine", 3, Duration::from_secs(10)).await;
+    let reacted = asked.elapsed();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let fine = "event=\"fine\"";
+    let before = sum_samples(
+        &reqwest_get(&metrics_url).await,
+        "tiketi_operator_autoscaler_decisions_total",
+        fine,
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = sum_samples(
+        &reqwest_get(&metrics_url).await,
+        "tiketi_operator_autoscaler_decisions_total",
+        fine,
+    );
+    let decided = after - before;
+    println!(
+        "with every call of \"hung\" hanging: \"fine\" scaled 1→3 {:.2} s after its queue grew, and was decided {decided} times in 6 s (2 components, 500 ms poll)",
+        reacted.as_secs_f64()
+    );
+    // 6 s at 500 ms is 12 ticks × 2 components; a tick held by the hung event's 5 s bound would
+    // allow about 2 ticks.
+    assert!(
+        decided >= 12.0,
+        "\"fine\" was decided only {decided} times in 6 s"
+    );
+    stall.store(false, std::sync::atomic::Ordering::SeqCst);
+    clear_keys(&url, &fine_id).await;
+    clear_keys(&url, &hung_id).await;
     teardown(&client, ns, op).await.unwrap();
 }

@@ -568,7 +568,11 @@ async fn invalid_manifests_are_refused_or_marked_invalid() {
     install_crd(&client).await.unwrap();
     let ns = TestNamespace::create(&client, "tev-invalid").await.unwrap();
     create_secrets(&client, &ns.name).await.unwrap();
-    let op = Operator::start(&client, &ns.name);
+    // With its probe server, so readiness and the panic counter are read as the kubelet would.
+    let port = tiketi_e2e::free_port().unwrap();
+    let op = Operator::start_opts(&client, &ns.name, |o| {
+        o.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    });
     let ar = ApiResource::erase::<TicketingEvent>(&());
     let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
@@ -616,23 +620,38 @@ async fn invalid_manifests_are_refused_or_marked_invalid() {
                 "{}: expected {fragment:?} in {msg}",
                 path.display()
             );
-            // Nothing deployed half-way: no Deployment, no ConfigMap.
-            assert!(
+            // Nothing deployed half-way: no child of any kind.
+            let lp = label(&name);
+            let children = [
                 Api::<Deployment>::namespaced(client.clone(), &ns.name)
-                    .get_opt(&format!("{name}-queue"))
+                    .list(&lp)
                     .await
                     .unwrap()
-                    .is_none(),
-                "{}: a Deployment was created",
-                path.display()
-            );
-            assert!(
+                    .items
+                    .len(),
                 Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-                    .get_opt(&tiketi_operator::children::config_map_name(&name))
+                    .list(&lp)
                     .await
                     .unwrap()
-                    .is_none(),
-                "{}: the ConfigMap was created",
+                    .items
+                    .len(),
+                Api::<Service>::namespaced(client.clone(), &ns.name)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items
+                    .len(),
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items
+                    .len(),
+            ];
+            assert_eq!(
+                children,
+                [0; 4],
+                "{}: children were created (Deployments, ConfigMaps, Services, PDBs)",
                 path.display()
             );
             marked += 1;
@@ -640,14 +659,40 @@ async fn invalid_manifests_are_refused_or_marked_invalid() {
             panic!("{} has no expectation line", path.display());
         }
     }
-    assert!(
-        refused >= 20 && marked >= 10,
-        "refused {refused}, marked {marked}"
-    );
-    // No input of the corpus may take the operator down (it used to panic on huge durations).
+    assert!(refused >= 30 && marked >= 5, "refused {refused}, marked {marked}");
+    // No input of the corpus may take the operator down (it used to panic on huge durations),
+    // not even one of its tasks: still running, Ready, no panic counted, a tick still ticking.
     assert!(
         op.is_running(),
         "the operator stopped while reconciling the corpus"
+    );
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let code = ready.status();
+    assert!(
+        code.is_success(),
+        "/readyz {code}: {}",
+        ready.text().await.unwrap_or_default()
+    );
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let panics: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tiketi_operator_panics_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(panics.is_empty(), "panics counted: {panics:?}");
+    println!(
+        "corpus: {refused} refused by the API server, {marked} marked InvalidSpec; operator Ready, 0 panics"
     );
     teardown(&client, ns, op).await.unwrap();
 }
@@ -839,6 +884,49 @@ async fn a_service_it_does_not_own_is_never_adopted() {
     assert!(
         deployments.list(&label("held")).await.unwrap().items.is_empty(),
         "deployed half-way"
+    );
+    teardown(&client, ns, op).await.unwrap();
+}
+
+/// With `--secret-namespaces` (chart value `secretNamespaces`) the operator reads Secrets only
+/// there: an event elsewhere is InvalidSpec naming the rule, its Secrets are never read, and
+/// nothing is deployed.
+#[tokio::test]
+async fn secrets_outside_the_allowed_namespaces_are_never_read() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-secret-scope").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let op = Operator::start_opts(&client, &ns.name, |o| {
+        o.secret_namespaces = vec!["tiketi-secrets-elsewhere".into()];
+    });
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &event("scoped", Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    let t = wait_tev(&api, "scoped", "InvalidSpec=True", Duration::from_secs(20), |t| {
+        condition_is(t, types::INVALID_SPEC, "True")
+    })
+    .await
+    .unwrap();
+    let invalid = tiketi_operator::status::find(&t, types::INVALID_SPEC).unwrap();
+    assert_eq!(invalid.reason, reasons::INVALID_SPEC);
+    assert!(
+        invalid
+            .message
+            .contains("only in namespaces tiketi-secrets-elsewhere")
+            && invalid.message.contains("--secret-namespaces")
+            && invalid.message.contains(&ns.name),
+        "{}",
+        invalid.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.list(&label("scoped")).await.unwrap().items.is_empty(),
+        "deployed without its Secrets"
     );
     teardown(&client, ns, op).await.unwrap();
 }

@@ -274,3 +274,161 @@ async fn a_leader_behind_a_stalled_api_steps_down_before_the_standby_leads() {
     run_a.abort();
     ns.delete().await.unwrap();
 }
+
+/// Writes each operator sent (after every check of its own), as (when, method, path).
+type WriteLog = std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String, String)>>>;
+
+/// `client` that logs every write it sends and, once `hang_leases` is set, never answers a Lease
+/// call (the election's renewals hang while every other call works: a throttled Lease, a
+/// partition of one path).
+fn recording(
+    client: kube::Client,
+    hang_leases: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (kube::Client, WriteLog) {
+    use axum::http::Method;
+    let log: WriteLog = Default::default();
+    let writes = log.clone();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let path = req.uri().path().to_owned();
+        let lease = path.contains("/leases");
+        let hang = lease && hang_leases.load(std::sync::atomic::Ordering::SeqCst);
+        if !lease && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            writes
+                .lock()
+                .unwrap()
+                .push((std::time::Instant::now(), req.method().to_string(), path));
+        }
+        async move {
+            if hang {
+                futures::future::pending::<()>().await;
+            }
+            client.send(req).await.map_err(tower::BoxError::from)
+        }
+    });
+    (kube::Client::new(service, "default"), log)
+}
+
+/// Two whole operators on one Lease. The leader's Lease calls hang while all its other calls
+/// work: it stops writing within the renew deadline, the standby writes only after it took the
+/// Lease, and at no instant do both write (every write either sends is logged as it is sent).
+#[tokio::test]
+async fn a_leader_whose_lease_hangs_stops_writing_before_the_standby_starts() {
+    use redis::AsyncCommands as _;
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-two-writers").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let eid = tiketi_e2e::unique("two-writers");
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    // On sale, a queue that grows all the time: the leader writes status (and scales) every tick.
+    let tev = event("busy", Utc::now() - TimeDelta::minutes(1), |v| {
+        v["spec"]["eventId"] = eid.clone().into();
+        v["spec"]["queue"]["scaling"] = serde_json::json!({
+            "pollInterval": "250ms",
+            "scaleOut": {"steps": [{"signal": "queueDepth", "above": 50, "add": 1}], "cooldown": "1s"},
+            "scaleIn": {"when": {"signal": "queueDepth", "below": 10}, "remove": 1,
+                        "stabilizationWindow": "1m", "cooldown": "10m"}
+        });
+    });
+    api.create(&PostParams::default(), &tev).await.unwrap();
+    let url = tiketi_e2e::stack_env("REDIS_URL").unwrap();
+    let queue_key = tiketi_shared::keys::EventKeys::new(&eid).queue();
+    let feeder = {
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let key = queue_key.clone();
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let _: () = conn.zadd(&key, format!("u{i}"), i).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let hang_a = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (client_a, writes_a) = recording(client.clone(), hang_a.clone());
+    let (client_b, writes_b) = recording(client.clone(), Default::default());
+    let start = |c: &kube::Client, id: &str| {
+        Operator::start_opts(c, &ns.name, |o| {
+            o.leader = Some(fast(&ns.name, id));
+            o.autoscaler.status_interval = Duration::from_millis(200);
+        })
+    };
+    let a = start(&client_a, "a");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let holder = || async {
+        Ok::<_, kube::Error>(
+            leases
+                .get_opt("tiketi-operator")
+                .await?
+                .and_then(|l| l.spec?.holder_identity),
+        )
+    };
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        Ok(holder().await? == Some("a".into()))
+    })
+    .await
+    .unwrap();
+    let b = start(&client_b, "b");
+    // a writes while it leads (the event is on sale and its queue grows).
+    wait_until("a to write", Duration::from_secs(20), || async {
+        Ok(writes_a.lock().unwrap().len() >= 5)
+    })
+    .await
+    .unwrap();
+
+    let hung_at = std::time::Instant::now();
+    hang_a.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until("b to take over and write", Duration::from_secs(20), || async {
+        Ok(holder().await? == Some("b".into())
+            && writes_b.lock().unwrap().iter().any(|(t, _, _)| *t > hung_at))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let last_a = writes_a.lock().unwrap().iter().map(|(t, _, _)| *t).max().unwrap();
+    let first_b = writes_b
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _, _)| *t)
+        .min()
+        .expect("b never wrote");
+    let a_after: Vec<_> = writes_a
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| *t > hung_at + Duration::from_millis(2_100))
+        .map(|(t, m, p)| format!("{m} {p} at +{:?}", t.duration_since(hung_at)))
+        .collect();
+    assert!(a_after.is_empty(), "a wrote past its renew deadline: {a_after:?}");
+    assert!(
+        last_a < first_b,
+        "both wrote: a's last write {:?} after the hang, b's first {:?}",
+        last_a.saturating_duration_since(hung_at),
+        first_b.saturating_duration_since(hung_at)
+    );
+    println!(
+        "Lease calls of the leader hung: its last write {:?} after, the standby's first write {:?} after ({} and {} writes)",
+        last_a.saturating_duration_since(hung_at),
+        first_b.saturating_duration_since(hung_at),
+        writes_a.lock().unwrap().len(),
+        writes_b.lock().unwrap().len()
+    );
+
+    feeder.abort();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = conn.del(&queue_key).await.unwrap();
+    hang_a.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.stop().await.unwrap();
+    teardown(&client, ns, b).await.unwrap();
+}

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -111,6 +110,17 @@ impl EventState {
     }
 }
 
+/// How long a tick waits for the events it started before it returns; the ones still deciding
+/// (an API call hanging) go on in their own tasks, and later ticks skip them until they finish.
+const TICK_WAIT: Duration = Duration::from_secs(1);
+
+/// An event decided in its own task: its uid, its state back, and the tick that started it.
+struct Done {
+    tick: u64,
+    uid: String,
+    st: EventState,
+}
+
 /// The loop; [`Autoscaler::run`] drives it.
 pub struct Autoscaler {
     ctx: Arc<Context>,
@@ -120,10 +130,18 @@ pub struct Autoscaler {
     events: HashMap<String, EventState>,
     readers: HashMap<Endpoint, (SignalReader, Instant)>,
     prometheus: HashMap<String, PrometheusSignals>,
+    /// Events being decided, each in its own task (one hung event never holds the others).
+    inflight: tokio::task::JoinSet<Done>,
+    /// Their uids: not due again until they are back.
+    inflight_uids: HashSet<String>,
+    /// Bounds the events deciding at once (the API writes in flight).
+    permits: Arc<tokio::sync::Semaphore>,
+    ticks: u64,
 }
 
 impl Autoscaler {
     pub fn new(ctx: Arc<Context>, store: Store<TicketingEvent>, opts: AutoscalerOptions) -> Self {
+        let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
         Self {
             ctx,
             store,
@@ -132,7 +150,33 @@ impl Autoscaler {
             events: HashMap::new(),
             readers: HashMap::new(),
             prometheus: HashMap::new(),
+            inflight: tokio::task::JoinSet::new(),
+            inflight_uids: HashSet::new(),
+            permits,
+            ticks: 0,
         }
+    }
+
+    /// Takes back a finished event; returns the tick that started it. A panic in an event's task
+    /// is the loop's panic (the supervisor counts it and fails the probes).
+    fn take(&mut self, res: Result<Done, tokio::task::JoinError>) -> Option<u64> {
+        match res {
+            Ok(Done { tick, uid, st }) => {
+                self.inflight_uids.remove(&uid);
+                self.events.insert(uid, st);
+                Some(tick)
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+
+    /// Stops every event in flight and forgets them (leadership lost: their writes would be
+    /// refused anyway; the book is cleared).
+    async fn abandon_inflight(&mut self) {
+        self.inflight.abort_all();
+        while self.inflight.join_next().await.is_some() {}
+        self.inflight_uids.clear();
     }
 
     /// Ticks while this replica leads, until `shutdown` turns true.
@@ -154,6 +198,7 @@ impl Autoscaler {
                 if !self.events.is_empty() || !self.ctx.scaler.book().is_empty() {
                     tracing::info!("not the leader: the autoscaler forgets its state");
                 }
+                self.abandon_inflight().await;
                 self.events.clear();
                 self.ctx.scaler.book().clear();
                 Instant::now() + MAX_SLEEP
@@ -164,6 +209,17 @@ impl Autoscaler {
                 // A closed channel (leader election disabled) never wakes this branch.
                 Ok(()) = leader.changed() => {}
             }
+        }
+        // Stop work before the Lease is released: the events still deciding finish (each is
+        // bounded by event_timeout), so no write of this replica follows the release.
+        if !self.inflight.is_empty() {
+            tracing::info!(
+                events = self.inflight.len(),
+                "waiting for the events still deciding"
+            );
+        }
+        while let Some(res) = self.inflight.join_next().await {
+            self.take(res);
         }
         tracing::info!("autoscaler stopped");
     }
@@ -181,6 +237,10 @@ impl Autoscaler {
 
     /// One tick; returns when the next one is due.
     pub async fn tick(&mut self) -> Instant {
+        while let Some(res) = self.inflight.try_join_next() {
+            self.take(res);
+        }
+        self.ticks += 1;
         let now_i = Instant::now();
         let now = Utc::now();
         let all = self.store.state();
@@ -197,6 +257,9 @@ impl Autoscaler {
         let mut due: Vec<(Arc<TicketingEvent>, EventState)> = Vec::new();
         for tev in all {
             let Some(uid) = tev.uid() else { continue };
+            if self.inflight_uids.contains(&uid) {
+                continue; // still deciding since an earlier tick
+            }
             // While an edit is invalid the last good spec stays in force (scaling included).
             let tev = match tev.in_force() {
                 std::borrow::Cow::Borrowed(_) => tev,
@@ -230,33 +293,50 @@ impl Autoscaler {
 
         let readings = self.read_redis(&due).await;
         let prom = self.read_prometheus(&due).await;
-        // Built eagerly so each future owns what it uses (a lazy stream closure that borrows would
-        // make the whole loop future not Send).
-        let jobs: Vec<_> = due
-            .into_iter()
-            .zip(readings)
-            .zip(prom)
-            .map(|(((tev, st), reading), prom)| {
-                let ctx = self.ctx.clone();
-                let opts = self.opts.clone();
-                async move {
-                    let uid = tev.uid().unwrap_or_default();
-                    let mut st = st;
+        // Each event in its own task: a hung API call holds that event (up to event_timeout),
+        // never the others, whose next ticks come on time.
+        let tick = self.ticks;
+        let started = due.len();
+        for (((tev, st), reading), prom) in due.into_iter().zip(readings).zip(prom) {
+            let ctx = self.ctx.clone();
+            let opts = self.opts.clone();
+            let permits = self.permits.clone();
+            let uid = tev.uid().unwrap_or_default();
+            self.inflight_uids.insert(uid.clone());
+            self.inflight.spawn(async move {
+                let mut st = st;
+                // Closed only if the loop is dropped; then nothing is decided.
+                if let Ok(_permit) = permits.acquire_owned().await {
                     let bound = opts.event_timeout;
                     let handled = handle(&ctx, &opts, &tev, reading, prom, &mut st, now);
                     if tokio::time::timeout(bound, handled).await.is_err() {
                         // What was applied is in the scaler's book; the next tick decides again.
-                        tracing::warn!(event = %tev.name_any(), ?bound, "deciding the event took too long (API calls hanging): skipped this tick");
+                        tracing::warn!(event = %tev.name_any(), ?bound, "deciding the event took too long (API calls hanging): cut short");
                     }
-                    (uid, st)
                 }
-            })
-            .collect();
-        let handled: Vec<(String, EventState)> = futures::stream::iter(jobs)
-            .buffer_unordered(self.opts.concurrency.max(1))
-            .collect()
-            .await;
-        self.events.extend(handled);
+                Done { tick, uid, st }
+            });
+        }
+        // Wait a moment for this tick's events (the usual case: all of them, in milliseconds).
+        let deadline = tokio::time::Instant::now() + TICK_WAIT;
+        let mut left = started;
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+                Ok(Some(res)) => {
+                    if self.take(res) == Some(tick) {
+                        left -= 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::debug!(
+                        events = left,
+                        "events still deciding; later ticks skip them until they finish"
+                    );
+                    break;
+                }
+            }
+        }
         wake
     }
 
@@ -267,8 +347,22 @@ impl Autoscaler {
     ) -> Vec<Result<EventSignals, SignalError>> {
         let mut out: Vec<Option<Result<EventSignals, SignalError>>> = vec![None; due.len()];
         let mut groups: HashMap<Endpoint, Vec<usize>> = HashMap::new();
-        for (i, (tev, _)) in due.iter().enumerate() {
-            match self.endpoint(tev).await {
+        // Concurrently and bounded: a Secret read that hangs (a new resourceVersion to fetch)
+        // fails that event's reading, not the tick.
+        let bound = self.opts.event_timeout;
+        let this = &*self;
+        let endpoints = futures::future::join_all(due.iter().map(|(tev, _)| async move {
+            tokio::time::timeout(bound, this.endpoint(tev))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SignalError::Config(format!(
+                        "reading the Redis Secrets took longer than {bound:?}"
+                    )))
+                })
+        }))
+        .await;
+        for (i, ep) in endpoints.into_iter().enumerate() {
+            match ep {
                 Ok(ep) => groups.entry(ep).or_default().push(i),
                 Err(e) => out[i] = Some(Err(e)),
             }
@@ -325,7 +419,7 @@ impl Autoscaler {
 
     /// The Redis endpoint of an event, from its Secrets (the URL and, with
     /// `spec.redis.caSecretRef`, the CA bundle), read through the operator's one Secret cache.
-    async fn endpoint(&mut self, tev: &TicketingEvent) -> Result<Endpoint, SignalError> {
+    async fn endpoint(&self, tev: &TicketingEvent) -> Result<Endpoint, SignalError> {
         let ns = tev.namespace().unwrap_or_default();
         let r = &tev.spec.redis.url_secret_ref;
         let url = self.secret_value(&ns, &r.name, &r.key).await?;
@@ -343,7 +437,7 @@ impl Autoscaler {
     }
 
     /// One Secret key, through the operator's Secret cache (see [`crate::secrets`]).
-    async fn secret_value(&mut self, ns: &str, name: &str, key: &str) -> Result<String, SignalError> {
+    async fn secret_value(&self, ns: &str, name: &str, key: &str) -> Result<String, SignalError> {
         self.ctx
             .secrets
             .value(ns, name, key)
@@ -551,7 +645,7 @@ async fn decide_and_apply(
     let mut entry = ctx.scaler.book().lock(tev, c).await;
     ctx.scaler.adopt(&mut entry, tev, c).await;
     ctx.scaler.flush(&mut entry, tev, c).await;
-    let memory: Option<Memory> = entry.memory.clone();
+    let memory: Option<Memory> = entry.memory_or_adopted(tev, c);
     let known = Known {
         current: entry.desired,
         memory: memory.as_ref(),

@@ -254,10 +254,23 @@ impl Direction {
     /// Kubernetes Event reason for a change (`ScaledOut`, `ScaledIn`), None for a hold.
     pub fn event_reason(self) -> Option<&'static str> {
         match self {
-            Self::Up => Some("ScaledOut"),
-            Self::Down => Some("ScaledIn"),
+            Self::Up => Some(crate::status::reasons::SCALED_OUT),
+            Self::Down => Some(crate::status::reasons::SCALED_IN),
             Self::Hold => None,
         }
+    }
+
+    /// The one note of a scaling change, in Events, logs and the simulator: e.g.
+    /// `ScaledOut reservation 4→6: queueDepth 8,000 > 5,000` (`Held` for a hold).
+    pub fn note(
+        self,
+        component: &str,
+        from: impl std::fmt::Display,
+        to: impl std::fmt::Display,
+        why: &str,
+    ) -> String {
+        let verb = self.event_reason().unwrap_or("Held");
+        format!("{verb} {component} {from}→{to}: {why}")
     }
 }
 
@@ -376,15 +389,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The Event / log text for a change, e.g. `ScaledOut reservation 4→6: queueDepth 8,000 > 5,000`.
+    /// The note of this decision from `from` replicas ([`Direction::note`]).
     pub fn summary(&self, component: &str, from: u32) -> String {
-        let verb = self.direction.event_reason().unwrap_or("Held");
-        format!("{verb} {component} {from}→{}: {}", self.desired, self.message)
-    }
-
-    /// True when the decision changes replicas.
-    pub fn changes(&self, current: u32) -> bool {
-        self.desired != current
+        self.direction.note(component, from, self.desired, &self.message)
     }
 }
 

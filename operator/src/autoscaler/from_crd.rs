@@ -301,6 +301,19 @@ fallback: {afterStale: 45s, replicas: 12}
     }
 
     #[test]
+    fn poll_interval_bounds_match_the_schema_rule() {
+        // The CRD's CEL rule says the bounds as text; the operator checks these again.
+        assert_eq!(
+            humantime::parse_duration(crd::MIN_POLL_INTERVAL_TEXT).unwrap(),
+            MIN_POLL_INTERVAL
+        );
+        assert_eq!(
+            humantime::parse_duration(crd::MAX_POLL_INTERVAL_TEXT).unwrap(),
+            MAX_POLL_INTERVAL
+        );
+    }
+
+    #[test]
     fn memory_round_trips_through_status() {
         let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
         let m = Memory {

@@ -225,25 +225,6 @@ fn growth_factor(tev: &TicketingEvent) -> f64 {
     if g.is_finite() { g.max(1.0) } else { 1.0 }
 }
 
-/// Decides both components. A component whose policy cannot be used yields its error and does
-/// not stop the other.
-pub fn plan_event(
-    tev: &TicketingEvent,
-    schedule: &Schedule,
-    samples: &Samples,
-    now: DateTime<Utc>,
-) -> Vec<(Component, Result<Option<Planned>, PolicyError>)> {
-    Component::ALL
-        .iter()
-        .map(|&c| {
-            (
-                c,
-                plan_component(tev, schedule, c, samples, Known::default(), now),
-            )
-        })
-        .collect()
-}
-
 /// How often the event's signals are read: the shorter of its two components' poll intervals.
 pub fn poll_interval(tev: &TicketingEvent) -> Result<std::time::Duration, PolicyError> {
     let mut out: Option<std::time::Duration> = None;
@@ -314,8 +295,10 @@ mod tests {
         let now = at("2026-12-01T02:00:02Z");
         let sched = schedule::evaluate(&tev.spec, None, now).unwrap();
         assert_eq!(sched.phase, Phase::OnSale);
-        let plans = plan_event(&tev, &sched, &queue(25_000.0, now), now);
-        let q = plans[0].1.as_ref().unwrap().as_ref().unwrap();
+        let samples = queue(25_000.0, now);
+        let plan = |c| plan_component(&tev, &sched, c, &samples, Known::default(), now);
+        let plans = [plan(Component::Queue), plan(Component::Reservation)];
+        let q = plans[0].as_ref().unwrap().as_ref().unwrap();
         assert_eq!(
             (q.component, q.current, q.decision.desired),
             (Component::Queue, 10, 15)
@@ -324,7 +307,7 @@ mod tests {
             q.decision.summary("queue", q.current),
             "ScaledOut queue 10→15: queueDepth 25,000 > 20,000"
         );
-        let r = plans[1].1.as_ref().unwrap().as_ref().unwrap();
+        let r = plans[1].as_ref().unwrap().as_ref().unwrap();
         assert_eq!(
             (r.current, r.decision.desired, r.decision.reason),
             (20, 22, Reason::StepAbove)

@@ -6,12 +6,13 @@ use super::*;
 // === pre-warm ===
 
 /// Pre-warm: replicas to reach before the sale opens, ramped in steps across leadTime.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PrewarmSpec {
-    /// How long before onSaleAt the ramp starts (phase PreWarming), e.g. 30m.
+    /// How long before onSaleAt the ramp starts (phase PreWarming), e.g. 30m (at most 720h).
     #[serde(default = "default_lead_time")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub lead_time: String,
     /// Number of equal steps the ramp takes from minReplicas to the targets (1-20). Step k of n
     /// starts at onSaleAt - leadTime + (k-1)·leadTime/n, so the last step leaves leadTime/n for
@@ -21,9 +22,10 @@ pub struct PrewarmSpec {
     #[schemars(with = "i32")]
     pub ramp_steps: u32,
     /// How long after onSaleAt the pre-warm replicas remain the floor the autoscaler may not go
-    /// below, e.g. 15m. After it the floor is minReplicas again.
+    /// below, e.g. 15m (at most 720h). After it the floor is minReplicas again.
     #[serde(default = "default_hold_for")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub hold_for: String,
     /// How much the crowd is expected to grow beyond the pre-queue (1-100, default 1.5). While
     /// PreWarming, a component with a `scaling.capacity` keeps at least the replicas that
@@ -32,12 +34,13 @@ pub struct PrewarmSpec {
     #[serde(default = "default_expected_growth")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub expected_growth: f64,
-    /// How long before onSaleAt the expected growth is provisioned, e.g. 5m (default). Before it
-    /// the crowd-sized floor is what the pre-queue itself needs (those users are served now);
+    /// How long before onSaleAt the expected growth is provisioned, e.g. 5m (default; at most
+    /// 720h). Before it the crowd-sized floor is what the pre-queue itself needs (those users are served now);
     /// from it, `preQueueDepth × expectedGrowth`: the extra replicas exist only for the last
     /// minutes, long enough for nodes and pods to become Ready, instead of the whole pre-warm.
     #[serde(default = "default_growth_lead")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub growth_lead: String,
     /// Queue replicas at onSaleAt.
     pub queue: PrewarmTarget,
@@ -110,7 +113,7 @@ pub struct QueueSpec {
 }
 
 /// Admission from the waiting room.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionSpec {
     /// Users admitted per second at most (1-100000).
@@ -123,13 +126,16 @@ pub struct AdmissionSpec {
     #[schemars(range(min = 1, max = 1000000))]
     #[schemars(with = "i32")]
     pub max_active: u32,
-    /// How long an admission (and its token) lasts, e.g. 10m.
+    /// How long an admission (and its token) lasts, e.g. 10m (1s to 720h).
     #[serde(default = "default_token_ttl")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(Some(MIN_SERVICE_DURATION_TEXT), MAX_SPEC_DURATION_TEXT))]
     pub token_ttl: String,
-    /// A waiting user who has neither polled nor streamed for this long loses their place, e.g. 2m.
+    /// A waiting user who has neither polled nor streamed for this long loses their place, e.g. 2m
+    /// (1s to 720h).
     #[serde(default = "default_heartbeat")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(Some(MIN_SERVICE_DURATION_TEXT), MAX_SPEC_DURATION_TEXT))]
     pub heartbeat_timeout: String,
 }
 
@@ -195,9 +201,10 @@ pub struct ReservationSpec {
     #[serde(default = "default_reservation_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// How long a hold keeps its seats before they are free again, e.g. 5m.
+    /// How long a hold keeps its seats before they are free again, e.g. 5m (1s to 720h).
     #[serde(default = "default_hold_ttl")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(Some(MIN_SERVICE_DURATION_TEXT), MAX_SPEC_DURATION_TEXT))]
     pub hold_ttl: String,
     /// Seats one user may hold at once (1-50).
     #[serde(default = "default_max_seats_per_user")]

@@ -114,9 +114,10 @@ pub struct TicketingEventSpec {
 
     /// How long after the sale ends (saleEndsAt or sold out) the event stays in phase Closing
     /// (the autoscaler scales in, the queue tells waiting users the sale is over) before it is
-    /// Closed and every component runs exactly minReplicas. A duration such as 30m.
+    /// Closed and every component runs exactly minReplicas. A duration such as 30m, at most 720h.
     #[serde(default = "default_wind_down")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub wind_down: String,
 
     /// The seats the reservation service sells: numbered seats in sections and general-admission
@@ -236,6 +237,51 @@ impl TicketingEvent {
 pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Written the way the schema's CEL rules and error messages say it.
 pub const MAX_SPEC_DURATION_TEXT: &str = "720h";
+
+/// Shortest `tokenTtl`, `heartbeatTimeout` and `holdTtl`: the services count whole seconds (500ms
+/// would become 0 and every waiting user would be dropped by each sweep).
+pub const MIN_SERVICE_DURATION: Duration = Duration::from_secs(1);
+/// [`MIN_SERVICE_DURATION`] as the schema's CEL rules say it.
+pub const MIN_SERVICE_DURATION_TEXT: &str = "1s";
+/// `scaling.pollInterval` bounds as the schema's CEL rule says them; the operator checks the same
+/// bounds again (`MIN_POLL_INTERVAL`/`MAX_POLL_INTERVAL` in the autoscaler, a test keeps them equal).
+pub const MIN_POLL_INTERVAL_TEXT: &str = "250ms";
+pub const MAX_POLL_INTERVAL_TEXT: &str = "5m";
+
+/// Longest text a duration field may hold (`maxLength`): far more than any bounded duration needs
+/// (`2592000000ms` is 720h in 12 characters), and it bounds the groups [`DURATION_CEL_GUARD`] admits.
+pub const MAX_DURATION_LEN: u32 = 32;
+
+/// A [`DURATION_PATTERN`] value whose every `<number><unit>` group has at most as many significant
+/// digits as 720h needs in that unit (3 h, 5 m, 7 s, 10 ms). CEL's `duration()` is Go's
+/// `time.ParseDuration`, which fails (an evaluation error, not a clear refusal) past ~2,562,047h;
+/// no value this admits (at most [`MAX_DURATION_LEN`] characters) comes near, and every value it
+/// refuses has a group above 720h on its own.
+const DURATION_CEL_GUARD: &str = "^(0*[0-9]{1,3}h|0*[0-9]{1,5}m|0*[0-9]{1,7}s|0*[0-9]{1,10}ms)+$";
+
+/// The CEL rule of a duration field: at least `min` (a Go duration, `None` for no minimum) and at
+/// most `max`, the bounds `parse_duration_within` enforces again in the operator. A value that
+/// does not match [`DURATION_PATTERN`] passes this rule: the pattern refuses it with its own
+/// message.
+pub(crate) fn duration_rule(min: Option<&str>, max: &str) -> Rule {
+    let within_min = min.map_or(String::new(), |m| {
+        format!(" && duration(self) >= duration('{m}')")
+    });
+    let bound = if max == MAX_SPEC_DURATION_TEXT {
+        format!("{max} ({} days)", MAX_SPEC_DURATION.as_secs() / 86_400)
+    } else {
+        max.to_owned()
+    };
+    let message = match min {
+        Some(m) => format!("must be between {m} and {bound}"),
+        None => format!("must be at most {bound}"),
+    };
+    Rule::new(format!(
+        "!self.matches('{DURATION_PATTERN}') || (self.matches('{DURATION_CEL_GUARD}'){within_min} \
+         && duration(self) <= duration('{max}'))"
+    ))
+    .message(Message::Message(message))
+}
 
 /// A spec duration that cannot be used: not a duration (e.g. an overflow the schema pattern
 /// admits), or outside the bounds of its field.
@@ -619,6 +665,214 @@ mod tests {
             assert!(p.capacity.is_some(), "{c} has a capacity");
         }
         crate::children::event_config(&tev).unwrap();
+    }
+
+    /// `example()` with the string at `path` (under spec) set to `value`.
+    fn set(path: &[&str], value: &str) -> TicketingEvent {
+        with(|v| {
+            let mut node = &mut v["spec"];
+            for k in path {
+                node = &mut node[*k];
+            }
+            *node = value.into();
+        })
+    }
+
+    /// Values above 720h, and ones CEL's `duration()` (Go's `time.ParseDuration`) cannot even
+    /// hold: each must be refused with the message, never an evaluation error.
+    const TOO_LONG: [&str; 6] = [
+        "721h",
+        "720h1ms",
+        "43201m",
+        "3000000000h",
+        "2600000000000000h",
+        "99999999999999999999h",
+    ];
+
+    #[test]
+    fn durations_are_bounded_by_the_schema() {
+        let at_most = format!("must be at most {MAX_SPEC_DURATION_TEXT} (30 days)");
+        for path in [
+            &["windDown"][..],
+            &["prewarm", "leadTime"],
+            &["prewarm", "holdFor"],
+            &["prewarm", "growthLead"],
+            &["queue", "scaling", "scaleOut", "cooldown"],
+            &["queue", "scaling", "scaleIn", "stabilizationWindow"],
+            &["reservation", "scaling", "scaleIn", "cooldown"],
+            &["reservation", "scaling", "fallback", "afterStale"],
+        ] {
+            for good in [
+                "0s",
+                "1h30m",
+                "720h",
+                "2592000000ms",
+                "0000000000000720h",
+                "719h59m59s999ms",
+            ] {
+                set(path, good)
+                    .validate_cel()
+                    .unwrap_or_else(|e| panic!("{path:?} {good}: {e:?}"));
+                parse_duration("d", good).unwrap();
+            }
+            for bad in TOO_LONG {
+                refused(&set(path, bad), &at_most);
+                assert!(parse_duration("d", bad).is_err(), "{bad}");
+            }
+            // Not a duration at all: the pattern refuses it, with its own message.
+            set(path, "3 minutes").validate_cel().unwrap();
+        }
+        let field = format!(
+            "{:?}",
+            set(&["prewarm", "holdFor"], "3000000000h")
+                .validate_cel()
+                .unwrap_err()
+        );
+        assert!(field.contains("spec.prewarm.holdFor"), "{field}");
+
+        // Services count whole seconds: at least 1s.
+        let between =
+            format!("must be between {MIN_SERVICE_DURATION_TEXT} and {MAX_SPEC_DURATION_TEXT} (30 days)");
+        for path in [
+            &["queue", "admission", "tokenTtl"][..],
+            &["queue", "admission", "heartbeatTimeout"],
+            &["reservation", "holdTtl"],
+        ] {
+            for good in ["1s", "1500ms", "720h"] {
+                set(path, good)
+                    .validate_cel()
+                    .unwrap_or_else(|e| panic!("{path:?} {good}: {e:?}"));
+                parse_duration_within("d", good, MIN_SERVICE_DURATION, MAX_SPEC_DURATION).unwrap();
+            }
+            for bad in ["0s", "500ms", "999ms"].into_iter().chain(TOO_LONG) {
+                refused(&set(path, bad), &between);
+                assert!(
+                    parse_duration_within("d", bad, MIN_SERVICE_DURATION, MAX_SPEC_DURATION).is_err(),
+                    "{bad}"
+                );
+            }
+        }
+        assert_eq!(
+            humantime::parse_duration(MIN_SERVICE_DURATION_TEXT).unwrap(),
+            MIN_SERVICE_DURATION
+        );
+        assert_eq!(
+            humantime::parse_duration(MAX_SPEC_DURATION_TEXT).unwrap(),
+            MAX_SPEC_DURATION
+        );
+
+        // pollInterval: 250ms to 5m.
+        let poll = format!("must be between {MIN_POLL_INTERVAL_TEXT} and {MAX_POLL_INTERVAL_TEXT}");
+        for path in [
+            &["queue", "scaling", "pollInterval"][..],
+            &["reservation", "scaling", "pollInterval"],
+        ] {
+            for good in ["250ms", "2s", "5m", "4m59s"] {
+                set(path, good)
+                    .validate_cel()
+                    .unwrap_or_else(|e| panic!("{path:?} {good}: {e:?}"));
+            }
+            for bad in ["0s", "249ms", "5m1ms", "6m"].into_iter().chain(TOO_LONG) {
+                refused(&set(path, bad), &poll);
+            }
+        }
+
+        // capacity.growthWindow (the capacity is optional: set it whole).
+        let growth = |w: &str| {
+            with(|v| {
+                v["spec"]["queue"]["scaling"]["capacity"] =
+                    serde_json::json!({"signal": "queueDepth", "perReplica": 2500, "growthWindow": w})
+            })
+        };
+        growth("720h").validate_cel().unwrap();
+        growth("0s").validate_cel().unwrap();
+        refused(&growth("3000000000h"), &at_most);
+    }
+
+    #[test]
+    fn identical_steps_are_refused() {
+        let steps = |s: serde_json::Value| {
+            with(|v| {
+                v["spec"]["queue"]["scaling"] = serde_json::json!({"scaleOut": {"steps": s}});
+                v["spec"]["prometheus"] = serde_json::json!({"url": "http://prom:9090"});
+            })
+        };
+        // Same signal, same threshold, same everything: the ordering rule's indexOf cannot tell
+        // the two apart.
+        let identical = steps(serde_json::json!([
+            {"signal": "queueDepth", "above": 5000, "add": 2},
+            {"signal": "queueDepth", "above": 5000, "add": 2},
+        ]));
+        refused(&identical, "two steps of the same signal have the same threshold");
+        assert!(crate::autoscaler::Policy::try_from(&identical.spec.queue.scaling).is_err());
+        refused(
+            &steps(serde_json::json!([
+                {"signal": "prometheus", "query": "up", "above": 1, "add": 2},
+                {"signal": "prometheus", "query": "up", "above": 1, "add": 2},
+            ])),
+            "same threshold",
+        );
+        // The same threshold on different signals (or queries) is fine.
+        let ok = steps(serde_json::json!([
+            {"signal": "queueDepth", "above": 5000, "add": 2},
+            {"signal": "activeUsers", "above": 5000, "add": 2},
+            {"signal": "prometheus", "query": "up", "above": 5000, "add": 2},
+            {"signal": "prometheus", "query": "down", "above": 5000, "add": 2},
+        ]));
+        ok.validate_cel().unwrap();
+        crate::autoscaler::Policy::try_from(&ok.spec.queue.scaling).unwrap();
+    }
+
+    #[test]
+    fn overlapping_scale_in_and_scale_out_bands_are_refused() {
+        // The CEL rule and `Policy::validate` must agree on every case.
+        let case = |step: serde_json::Value, when: serde_json::Value, capacity: bool| {
+            let tev = with(|v| {
+                let mut scaling =
+                    serde_json::json!({"scaleOut": {"steps": [step]}, "scaleIn": {"when": when}});
+                if capacity {
+                    scaling["capacity"] = serde_json::json!({"signal": "queueDepth", "perReplica": 2500});
+                }
+                v["spec"]["reservation"]["scaling"] = scaling;
+                v["spec"]["prometheus"] = serde_json::json!({"url": "http://prom:9090"});
+            });
+            let cel = tev.validate_cel();
+            let rust = crate::autoscaler::Policy::try_from(&tev.spec.reservation.scaling);
+            assert_eq!(cel.is_ok(), rust.is_ok(), "{cel:?} / {rust:?}");
+            if let Err(e) = &cel {
+                let text = format!("{e:?}");
+                assert!(
+                    text.contains("the bands overlap and replicas would flap"),
+                    "{text}"
+                );
+                assert!(text.contains("scaleIn.when.below"), "{text}");
+            }
+            cel.is_ok()
+        };
+        let q = |above: f64| serde_json::json!({"signal": "queueDepth", "above": above, "add": 2});
+        let below = |signal: &str, below: f64| serde_json::json!({"signal": signal, "below": below});
+        assert!(
+            !case(q(5000.0), below("queueDepth", 6000.0), false),
+            "below above above"
+        );
+        assert!(!case(q(5000.0), below("queueDepth", 5000.5), false));
+        // Equal is not an overlap: below 5,000 scales in, above 5,000 scales out.
+        assert!(case(q(5000.0), below("queueDepth", 5000.0), false));
+        assert!(
+            case(q(5000.0), below("activeUsers", 6000.0), false),
+            "another signal"
+        );
+        assert!(
+            case(q(5000.0), below("queueDepth", 6000.0), true),
+            "with a capacity scaleIn.when is not used"
+        );
+        let p = |query: &str, above: f64| serde_json::json!({"signal": "prometheus", "query": query, "above": above, "add": 1});
+        let pin = |query: &str, below: f64| serde_json::json!({"signal": "prometheus", "query": query, "below": below});
+        assert!(!case(p("up", 1.0), pin("up", 2.0), false), "the same query");
+        assert!(
+            case(p("up", 1.0), pin("down", 2.0), false),
+            "another query is another signal"
+        );
     }
 
     #[test]

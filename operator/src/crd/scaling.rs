@@ -10,12 +10,26 @@ use super::*;
 /// 180 s out and 600 s in.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.capacity) || !has(self.scaleOut) || size(self.scaleOut.steps) > 0")
-    .message("scaleOut.steps may be empty only when a capacity is set: nothing else would scale out"))]
+#[x_kube(
+    validation = Rule::new("has(self.capacity) || !has(self.scaleOut) || size(self.scaleOut.steps) > 0")
+        .message("scaleOut.steps may be empty only when a capacity is set: nothing else would scale out"),
+    validation = Rule::new(
+        "has(self.capacity) || !has(self.scaleOut) || !has(self.scaleIn) || !has(self.scaleIn.when) \
+         || self.scaleOut.steps.all(s, !(s.signal == self.scaleIn.when.signal \
+         && (has(s.query) ? s.query : '') == (has(self.scaleIn.when.query) ? self.scaleIn.when.query : '')) \
+         || self.scaleIn.when.below <= s.above)"
+    )
+    .message(
+        "scaleIn.when.below is above a scaleOut.steps threshold (above) of the same signal: \
+         the bands overlap and replicas would flap (set below <= above, or a capacity)"
+    )
+    .field_path(".scaleIn.when.below"),
+)]
 pub struct ScalingPolicy {
-    /// How often signals are read, e.g. 2s.
+    /// How often signals are read, e.g. 2s (250ms to 5m).
     #[serde(default = "default_poll_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(Some(MIN_POLL_INTERVAL_TEXT), MAX_POLL_INTERVAL_TEXT))]
     pub poll_interval: String,
     /// When and by how much to add replicas.
     #[serde(default)]
@@ -61,8 +75,10 @@ pub struct Capacity {
     /// the signal rose within this window (default 2m: twice the ~60 s a new pod takes to become
     /// Ready on warm nodes, so a slower start or a new node is still covered). A surge gets its full headroom; a flat or draining signal is sized at its value,
     /// and the stabilization window keeps replicas while it drains. 0s: always the full headroom.
+    /// At most 720h.
     #[serde(default = "default_growth_window")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub growth_window: String,
 }
 
@@ -101,17 +117,23 @@ fn default_poll_interval() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ScaleOut {
     /// Steps; for each signal (and query) their `above` thresholds must be strictly increasing in
-    /// list order. The highest matching step applies. Empty (`[]`) only with a capacity.
+    /// list order, and without a capacity at least `scaleIn.when.below` of that signal. The highest
+    /// matching step applies. Empty (`[]`) only with a capacity.
     #[serde(default = "default_steps")]
     #[schemars(length(max = 10))]
     #[x_kube(validation = Rule::new(
         "self.all(a, self.all(b, !(a.signal == b.signal && (has(a.query) ? a.query : '') == (has(b.query) ? b.query : '') \
          && self.indexOf(a) < self.indexOf(b)) || a.above < b.above))"
     ).message("scaleOut.steps: thresholds (above) of the same signal must be strictly increasing in list order"))]
+    #[x_kube(validation = Rule::new(
+        "self.all(a, self.exists_one(b, b.signal == a.signal \
+         && (has(b.query) ? b.query : '') == (has(a.query) ? a.query : '') && b.above == a.above))"
+    ).message("scaleOut.steps: two steps of the same signal have the same threshold (above): each threshold may appear once"))]
     pub steps: Vec<ScaleOutStep>,
-    /// Minimum time between two scale-outs, e.g. 180s.
+    /// Minimum time between two scale-outs, e.g. 180s (at most 720h).
     #[serde(default = "default_scale_out_cooldown")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub cooldown: String,
     /// At most this many replicas added by one decision. Unset: no cap (2 → 40 in one step is allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +260,7 @@ impl ScaleOutStep {
 }
 
 /// Scale-in: remove replicas once the signal stayed below a threshold for a whole window.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleIn {
     /// The condition that must hold for the whole stabilizationWindow.
@@ -248,13 +270,15 @@ pub struct ScaleIn {
     #[serde(default = "default_remove")]
     #[schemars(range(min = 1, max = 1000))]
     pub remove: i32,
-    /// How long the signal must stay below the threshold, e.g. 5m.
+    /// How long the signal must stay below the threshold, e.g. 5m (at most 720h).
     #[serde(default = "default_stabilization")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub stabilization_window: String,
-    /// Minimum time after the last scaling of either direction, e.g. 600s.
+    /// Minimum time after the last scaling of either direction, e.g. 600s (at most 720h).
     #[serde(default = "default_scale_in_cooldown")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub cooldown: String,
     /// Allow scale-in during the sale while users still wait in the queue (default false: people
     /// in line are about to be admitted and will need the capacity).
@@ -297,7 +321,8 @@ pub struct ScaleInWhen {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub query: Option<String>,
-    /// Scale in only while the signal is strictly below this value (>= 0).
+    /// Scale in only while the signal is strictly below this value (>= 0). Without a capacity, at
+    /// most the lowest scaleOut.steps threshold (above) of the same signal, else replicas would flap.
     #[serde(default = "default_below")]
     #[schemars(range(min = 0.0))]
     pub below: f64,
@@ -327,12 +352,13 @@ fn default_below() -> f64 {
 }
 
 /// Fail-safe when signals are stale or missing.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
-    /// Signals older than this count as missing, e.g. 30s.
+    /// Signals older than this count as missing, e.g. 30s (at most 720h).
     #[serde(default = "default_after_stale")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = duration_rule(None, MAX_SPEC_DURATION_TEXT))]
     pub after_stale: String,
     /// Hold at least this many replicas (clamped to maxReplicas) while signals are missing; never
     /// lowers replicas.

@@ -53,15 +53,22 @@ impl Operator {
     }
 
     pub fn start_with(client: &Client, ns: &str, leader: Option<LeaderConfig>) -> Self {
+        Self::start_opts(client, ns, |o| o.leader = leader)
+    }
+
+    /// Starts with the default options for `ns`, adjusted by `edit`.
+    pub fn start_opts(client: &Client, ns: &str, edit: impl FnOnce(&mut RunOptions)) -> Self {
         tiketi_shared::telemetry::init("warn,tiketi_operator=info");
         let (stop, rx) = watch::channel(false);
-        let opts = RunOptions {
+        let mut opts = RunOptions {
             namespace: Some(ns.to_string()),
+            secret_namespaces: vec![],
             metrics_addr: None,
-            leader,
+            leader: None,
             identity: tiketi_e2e::unique("test-operator"),
             autoscaler: Default::default(),
         };
+        edit(&mut opts);
         let handle = tokio::spawn(run(client.clone(), opts, rx));
         Self { stop, handle }
     }
