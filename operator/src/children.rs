@@ -31,6 +31,32 @@ use crate::crd::{
 pub const EVENT_LABEL: &str = "tiketi.gg/event";
 /// Label holding the component (queue | reservation) on Deployments, Services, PDBs and pods.
 pub const COMPONENT_LABEL: &str = "tiketi.gg/component";
+/// Annotation on every child: a hash of the object the operator applies (`spec.replicas` is
+/// only in it at creation; afterwards the scaler owns that field). A reconcile compares it with the child as the
+/// operator's watch cache shows it and applies only what differs, so an unchanged event costs
+/// no write.
+pub const APPLIED_HASH_ANNOTATION: &str = "tiketi.gg/applied-hash";
+
+/// Sets [`APPLIED_HASH_ANNOTATION`] on `obj` (computed without it).
+fn stamp<K: Resource + serde::Serialize>(obj: &mut K) {
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove(APPLIED_HASH_ANNOTATION);
+    }
+    let hash = serde_json::to_vec(&*obj).map_or_else(|_| String::new(), |b| format!("{:016x}", fnv1a(&b)));
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+}
+
+/// The hash a child carries (see [`APPLIED_HASH_ANNOTATION`]).
+pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// Pod template annotation: hash of event.json, so a configuration change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "tiketi.gg/config-hash";
 /// Where the ConfigMap is mounted; TIKETI_EVENT_CONFIG points at this directory.
@@ -189,18 +215,19 @@ pub fn build(
     for c in Component::ALL {
         let labels = component_labels(&name, c);
         let cname = component_name(&name, c);
-        deployments.push((
+        // A new Deployment's hash covers its first replicas, so the next reconcile applies it
+        // once more without them and the operator's manager lets the field go to the scaler's.
+        let mut d = deployment(
+            tev,
             c,
-            deployment(
-                tev,
-                c,
-                &cname,
-                &namespace,
-                &owner,
-                &hash,
-                create_replicas.get(&c).copied(),
-            ),
-        ));
+            &cname,
+            &namespace,
+            &owner,
+            &hash,
+            create_replicas.get(&c).copied(),
+        );
+        stamp(&mut d);
+        deployments.push((c, d));
         services.push(Service {
             metadata: meta(&cname, &namespace, &owner, labels.clone()),
             spec: Some(ServiceSpec {
@@ -230,6 +257,10 @@ pub fn build(
             ..Default::default()
         });
     }
+    let mut config_map = config_map;
+    stamp(&mut config_map);
+    services.iter_mut().for_each(stamp);
+    pdbs.iter_mut().for_each(stamp);
     Ok(Children {
         config_map,
         deployments,

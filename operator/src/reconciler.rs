@@ -16,8 +16,11 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,7 +51,45 @@ pub struct Context {
     pub leader: LeaderState,
     /// Secret data (auth keys, URLs, the CA) for validation and the autoscaler's signal reads.
     pub secrets: crate::secrets::Secrets,
+    /// The children as the operator's watches show them.
+    pub children: ChildStores,
     failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What the operator's metadata watches show of the children (managedFields dropped; see
+/// `runtime`): compared with the desired children before applying, and searched for orphans.
+#[derive(Clone)]
+pub struct ChildStores {
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub deployments: Store<PartialObjectMeta<Deployment>>,
+}
+
+/// True when the cached child exists, is controlled by the event `uid` and carries the hash of
+/// `desired` (nothing to apply).
+fn up_to_date<K>(store: &Store<PartialObjectMeta<K>>, desired: &ObjectMeta, uid: &str) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let (Some(name), Some(ns)) = (desired.name.as_deref(), desired.namespace.as_deref()) else {
+        return false;
+    };
+    store
+        .get(&ObjectRef::new(name).within(ns))
+        .is_some_and(|cur| same_child(&cur.metadata, desired, uid))
+}
+
+/// `current` is controlled by `uid` and carries the applied hash of `desired`.
+fn same_child(current: &ObjectMeta, desired: &ObjectMeta, uid: &str) -> bool {
+    let owned = current
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true));
+    owned
+        && children::applied_hash(current).is_some()
+        && children::applied_hash(current) == children::applied_hash(desired)
 }
 
 impl Context {
@@ -58,6 +99,7 @@ impl Context {
         metrics: Metrics,
         leader: LeaderState,
         secrets: crate::secrets::Secrets,
+        children: ChildStores,
     ) -> Self {
         let scaler = Scaler::new(client.clone(), events.clone(), metrics.clone(), leader.clone());
         Self {
@@ -67,6 +109,7 @@ impl Context {
             scaler,
             leader,
             secrets,
+            children,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -525,7 +568,8 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     // half-way; a deployed event goes on with its last good spec, like an invalid one
     if kept.is_none() {
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        if let Err(invalid) = dry_run_deployments(&deployments, &plan.children).await? {
+        let changed = changed_deployments(&tev, &plan, &existing);
+        if let Err(invalid) = dry_run_deployments(&deployments, &plan.children, &changed).await? {
             let Some(good) = last_good(&tev, &existing) else {
                 return write_invalid(&tev, ctx, &api, &invalid, now).await;
             };
@@ -537,7 +581,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
 
     // apply (children stay as the last good spec built them while it is kept in force)
     let applied = match &kept {
-        None => apply_children(ctx, &tev, &ns, &plan).await?,
+        None => apply_children(ctx, &tev, &ns, &plan, &existing).await?,
         Some(_) => Component::ALL
             .into_iter()
             .filter_map(|c| existing.get(&c).cloned().flatten().map(|d| (c, d)))
@@ -545,7 +589,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
     };
 
     // replicas
-    apply_replicas(ctx, &tev, &mut plan).await?;
+    apply_replicas(ctx, &tev, &mut plan, &existing).await?;
 
     // clean up children that are no longer desired
     if kept.is_none() {
@@ -583,12 +627,21 @@ fn ready_of(d: &Deployment) -> i32 {
 
 /// replicas: through the scaler (its own field manager; it also reports a `kubectl scale`), under
 /// the component's book entry so an autoscaler decision made since `tev` was cached is not undone.
-async fn apply_replicas(ctx: &Context, tev: &TicketingEvent, plan: &mut Plan) -> Result<(), Error> {
+async fn apply_replicas(
+    ctx: &Context,
+    tev: &TicketingEvent,
+    plan: &mut Plan,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+) -> Result<(), Error> {
     for c in Component::ALL {
         let mut entry = ctx.scaler.book().lock(tev, c).await;
         ctx.scaler.flush(&mut entry, tev, c).await;
         let target = schedule_target(&plan.sched, tev, c, &entry);
         plan.targets.insert(c, target);
+        let current = existing.get(&c).and_then(Option::as_ref);
+        if scaler::settled(&entry, tev, c, current, target) {
+            continue; // the scaler's own write, recorded in status: nothing to send
+        }
         let reason = schedule_reason(&plan.sched, tev, c, entry.recorded(tev, c), target);
         ctx.scaler
             .apply_replicas(&mut entry, tev, c, target, &reason)
@@ -646,7 +699,13 @@ fn last_good(
     if !existing.values().all(Option::is_some) {
         return None;
     }
-    let spec = tev.status.as_ref()?.last_good_spec.clone()?;
+    let status = tev.status.as_ref()?;
+    let Some(spec) = status.last_good_spec.clone() else {
+        // The cache drops the copy when the current generation is the good one (it is the spec).
+        return (status.last_good_generation.is_some()
+            && status.last_good_generation == tev.metadata.generation)
+            .then(|| tev.clone());
+    };
     let spec: crate::crd::TicketingEventSpec = serde_json::from_value(spec).ok()?;
     let mut good = tev.clone();
     good.spec = spec;
@@ -773,8 +832,12 @@ fn not_owned(field: &str, kind: &str, name: &str) -> Invalid {
 
 /// Server-side dry run of every Deployment: `Ok(Err(_))` when the API server refuses one (a 4xx
 /// other than a conflict), naming the component whose spec holds the problem.
-async fn dry_run_deployments(api: &Api<Deployment>, ch: &Children) -> Result<Result<(), Invalid>, Error> {
-    for (c, d) in &ch.deployments {
+async fn dry_run_deployments(
+    api: &Api<Deployment>,
+    ch: &Children,
+    changed: &BTreeSet<Component>,
+) -> Result<Result<(), Invalid>, Error> {
+    for (c, d) in ch.deployments.iter().filter(|(c, _)| changed.contains(c)) {
         let mut body = serde_json::to_value(d).map_err(kube::Error::SerdeError)?;
         body["apiVersion"] = Deployment::api_version(&()).into();
         body["kind"] = Deployment::kind(&()).into();
@@ -797,27 +860,70 @@ async fn dry_run_deployments(api: &Api<Deployment>, ch: &Children) -> Result<Res
     Ok(Ok(()))
 }
 
-/// apply: every child (server-side apply); returns the Deployments as the API server stored
-/// them. A first deploy is announced with an Event.
+/// The Deployments whose applied hash differs from what exists (or that do not exist yet).
+fn changed_deployments(
+    tev: &TicketingEvent,
+    plan: &Plan,
+    existing: &BTreeMap<Component, Option<Deployment>>,
+) -> BTreeSet<Component> {
+    let uid = tev.uid().unwrap_or_default();
+    plan.children
+        .deployments
+        .iter()
+        .filter(|(c, d)| {
+            !existing
+                .get(c)
+                .and_then(Option::as_ref)
+                .is_some_and(|cur| same_child(&cur.metadata, &d.metadata, &uid))
+        })
+        .map(|(c, _)| *c)
+        .collect()
+}
+
+/// apply: every child that differs from what the operator's caches show (server-side apply;
+/// an unchanged event sends nothing); returns the Deployments as they are now. A first deploy is
+/// announced with an Event.
 async fn apply_children(
     ctx: &Context,
     tev: &TicketingEvent,
     ns: &str,
     plan: &Plan,
+    existing: &BTreeMap<Component, Option<Deployment>>,
 ) -> Result<Vec<(Component, Deployment)>, Error> {
     use futures::future::try_join_all;
-    let (client, ch) = (&ctx.client, &plan.children);
+    let (client, ch, stores) = (&ctx.client, &plan.children, &ctx.children);
+    let uid = tev.uid().unwrap_or_default();
     // ConfigMap, Services and PDBs together; Deployments after them (pods mount the ConfigMap).
     let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
     let svcs = Api::<Service>::namespaced(client.clone(), ns);
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    let cm = (!up_to_date(&stores.config_maps, &ch.config_map.metadata, &uid)).then_some(&ch.config_map);
     futures::try_join!(
-        ssa(&cms, &ch.config_map),
-        try_join_all(ch.services.iter().map(|s| ssa(&svcs, s))),
-        try_join_all(ch.pdbs.iter().map(|p| ssa(&pdbs, p))),
+        try_join_all(cm.into_iter().map(|m| ssa(&cms, m))),
+        try_join_all(
+            ch.services
+                .iter()
+                .filter(|s| !up_to_date(&stores.services, &s.metadata, &uid))
+                .map(|s| ssa(&svcs, s))
+        ),
+        try_join_all(
+            ch.pdbs
+                .iter()
+                .filter(|p| !up_to_date(&stores.pdbs, &p.metadata, &uid))
+                .map(|p| ssa(&pdbs, p))
+        ),
     )?;
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
-    let applied = try_join_all(ch.deployments.iter().map(|(_, d)| ssa(&api, d))).await?;
+    let changed = changed_deployments(tev, plan, existing);
+    let mut applied = Vec::new();
+    for (c, d) in &ch.deployments {
+        let current = existing.get(c).cloned().flatten();
+        let d = match current {
+            Some(cur) if !changed.contains(c) => cur,
+            _ => ssa(&api, d).await?,
+        };
+        applied.push((*c, d));
+    }
     if !plan.create.is_empty() {
         let created: Vec<String> = plan
             .create
@@ -829,29 +935,25 @@ async fn apply_children(
             .publish(tev, EventType::Normal, reasons::CREATED, "Deploy", note)
             .await;
     }
-    Ok(ch.deployments.iter().map(|(c, _)| *c).zip(applied).collect())
+    Ok(applied)
 }
 
-/// Deletes children of `tev` (by label and owner uid) whose names are no longer desired.
+/// Deletes children of `tev` (by label and controller uid, as the operator's caches show them)
+/// whose names are no longer desired. No LIST: the caches hold every child.
 async fn delete_orphans(ctx: &Context, tev: &TicketingEvent, ns: &str, ch: &Children) -> Result<(), Error> {
-    let uid = tev.uid().unwrap_or_default();
-    let name = tev.name_any();
-    let lp = ListParams::default().labels(&format!("{EVENT_LABEL}={name}"));
-    let keep = |objs: Vec<Option<String>>| objs.into_iter().flatten().collect::<BTreeSet<String>>();
-    let keep_cm = keep(vec![ch.config_map.metadata.name.clone()]);
-    let keep_svc = keep(ch.services.iter().map(|s| s.metadata.name.clone()).collect());
-    let keep_pdb = keep(ch.pdbs.iter().map(|p| p.metadata.name.clone()).collect());
-    let keep_deploy = keep(
-        ch.deployments
-            .iter()
-            .map(|(_, d)| d.metadata.name.clone())
-            .collect(),
-    );
+    let names = |metas: Vec<&ObjectMeta>| -> BTreeSet<String> {
+        metas.into_iter().filter_map(|m| m.name.clone()).collect()
+    };
+    let keep_cm = names(vec![&ch.config_map.metadata]);
+    let keep_svc = names(ch.services.iter().map(|s| &s.metadata).collect());
+    let keep_pdb = names(ch.pdbs.iter().map(|p| &p.metadata).collect());
+    let keep_deploy = names(ch.deployments.iter().map(|(_, d)| &d.metadata).collect());
+    let stores = &ctx.children;
     futures::try_join!(
-        delete_orphans_of::<ConfigMap>(ctx, tev, ns, &lp, &uid, &keep_cm),
-        delete_orphans_of::<Service>(ctx, tev, ns, &lp, &uid, &keep_svc),
-        delete_orphans_of::<PodDisruptionBudget>(ctx, tev, ns, &lp, &uid, &keep_pdb),
-        delete_orphans_of::<Deployment>(ctx, tev, ns, &lp, &uid, &keep_deploy),
+        delete_orphans_of(ctx, tev, ns, &stores.config_maps, &keep_cm),
+        delete_orphans_of(ctx, tev, ns, &stores.services, &keep_svc),
+        delete_orphans_of(ctx, tev, ns, &stores.pdbs, &keep_pdb),
+        delete_orphans_of(ctx, tev, ns, &stores.deployments, &keep_deploy),
     )?;
     Ok(())
 }
@@ -860,8 +962,7 @@ async fn delete_orphans_of<K>(
     ctx: &Context,
     tev: &TicketingEvent,
     ns: &str,
-    lp: &ListParams,
-    uid: &str,
+    store: &Store<PartialObjectMeta<K>>,
     keep: &BTreeSet<String>,
 ) -> Result<(), Error>
 where
@@ -870,20 +971,33 @@ where
         + Clone
         + std::fmt::Debug,
 {
+    let uid = tev.uid().unwrap_or_default();
+    let name = tev.name_any();
+    let orphans: Vec<String> = store
+        .state()
+        .iter()
+        .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
+        .filter(|m| m.labels().get(EVENT_LABEL) == Some(&name))
+        .filter(|m| {
+            m.owner_references()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        })
+        .map(|m| m.name_any())
+        .filter(|child| !keep.contains(child))
+        .collect();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    for obj in api.list(lp).await?.items {
-        let owned = obj
-            .owner_references()
-            .iter()
-            .any(|o| o.uid == uid && o.controller == Some(true));
-        let child = obj.name_any();
-        if owned && !keep.contains(&child) {
-            api.delete(&child, &DeleteParams::background()).await?;
-            let note = format!("deleted {} {child}: no longer part of the event", K::kind(&()));
-            ctx.events
-                .publish(tev, EventType::Normal, reasons::ORPHAN_DELETED, "Cleanup", note)
-                .await;
+    for child in orphans {
+        match api.delete(&child, &DeleteParams::background()).await {
+            Ok(_) => {}
+            // Gone already (the cache lags the delete).
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
         }
+        let note = format!("deleted {} {child}: no longer part of the event", K::kind(&()));
+        ctx.events
+            .publish(tev, EventType::Normal, reasons::ORPHAN_DELETED, "Cleanup", note)
+            .await;
     }
     Ok(())
 }
@@ -911,7 +1025,11 @@ async fn write_status(
             Some(serde_json::to_value(&tev.spec).map_err(kube::Error::SerdeError)?),
             gen_,
         ),
-        Some(_) => (old.last_good_spec.clone(), old.last_good_generation),
+        // `tev` is the good event here (its spec is the one kept in force).
+        Some(_) => (
+            Some(serde_json::to_value(&tev.spec).map_err(kube::Error::SerdeError)?),
+            old.last_good_generation,
+        ),
     };
     let invalid_condition = match kept {
         None => (false, reasons::VALID_SPEC, "the spec is valid".to_owned()),
@@ -990,6 +1108,9 @@ async fn write_status(
         last_good_generation,
         ..Default::default()
     };
+    if !reports_news(&old, &status) {
+        return Ok(()); // an unchanged event: no write
+    }
     let value = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
     apply_status(api, tev, field_managers::OPERATOR, value).await?;
     if kept.is_some() && !kept_already {
@@ -1004,6 +1125,30 @@ async fn write_status(
             .await;
     }
     Ok(())
+}
+
+/// True when `new` (the reconciler's status fields) says something `old` does not.
+fn reports_news(old: &TicketingEventStatus, new: &TicketingEventStatus) -> bool {
+    let component = |s: &TicketingEventStatus, c: Component| {
+        s.component(c)
+            .map(|x| (x.ready_replicas, x.pods.clone()))
+            .unwrap_or_default()
+    };
+    let conditions_changed = new
+        .conditions
+        .iter()
+        .flatten()
+        .any(|n| !old.conditions.iter().flatten().any(|o| o == n));
+    conditions_changed
+        || old.phase != new.phase
+        || old.observed_generation != new.observed_generation
+        || old.next_transition_at != new.next_transition_at
+        // A generation's spec never changes: the generation says which spec is the good one
+        // (and the cache keeps no copy of it while it is the current one).
+        || old.last_good_generation != new.last_good_generation
+        || Component::ALL
+            .iter()
+            .any(|c| component(old, *c) != component(new, *c))
 }
 
 async fn write_invalid(

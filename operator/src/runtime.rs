@@ -49,14 +49,20 @@ pub struct RunOptions {
 }
 
 /// A shutdown signal: resolves once `rx` turns true (or its sender is gone).
-/// Drops from a cached TicketingEvent what no reader of the cache uses.
+/// Drops from a cached TicketingEvent what no reader of the cache uses, or what repeats another
+/// field.
 pub fn trim_cached(tev: &mut TicketingEvent) {
     tev.managed_fields_mut().clear();
     if let Some(a) = tev.metadata.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+    let generation = tev.metadata.generation;
     if let Some(s) = tev.status.as_mut() {
         s.recent_decisions = None;
+        // The last good spec is a copy of the spec while the current generation is the good one.
+        if s.last_good_generation.is_some() && s.last_good_generation == generation {
+            s.last_good_spec = None;
+        }
     }
 }
 
@@ -117,6 +123,51 @@ pub const RECONCILE_DEBOUNCE: std::time::Duration = std::time::Duration::from_mi
 
 pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// A metadata-only watch of one kind of child, reflected into a store (managedFields dropped):
+/// what the reconciler compares before applying and deletes orphans from, without a GET or LIST.
+fn child_cache<K>(
+    client: &Client,
+    ns: Option<&str>,
+    cfg: watcher::Config,
+) -> (
+    reflector::Store<PartialObjectMeta<K>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api::<PartialObjectMeta<K>>(client, ns), cfg)
+        .default_backoff()
+        .modify(trim_child)
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// Keeps of a cached child what the reconciler reads: name, namespace, resourceVersion, the
+/// event label, the applied hash and the owner references (thousands of children are cached).
+fn trim_child<K>(m: &mut PartialObjectMeta<K>) {
+    use crate::children::{APPLIED_HASH_ANNOTATION, EVENT_LABEL};
+    let meta = &mut m.metadata;
+    meta.managed_fields = None;
+    meta.creation_timestamp = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == EVENT_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
+    }
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -231,15 +282,27 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     let secrets = crate::secrets::Secrets::new(calls.clone(), watched).counting(metrics.secret_reads.clone());
 
     let events = EventPublisher::new(calls.clone(), "tiketi-operator", identity).counting(&metrics);
+    // The children, metadata only: they trigger reconciles of their owner and are what a
+    // reconcile compares its desired children with (no GET or LIST of them in steady state).
+    let children = watcher::Config::default().labels(MANAGED_BY);
+    let (config_maps, cm_stream) = child_cache::<ConfigMap>(&client, ns, children.clone());
+    let (services, svc_stream) = child_cache::<Service>(&client, ns, children.clone());
+    let (pdbs, pdb_stream) = child_cache::<PodDisruptionBudget>(&client, ns, children.clone());
+    let (deployments, deploy_stream) = child_cache::<Deployment>(&client, ns, children);
     let ctx = Arc::new(Context::new(
         calls.clone(),
         events,
         metrics.clone(),
         leader_state.clone(),
         secrets,
+        reconciler::ChildStores {
+            config_maps,
+            services,
+            pdbs,
+            deployments,
+        },
     ));
 
-    let children = watcher::Config::default().labels(MANAGED_BY);
     // Every time this replica becomes leader, reconcile everything.
     let mut became_leader = leader_state.subscribe();
     let leader_gained = async_stream_from_watch(&mut became_leader);
@@ -288,10 +351,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .owns(api::<Deployment>(&client, ns), children.clone())
-        .owns(api::<Service>(&client, ns), children.clone())
-        .owns(api::<ConfigMap>(&client, ns), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), children)
+        .owns_stream(deploy_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(cm_stream)
+        .owns_stream(pdb_stream)
         .reconcile_all_on(leader_gained)
         .graceful_shutdown_on(shutdown_signal(shutdown.clone()));
 
@@ -441,6 +504,24 @@ mod tests {
                 .contains("no answer from the API server within 200ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_the_last_good_spec_only_while_it_differs_from_the_spec() {
+        let with_good = |good_generation: i64| {
+            let mut t = tev();
+            let s = t.status.as_mut().unwrap();
+            s.last_good_spec = Some(serde_json::to_value(&t.spec).unwrap());
+            s.last_good_generation = Some(good_generation);
+            trim_cached(&mut t);
+            t
+        };
+        // Generation 1 is the good one: the copy goes; the event in force is the event itself.
+        let current = with_good(1);
+        assert!(current.status.as_ref().unwrap().last_good_spec.is_none());
+        assert!(matches!(current.in_force(), std::borrow::Cow::Borrowed(_)));
+        // An older generation is kept in force: its spec stays.
+        assert!(with_good(0).status.unwrap().last_good_spec.is_some());
     }
 
     #[test]

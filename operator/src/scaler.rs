@@ -268,6 +268,27 @@ impl BookEntry {
     }
 }
 
+/// True when nothing of `component`'s replicas needs a write: `current` (just read) has `desired`
+/// replicas written by this operator's scaler, status records them, and no change awaits its
+/// record. The reconciler then sends nothing (an unchanged event costs no write).
+pub fn settled(
+    entry: &BookEntry,
+    tev: &TicketingEvent,
+    component: Component,
+    current: Option<&Deployment>,
+    desired: i32,
+) -> bool {
+    let status_desired = tev
+        .status
+        .as_ref()
+        .and_then(|s| s.component(component))
+        .and_then(|c| c.desired_replicas);
+    entry.unrecorded.is_none()
+        && entry.recorded(tev, component) == Some(desired)
+        && status_desired == Some(desired)
+        && current.and_then(scaler_owned_replicas) == Some(desired)
+}
+
 /// `spec.replicas` of `d` when [`field_managers::SCALER`] manages it (its server-side apply is
 /// the last write of that field: a `kubectl scale` or another writer takes it over).
 pub fn scaler_owned_replicas(d: &Deployment) -> Option<i32> {

@@ -1005,3 +1005,73 @@ async fn a_new_leader_adopts_the_replicas_the_scaler_wrote() {
     );
     teardown(&client, ns, op).await.unwrap();
 }
+
+/// The value of the sample `name` (no labels) in an exposition.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A reconcile of an event that did not change reads its two Deployments and writes nothing:
+/// the children are compared with the operator's metadata caches (applied-hash annotation),
+/// orphans are found there too, replicas and status only when they differ.
+#[tokio::test]
+async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let ns = TestNamespace::create(&client, "tev-steady").await.unwrap();
+    create_secrets(&client, &ns.name).await.unwrap();
+    let (recording, log) = recording_client(client.clone());
+    let port = tiketi_e2e::free_port().unwrap();
+    let op = Operator::start_opts(&recording, &ns.name, |o| {
+        o.metrics_addr = Some(([127, 0, 0, 1], port).into());
+        // The autoscaler's own status writes (heartbeat, signal values) are not the reconciler's.
+        o.autoscaler.status_heartbeat = Duration::from_secs(3600);
+        o.autoscaler.status_interval = Duration::from_secs(3600);
+    });
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &event("steady", Utc::now() + TimeDelta::days(30), |_| {}),
+    )
+    .await
+    .unwrap();
+    wait_tev(&api, "steady", "Ready=True", Duration::from_secs(60), |t| {
+        condition_is(t, types::READY, "True") && condition_is(t, types::PROGRESSING, "False")
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async { reqwest::get(&metrics_url).await.unwrap().text().await.unwrap() };
+    let before = metric(&scrape().await, "tiketi_operator_reconciliations_total");
+    log.lock().unwrap().clear();
+    // Each touch (a label the reconciler watches) triggers a reconcile of the unchanged event.
+    for i in 0..5 {
+        let patch = serde_json::json!({"metadata": {"labels": {"example.com/touch": i.to_string()}}});
+        api.patch("steady", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    let reconciles = metric(&scrape().await, "tiketi_operator_reconciliations_total") - before;
+    let calls = log.lock().unwrap().clone();
+    let writes: Vec<&(String, String)> = calls.iter().filter(|(m, _)| m != "GET").collect();
+    println!(
+        "{reconciles} reconciles of an unchanged event: {} API calls ({:.1} per reconcile), {} writes",
+        calls.len(),
+        calls.len() as f64 / reconciles.max(1.0),
+        writes.len()
+    );
+    assert!(reconciles >= 5.0, "{reconciles} reconciles for 5 touches");
+    assert!(writes.is_empty(), "writes for an unchanged event: {writes:?}");
+    assert!(
+        calls.len() as f64 <= 3.0 * reconciles,
+        "{} calls for {reconciles} reconciles: {calls:?}",
+        calls.len()
+    );
+    teardown(&client, ns, op).await.unwrap();
+}

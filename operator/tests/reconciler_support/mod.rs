@@ -280,3 +280,22 @@ impl Drop for OperatorProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Requests an operator sent (watches left out), as (method, path?query).
+pub type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// `client` that logs every request but the watches (what an operator costs the API server).
+pub fn recording_client(client: Client) -> (Client, RequestLog) {
+    let log: RequestLog = Default::default();
+    let seen = log.clone();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        if !query.contains("watch=true") {
+            let target = format!("{}?{query}", req.uri().path());
+            seen.lock().unwrap().push((req.method().to_string(), target));
+        }
+        async move { client.send(req).await.map_err(tower::BoxError::from) }
+    });
+    (Client::new(service, "default"), log)
+}
