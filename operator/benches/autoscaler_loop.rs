@@ -5,7 +5,9 @@
 //!    grid, as p50/p99 and as a multiple of the poll interval; baseline in the same run: one
 //!    `spec.replicas` write straight to the API server;
 //! 2. operator resident memory with `TIKETI_BENCH_EVENTS` (default 1,000) TicketingEvents, against
-//!    the same binary watching an empty namespace; plus the loop's tick time at that size.
+//!    the same binary watching an empty namespace; plus the loop's tick time at that size;
+//! 3. convergence: events created at once until all Ready, against the same number of bare
+//!    Deployments created at once until all ready (`TIKETI_BENCH_ONLY=convergence`).
 //!
 //! Runs the release operator binary as a child process. Prints figures; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -47,6 +49,14 @@ async fn metrics(port: u16) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no /metrics on {port}");
+}
+
+/// Sum of every series of the metric `name` whose labels do not contain `except`.
+fn metric_sum(text: &str, name: &str, except: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && !l.contains(except))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn metric_value(text: &str, name: &str) -> f64 {
@@ -236,8 +246,14 @@ async fn memory(client: &Client) {
         let reconciled = started.elapsed();
         // Let the autoscaler tick over all of them for a while.
         let before = metrics(port).await;
+        let cpu_before = op.cpu_time();
         tokio::time::sleep(Duration::from_secs(20)).await;
+        let cpu = op.cpu_time().saturating_sub(cpu_before);
         let after = metrics(port).await;
+        let requests =
+            |text: &str, except: &str| metric_sum(text, "tiketi_operator_api_requests_total", except);
+        let calls = requests(&after, "\u{0}") - requests(&before, "\u{0}");
+        let writes = requests(&after, "method=\"get\"") - requests(&before, "method=\"get\"");
         let (rss, hwm) = op.memory_kib();
         let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
             - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
@@ -260,8 +276,12 @@ async fn memory(client: &Client) {
         );
         if ticks > 0.0 {
             println!(
-                "  autoscaler tick over {to} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll)",
-                tick_sum / ticks * 1e3
+                "  autoscaler tick over {to} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll); \
+                 the operator used {:.2} s of CPU in those 20 s ({:.1} ms per tick); \
+                 API calls in those 20 s: {calls:.0}, of them writes {writes:.0}",
+                tick_sum / ticks * 1e3,
+                cpu.as_secs_f64(),
+                ms(cpu) / ticks,
             );
         }
         points.push((to, rss));
@@ -289,6 +309,146 @@ async fn memory(client: &Client) {
     ns.delete().await.unwrap();
 }
 
+/// Ready Deployments of `api` (every replica ready) among `names`.
+async fn ready_deployments(api: &Api<Deployment>, names: &std::collections::HashSet<String>) -> usize {
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return 0;
+    };
+    list.items
+        .iter()
+        .filter(|d| names.contains(&d.metadata.name.clone().unwrap_or_default()))
+        .filter(|d| {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= want
+        })
+        .count()
+}
+
+/// Convergence: `TIKETI_BENCH_EVENTS` (default 200) events created at once until every one is
+/// Ready, next to the stack's own cost in the same run: as many bare Deployments as the events
+/// have (two each, the pod template the operator built, one replica) created at once until every
+/// one is ready. The difference is the operator's share.
+async fn convergence(client: &Client) {
+    let n: usize = std::env::var("TIKETI_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let ns = TestNamespace::create(client, "bench-converge").await.unwrap();
+    create_secrets(client, &ns.name).await.unwrap();
+    let port = free_port().unwrap();
+    let op = OperatorProcess::start(OPERATOR, &ns.name, port, "warn");
+    let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let run = unique("conv");
+    let far = Utc::now() + TimeDelta::days(30);
+    let make = |i: usize| {
+        event(&format!("cv-{i:05}"), far, |v| {
+            v["spec"]["eventId"] = format!("{run}-{i}").into();
+        })
+    };
+    // The pod template the operator builds, taken from one event, for the baseline.
+    api.create(&PostParams::default(), &make(n)).await.unwrap();
+    wait_until("a template Deployment", Duration::from_secs(60), || async {
+        Ok(deployments.get_opt(&format!("cv-{n:05}-queue")).await?.is_some())
+    })
+    .await
+    .unwrap();
+    let mut template = deployments.get(&format!("cv-{n:05}-queue")).await.unwrap();
+    template.metadata = Default::default();
+    template.status = None;
+
+    println!("== convergence: {n} TicketingEvents created at once, until all Ready ==");
+    // Baseline: 2n bare Deployments, 1 replica each, created at once, until all ready.
+    let names: std::collections::HashSet<String> = (0..2 * n).map(|i| format!("bare-{i:05}")).collect();
+    let started = Instant::now();
+    futures::stream::iter(names.clone())
+        .map(|name| {
+            let deployments = deployments.clone();
+            let mut d = template.clone();
+            async move {
+                // Its own selector (the operator's would select the template event's pods).
+                let labels = std::collections::BTreeMap::from([("bench-bare".to_owned(), name.clone())]);
+                d.metadata.name = Some(name);
+                if let Some(spec) = d.spec.as_mut() {
+                    spec.replicas = Some(1);
+                    spec.selector.match_labels = Some(labels.clone());
+                    spec.template.metadata.get_or_insert_with(Default::default).labels = Some(labels);
+                }
+                deployments.create(&PostParams::default(), &d).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    wait_until(
+        "all bare Deployments ready",
+        Duration::from_secs(1800),
+        || async { Ok(ready_deployments(&deployments, &names).await >= names.len()) },
+    )
+    .await
+    .unwrap();
+    let bare = started.elapsed();
+    for name in &names {
+        let _ = deployments.delete(name, &DeleteParams::background()).await;
+    }
+
+    // The operator: n events created at once, until every one says Ready=True.
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let tev = make(i);
+            async move {
+                api.create(&PostParams::default(), &tev).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    wait_until(
+        &format!("all {n} events Ready"),
+        Duration::from_secs(1800),
+        || async {
+            let list = api.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .filter(|t| {
+                    tiketi_operator::status::find(t, tiketi_operator::status::types::READY)
+                        .is_some_and(|c| c.status == "True")
+                })
+                .count()
+                > n)
+        },
+    )
+    .await
+    .unwrap();
+    let operated = started.elapsed();
+    let calls = metrics(port).await;
+    println!(
+        "baseline: {} bare Deployments (1 replica) created at once, all ready in {:.1} s = {:.1} ms per 2 Deployments",
+        names.len(),
+        bare.as_secs_f64(),
+        ms(bare) / n as f64
+    );
+    println!(
+        "operator: {n} events (2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each) all Ready in {:.1} s = {:.1} ms per event, {:.2}× the baseline; {} reconciles",
+        operated.as_secs_f64(),
+        ms(operated) / n as f64,
+        operated.as_secs_f64() / bare.as_secs_f64(),
+        metric_value(&calls, "tiketi_operator_reconciliations_total")
+    );
+    let _ = wait_until("events deleted", Duration::from_secs(600), || async {
+        let _ = api
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        Ok(api.list(&ListParams::default()).await?.items.is_empty())
+    })
+    .await;
+    drop(op);
+    ns.delete().await.unwrap();
+}
+
 #[tokio::main]
 async fn main() {
     let client = kube_client().await.unwrap();
@@ -300,5 +460,8 @@ async fn main() {
     }
     if which.is_empty() || which == "memory" {
         memory(&client).await;
+    }
+    if which.is_empty() || which == "convergence" {
+        convergence(&client).await;
     }
 }

@@ -592,7 +592,7 @@ fn env(tev: &TicketingEvent, c: Component) -> Vec<EnvVar> {
 
 /// FNV-1a, 64 bit: a stable content hash (std's hasher may change between Rust releases, which
 /// would roll every pod on an operator upgrade).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -101,6 +101,29 @@ pub struct Metrics {
     pub panics: Family<TaskLabels, Counter>,
     pub events_suppressed: Family<ReasonLabels, Counter>,
     pub secret_reads: Counter,
+    pub api_requests: Family<ApiRequestLabels, Counter>,
+}
+
+/// An API call the operator sent (watches left out), by HTTP method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub method: &'static str,
+}
+
+impl ApiRequestLabels {
+    /// The label of `method` (a bounded set: anything unusual is "other").
+    pub fn of(method: &axum::http::Method) -> Self {
+        use axum::http::Method;
+        let method = match *method {
+            Method::GET => "get",
+            Method::POST => "post",
+            Method::PUT => "put",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "other",
+        };
+        Self { method }
+    }
 }
 
 impl Metrics {
@@ -126,6 +149,7 @@ impl Metrics {
             panics: Family::default(),
             events_suppressed: Family::default(),
             secret_reads: Counter::default(),
+            api_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("tiketi_operator");
         r.register(
@@ -219,6 +243,11 @@ impl Metrics {
             m.secret_reads.clone(),
         );
         r.register(
+            "api_requests",
+            "API calls sent to the Kubernetes API server by HTTP method (watches and the leader Lease left out; writes refused because this replica does not lead are not sent)",
+            m.api_requests.clone(),
+        );
+        r.register(
             "autoscaler_events",
             "Events the autoscaler looked at in its last tick",
             m.autoscaler_events.clone(),
@@ -250,7 +279,13 @@ impl Metrics {
                 event: event.into(),
                 phase: p.as_str(),
             };
-            self.phase.get_or_create(&labels).set(i64::from(p == phase));
+            // Only the current phase is exposed (at 1): every reader compares `== 1`, and six
+            // zero series per event are six thousand at a thousand events.
+            if p == phase {
+                self.phase.get_or_create(&labels).set(1);
+            } else {
+                self.phase.remove(&labels);
+            }
         }
     }
 
@@ -393,7 +428,13 @@ mod tests {
             out.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="PreWarming"} 1"#),
             "{out}"
         );
-        assert!(out.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="OnSale"} 0"#));
+        // Only the current phase: a phase change moves the one series.
+        assert!(!out.contains(r#"phase="OnSale""#), "{out}");
+        m.set_phase("ns", "ev", Phase::OnSale);
+        let mut moved = String::new();
+        prometheus_client::encoding::text::encode(&mut moved, &registry).unwrap();
+        assert!(moved.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="OnSale"} 1"#));
+        assert!(!moved.contains(r#"phase="PreWarming""#), "{moved}");
         assert!(
             out.contains(
                 r#"tiketi_operator_desired_replicas{namespace="ns",event="ev",component="queue"} 5"#

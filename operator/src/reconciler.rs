@@ -20,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,28 +55,123 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
 }
 
-/// What the operator's metadata watches show of the children (managedFields dropped; see
-/// `runtime`): compared with the desired children before applying, and searched for orphans.
-#[derive(Clone)]
+/// What the operator's metadata watches show of the children (see `runtime`): compared with
+/// the desired children before applying, and searched for orphans.
+#[derive(Clone, Default)]
 pub struct ChildStores {
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
-    pub deployments: Store<PartialObjectMeta<Deployment>>,
+    pub config_maps: ChildIndex,
+    pub services: ChildIndex,
+    pub pdbs: ChildIndex,
+    pub deployments: ChildIndex,
+}
+
+/// What a reconcile needs of a cached child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSummary {
+    /// uid of its controller (owner reference with `controller: true`).
+    pub controller: Option<String>,
+    /// Its `tiketi.gg/event` label.
+    pub event: Option<String>,
+    /// Its applied hash ([`children::APPLIED_HASH_ANNOTATION`]).
+    pub hash: Option<String>,
+}
+
+impl ChildSummary {
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            controller: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            event: meta.labels.as_ref().and_then(|l| l.get(EVENT_LABEL)).cloned(),
+            hash: children::applied_hash(meta).map(str::to_owned),
+        }
+    }
+}
+
+type ChildMap = HashMap<(String, String), ChildSummary>;
+
+/// One kind of child, (namespace, name) → [`ChildSummary`], kept by a metadata watch: a few
+/// hundred bytes per child instead of its object (thousands of children are cached).
+#[derive(Clone, Default)]
+pub struct ChildIndex {
+    map: Arc<std::sync::RwLock<ChildMap>>,
+    /// A relist in progress: it replaces the map when it is done.
+    relist: Arc<Mutex<Option<ChildMap>>>,
+}
+
+impl ChildIndex {
+    fn key(meta: &ObjectMeta) -> (String, String) {
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// Applies one watch event.
+    pub fn apply<K>(&self, ev: &kube::runtime::watcher::Event<PartialObjectMeta<K>>) {
+        use kube::runtime::watcher::Event;
+        let lock_relist = || {
+            self.relist
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let write_map = || {
+            self.map
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        match ev {
+            Event::Apply(o) => {
+                write_map().insert(Self::key(&o.metadata), ChildSummary::of(&o.metadata));
+            }
+            Event::Delete(o) => {
+                write_map().remove(&Self::key(&o.metadata));
+            }
+            Event::Init => *lock_relist() = Some(ChildMap::new()),
+            Event::InitApply(o) => {
+                if let Some(m) = lock_relist().as_mut() {
+                    m.insert(Self::key(&o.metadata), ChildSummary::of(&o.metadata));
+                }
+            }
+            Event::InitDone => {
+                if let Some(m) = lock_relist().take() {
+                    *write_map() = m;
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, ns: &str, name: &str) -> Option<ChildSummary> {
+        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&(ns.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Names in `ns` of children of the event `event` controlled by `uid`.
+    pub fn owned_by(&self, ns: &str, event: &str, uid: &str) -> Vec<String> {
+        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .filter(|((n, _), s)| {
+                n == ns && s.event.as_deref() == Some(event) && s.controller.as_deref() == Some(uid)
+            })
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
 }
 
 /// True when the cached child exists, is controlled by the event `uid` and carries the hash of
 /// `desired` (nothing to apply).
-fn up_to_date<K>(store: &Store<PartialObjectMeta<K>>, desired: &ObjectMeta, uid: &str) -> bool
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
+fn up_to_date(index: &ChildIndex, desired: &ObjectMeta, uid: &str) -> bool {
     let (Some(name), Some(ns)) = (desired.name.as_deref(), desired.namespace.as_deref()) else {
         return false;
     };
-    store
-        .get(&ObjectRef::new(name).within(ns))
-        .is_some_and(|cur| same_child(&cur.metadata, desired, uid))
+    index.get(ns, name).is_some_and(|cur| {
+        cur.controller.as_deref() == Some(uid)
+            && cur.hash.is_some()
+            && cur.hash.as_deref() == children::applied_hash(desired)
+    })
 }
 
 /// `current` is controlled by `uid` and carries the applied hash of `desired`.
@@ -950,10 +1044,10 @@ async fn delete_orphans(ctx: &Context, tev: &TicketingEvent, ns: &str, ch: &Chil
     let keep_deploy = names(ch.deployments.iter().map(|(_, d)| &d.metadata).collect());
     let stores = &ctx.children;
     futures::try_join!(
-        delete_orphans_of(ctx, tev, ns, &stores.config_maps, &keep_cm),
-        delete_orphans_of(ctx, tev, ns, &stores.services, &keep_svc),
-        delete_orphans_of(ctx, tev, ns, &stores.pdbs, &keep_pdb),
-        delete_orphans_of(ctx, tev, ns, &stores.deployments, &keep_deploy),
+        delete_orphans_of::<ConfigMap>(ctx, tev, ns, &stores.config_maps, &keep_cm),
+        delete_orphans_of::<Service>(ctx, tev, ns, &stores.services, &keep_svc),
+        delete_orphans_of::<PodDisruptionBudget>(ctx, tev, ns, &stores.pdbs, &keep_pdb),
+        delete_orphans_of::<Deployment>(ctx, tev, ns, &stores.deployments, &keep_deploy),
     )?;
     Ok(())
 }
@@ -962,7 +1056,7 @@ async fn delete_orphans_of<K>(
     ctx: &Context,
     tev: &TicketingEvent,
     ns: &str,
-    store: &Store<PartialObjectMeta<K>>,
+    index: &ChildIndex,
     keep: &BTreeSet<String>,
 ) -> Result<(), Error>
 where
@@ -972,18 +1066,9 @@ where
         + std::fmt::Debug,
 {
     let uid = tev.uid().unwrap_or_default();
-    let name = tev.name_any();
-    let orphans: Vec<String> = store
-        .state()
-        .iter()
-        .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
-        .filter(|m| m.labels().get(EVENT_LABEL) == Some(&name))
-        .filter(|m| {
-            m.owner_references()
-                .iter()
-                .any(|o| o.uid == uid && o.controller == Some(true))
-        })
-        .map(|m| m.name_any())
+    let orphans: Vec<String> = index
+        .owned_by(ns, &tev.name_any(), &uid)
+        .into_iter()
         .filter(|child| !keep.contains(child))
         .collect();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
@@ -1250,6 +1335,46 @@ mod tests {
             assert_eq!(r.kind, scaler::kinds::SCHEDULE, "{recorded:?}");
             assert_eq!(r.message, sched.reason);
         }
+    }
+
+    #[test]
+    fn the_child_index_follows_the_watch_and_its_relists() {
+        use kube::runtime::watcher::Event;
+        let child = |name: &str, hash: &str| -> PartialObjectMeta<ConfigMap> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "ns",
+                    "labels": {EVENT_LABEL: "e", "other": "x"},
+                    "annotations": {children::APPLIED_HASH_ANNOTATION: hash},
+                    "ownerReferences": [{"apiVersion": "tiketi.gg/v1alpha1", "kind": "TicketingEvent",
+                        "name": "e", "uid": "u1", "controller": true}]}
+            }))
+            .unwrap()
+        };
+        let index = ChildIndex::default();
+        index.apply(&Event::Apply(child("a", "h1")));
+        index.apply(&Event::Apply(child("b", "h1")));
+        let a = index.get("ns", "a").unwrap();
+        assert_eq!(
+            (a.controller.as_deref(), a.event.as_deref(), a.hash.as_deref()),
+            (Some("u1"), Some("e"), Some("h1"))
+        );
+        let desired = child("a", "h1").metadata;
+        assert!(up_to_date(&index, &desired, "u1"));
+        assert!(!up_to_date(&index, &desired, "someone-else"));
+        assert!(!up_to_date(&index, &child("a", "h2").metadata, "u1"), "changed");
+        index.apply(&Event::Delete(child("b", "h1")));
+        assert_eq!(index.owned_by("ns", "e", "u1"), vec!["a".to_owned()]);
+        // A relist replaces everything once it is done (not before).
+        index.apply::<ConfigMap>(&Event::Init);
+        index.apply(&Event::InitApply(child("c", "h1")));
+        assert!(
+            index.get("ns", "a").is_some(),
+            "replaced before the relist was done"
+        );
+        index.apply::<ConfigMap>(&Event::InitDone);
+        assert!(index.get("ns", "a").is_none());
+        assert_eq!(index.owned_by("ns", "e", "u1"), vec!["c".to_owned()]);
     }
 
     #[test]

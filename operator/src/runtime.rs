@@ -116,6 +116,25 @@ pub fn with_request_timeout(client: Client, timeout: Duration) -> Client {
     Client::new(service, default_ns)
 }
 
+/// `client` counting every request it sends in `api_requests_total{method}`.
+pub fn counted(
+    client: Client,
+    requests: prometheus_client::metrics::family::Family<
+        crate::metrics::ApiRequestLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> Client {
+    let default_ns = client.default_namespace().to_owned();
+    let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+        let client = client.clone();
+        requests
+            .get_or_create(&crate::metrics::ApiRequestLabels::of(req.method()))
+            .inc();
+        async move { client.send(req).await.map_err(tower::BoxError::from) }
+    });
+    Client::new(service, default_ns)
+}
+
 /// Reconciles in flight at once (kube-runtime's default is unbounded).
 pub const RECONCILE_CONCURRENCY: u16 = 8;
 /// Trailing debounce of reconcile triggers per event.
@@ -125,14 +144,14 @@ pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// A metadata-only watch of one kind of child, reflected into a store (managedFields dropped):
+/// A metadata-only watch of one kind of child, summarised into a [`reconciler::ChildIndex`]:
 /// what the reconciler compares before applying and deletes orphans from, without a GET or LIST.
 fn child_cache<K>(
     client: &Client,
     ns: Option<&str>,
     cfg: watcher::Config,
 ) -> (
-    reflector::Store<PartialObjectMeta<K>>,
+    reconciler::ChildIndex,
     impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
 )
 where
@@ -144,30 +163,15 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
+    let index = reconciler::ChildIndex::default();
     let stream = watcher(api::<PartialObjectMeta<K>>(client, ns), cfg)
         .default_backoff()
-        .modify(trim_child)
-        .reflect(writer)
+        .inspect_ok({
+            let index = index.clone();
+            move |ev| index.apply(ev)
+        })
         .touched_objects();
-    (store, stream)
-}
-
-/// Keeps of a cached child what the reconciler reads: name, namespace, resourceVersion, the
-/// event label, the applied hash and the owner references (thousands of children are cached).
-fn trim_child<K>(m: &mut PartialObjectMeta<K>) {
-    use crate::children::{APPLIED_HASH_ANNOTATION, EVENT_LABEL};
-    let meta = &mut m.metadata;
-    meta.managed_fields = None;
-    meta.creation_timestamp = None;
-    meta.generate_name = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == EVENT_LABEL);
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == APPLIED_HASH_ANNOTATION);
-    }
+    (index, stream)
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -235,7 +239,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // throttling for minutes): a hung API server fails that call, not the loop waiting on it.
     // And every write is sent only while this replica leads at that instant (`guard_writes`).
     let calls = leader::guard_writes(
-        with_request_timeout(client.clone(), API_CALL_TIMEOUT),
+        counted(
+            with_request_timeout(client.clone(), API_CALL_TIMEOUT),
+            metrics.api_requests.clone(),
+        ),
         leader_state.clone(),
     );
     // A Secret an event refers to that is deleted, created or changed reconciles that event at
@@ -479,6 +486,32 @@ mod tests {
             "metadata": {"uid": "u1", "generation": 1},
             "status": {"phase": "OnSale", "queueDepth": 10}
         }))
+    }
+
+    #[tokio::test]
+    async fn every_call_sent_is_counted_by_method() {
+        // An "API server" answering 404 to everything (what is counted is what was sent).
+        let server = tower::service_fn(|_req: axum::http::Request<kube::client::Body>| {
+            let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#;
+            let res = axum::http::Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(body.as_bytes().to_vec()))
+                .unwrap();
+            futures::future::ready(Ok::<_, tower::BoxError>(res))
+        });
+        let requests = prometheus_client::metrics::family::Family::default();
+        let api: Api<ConfigMap> = Api::namespaced(counted(Client::new(server, "ns"), requests.clone()), "ns");
+        let patch = kube::api::Patch::Merge(serde_json::json!({"data": {"a": "b"}}));
+        assert!(api.get_opt("x").await.unwrap().is_none());
+        assert!(api.get_opt("y").await.unwrap().is_none());
+        assert!(api.patch("x", &Default::default(), &patch).await.is_err());
+        let count = |method| {
+            requests
+                .get_or_create(&crate::metrics::ApiRequestLabels { method })
+                .get()
+        };
+        assert_eq!((count("get"), count("patch"), count("delete")), (2, 1, 0));
     }
 
     #[tokio::test]

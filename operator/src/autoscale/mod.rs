@@ -94,8 +94,9 @@ struct EventState {
 #[derive(Debug, Clone)]
 struct Written {
     at: Instant,
-    urgent: serde_json::Value,
-    snapshot: serde_json::Value,
+    /// [`report::fingerprint`]s of the urgent part and of the whole body written.
+    urgent: u64,
+    snapshot: u64,
 }
 
 impl EventState {
@@ -725,8 +726,8 @@ async fn write_status(
     snapshot["message"] = cond.message.clone().into();
     let last = st.written.as_ref().map(|w| report::LastWrite {
         elapsed: w.at.elapsed(),
-        urgent: &w.urgent,
-        snapshot: &w.snapshot,
+        urgent: w.urgent,
+        snapshot: w.snapshot,
     });
     if !report::write_due(
         last,
@@ -749,8 +750,8 @@ async fn write_status(
         Ok(_) => {
             st.written = Some(Written {
                 at: Instant::now(),
-                urgent,
-                snapshot,
+                urgent: report::fingerprint(&urgent),
+                snapshot: report::fingerprint(&snapshot),
             })
         }
         Err(e) => {

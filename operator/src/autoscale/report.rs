@@ -212,17 +212,24 @@ pub fn urgent_shape(
 
 /// The last status write, as the throttle sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct LastWrite<'a> {
+pub struct LastWrite {
     pub elapsed: Duration,
-    pub urgent: &'a serde_json::Value,
-    pub snapshot: &'a serde_json::Value,
+    /// [`fingerprint`]s of what was written (a hash per event instead of two JSON trees: the
+    /// loop keeps one per event, thousands of them).
+    pub urgent: u64,
+    pub snapshot: u64,
+}
+
+/// A stable hash of a JSON value (its maps are ordered, so equal values hash equally).
+pub fn fingerprint(v: &serde_json::Value) -> u64 {
+    serde_json::to_vec(v).map_or(0, |b| crate::children::fnv1a(&b))
 }
 
 /// Whether to write the status now: always the first time and on any urgent change; other
 /// changes at most every `interval`; an unchanged status every `heartbeat` (so readers can tell
 /// a live loop from a dead one).
 pub fn write_due(
-    last: Option<LastWrite<'_>>,
+    last: Option<LastWrite>,
     urgent: &serde_json::Value,
     snapshot: &serde_json::Value,
     interval: Duration,
@@ -231,7 +238,9 @@ pub fn write_due(
     match last {
         None => true,
         Some(w) => {
-            w.urgent != urgent || (w.snapshot != snapshot && w.elapsed >= interval) || w.elapsed >= heartbeat
+            w.urgent != fingerprint(urgent)
+                || (w.snapshot != fingerprint(snapshot) && w.elapsed >= interval)
+                || w.elapsed >= heartbeat
         }
     }
 }
@@ -414,8 +423,8 @@ mod tests {
         let last = |secs| {
             Some(LastWrite {
                 elapsed: Duration::from_secs(secs),
-                urgent: &a,
-                snapshot: &s1,
+                urgent: fingerprint(&a),
+                snapshot: fingerprint(&s1),
             })
         };
         assert!(write_due(None, &a, &s1, interval, heartbeat), "first write");

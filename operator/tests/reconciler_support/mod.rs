@@ -265,6 +265,16 @@ impl OperatorProcess {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
+
+    /// CPU time the process has used so far (user + system), from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command (which may hold spaces) start after its closing parenthesis;
+        // utime and stime are the 14th and 15th fields of the line, in clock ticks (100 Hz).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+        Duration::from_millis((fields[11] + fields[12]) * 10)
+    }
 }
 
 impl Drop for OperatorProcess {
