@@ -99,7 +99,7 @@ cat > "$work/event.json" <<JSON
 JSON
 TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="$redis_url" TIKETI_JWT_SECRET=bench-user-secret-for-the-queue-bench-001 \
 TIKETI_ADMISSION_SECRET=bench-admission-secret-for-the-bench-01 TIKETI_EVENT_CONFIG="$work/event.json" \
-TIKETI_RATE_LIMIT_IP=10000000 TIKETI_ADMISSION=false TIKETI_DRAIN_DELAY_MS=0 \
+TIKETI_RATE_LIMIT_IP=10000000 TIKETI_ADMISSION=false TIKETI_DRAIN_DELAY=0s \
 TIKETI_MAX_STREAMS=100000 RUST_LOG=warn "$bin" 2> "$work/queue.log" &
 qpid=$!
 pids+=($qpid)
@@ -131,7 +131,7 @@ cqport=$(free_port)
 TIKETI_LISTEN="127.0.0.1:$cqport" TIKETI_REDIS_URL="redis://${cluster_addrs[0]}" TIKETI_REDIS_CLUSTER=true \
 TIKETI_JWT_SECRET=bench-user-secret-for-the-queue-bench-001 \
 TIKETI_ADMISSION_SECRET=bench-admission-secret-for-the-bench-01 TIKETI_EVENT_CONFIG="$work/event.json" \
-TIKETI_RATE_LIMIT_IP=10000000 TIKETI_ADMISSION=false TIKETI_DRAIN_DELAY_MS=0 \
+TIKETI_RATE_LIMIT_IP=10000000 TIKETI_ADMISSION=false TIKETI_DRAIN_DELAY=0s \
 RUST_LOG=warn "$bin" 2> "$work/queue-cluster.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$cqport/readyz"
@@ -162,7 +162,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 rss_before=$(rss_kb "$qpid")
 cmds() { redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2+0}'; }
 "$bin" bench-streams --addr "127.0.0.1:$qport" --event bench --tokens "$work/tokens.txt" \
-  --count "$nstreams" --hold-seconds 20 > "$work/streams.json" &
+  --count "$nstreams" --hold 20s > "$work/streams.json" &
 spid=$!
 pids+=($spid)
 # The client prints its summary once every stream has its first event, then holds them.

@@ -302,7 +302,7 @@ def services_dashboard():
             (f"histogram_quantile(0.99, sum by (le, route) (rate(tiketi_queue_http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99 {{route}}"),
         ],
         w=12, unit="s",
-        description="HTTP request latency of the queue service, all routes and per route.",
+        description="HTTP request latency of the queue service's API routes, all together and per route.",
     )
 
     b.row("Reservation")
@@ -340,12 +340,12 @@ def services_dashboard():
     b.timeseries(
         "Reservation latency",
         [
-            (f"histogram_quantile(0.5, sum by (le) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p50"),
-            (f"histogram_quantile(0.99, sum by (le) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99"),
-            (f"histogram_quantile(0.99, sum by (le, route) (rate(tiketi_reservation_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99 {{route}}"),
+            (f"histogram_quantile(0.5, sum by (le) (rate(tiketi_reservation_http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p50"),
+            (f"histogram_quantile(0.99, sum by (le) (rate(tiketi_reservation_http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99"),
+            (f"histogram_quantile(0.99, sum by (le, route) (rate(tiketi_reservation_http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))", "p99 {{route}}"),
         ],
         w=8, unit="s",
-        description="HTTP request latency of the reservation service, all routes and per route.",
+        description="HTTP request latency of the reservation service's API routes, all together and per route.",
     )
     b.timeseries(
         "Database pool and dependency errors",
@@ -361,14 +361,14 @@ def services_dashboard():
     b.timeseries(
         "5xx ratio",
         [
-            (f'sum(rate(tiketi_queue_http_request_duration_seconds_count{{{sel}, status=~"5.."}}[$__rate_interval])) '
+            (f'sum(rate(tiketi_queue_http_request_duration_seconds_count{{{sel}, status_class="5xx"}}[$__rate_interval])) '
              f"/ sum(rate(tiketi_queue_http_request_duration_seconds_count{{{sel}}}[$__rate_interval]))", "queue"),
-            (f'sum(rate(tiketi_reservation_request_duration_seconds_count{{{sel}, status_class="5xx"}}[$__rate_interval])) '
-             f"/ sum(rate(tiketi_reservation_request_duration_seconds_count{{{sel}}}[$__rate_interval]))", "reservation"),
+            (f'sum(rate(tiketi_reservation_http_request_duration_seconds_count{{{sel}, status_class="5xx"}}[$__rate_interval])) '
+             f"/ sum(rate(tiketi_reservation_http_request_duration_seconds_count{{{sel}}}[$__rate_interval]))", "reservation"),
         ],
         w=24, unit="percentunit",
-        description="Share of requests answered with 5xx. 503 with Retry-After is the services' answer to "
-                    "overload and dependency outages.",
+        description="Share of API requests answered with 5xx (status_class=\"5xx\"; probes and /metrics are not "
+                    "counted). 503 with Retry-After is the services' answer to overload and dependency outages.",
     )
     return dashboard(
         "tiketi-services", "tiketi / Queue and reservation services",

@@ -35,7 +35,7 @@ cat > "$work/event.json" <<JSON
 JSON
 TIKETI_LISTEN="127.0.0.1:$qport" TIKETI_REDIS_URL="redis://127.0.0.1:$rport" TIKETI_JWT_SECRET=st-user-secret-for-schemathesis-only-0001 \
 TIKETI_ADMISSION_SECRET=st-admission-secret-for-schemathesis-01 TIKETI_EVENT_CONFIG="$work/event.json" TIKETI_RATE_LIMIT_USER=100000 \
-TIKETI_RATE_LIMIT_IP=100000 TIKETI_DRAIN_DELAY_MS=0 RUST_LOG=warn "$bin" 2> "$work/queue.log" &
+TIKETI_RATE_LIMIT_IP=100000 TIKETI_DRAIN_DELAY=0s RUST_LOG=warn "$bin" 2> "$work/queue.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$qport/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 

@@ -31,10 +31,10 @@ pub fn tokens(
     secret: &str,
     count: u64,
     prefix: &str,
-    ttl_seconds: i64,
+    ttl: std::time::Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let exp = chrono::Utc::now().timestamp() + ttl_seconds;
+    let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs())?;
     for i in 0..count {
         let t = tiketi_shared::token::sign_user_token(secret.as_bytes(), &format!("{prefix}{i}"), exp)?;
         writeln!(out, "{t}")?;

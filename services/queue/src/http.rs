@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State as AxState};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State as AxState};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
@@ -30,7 +30,7 @@ use crate::api::{Admission, EtaRange, QueueStats, QueueStatus, State};
 use crate::eta::eta;
 use crate::events::Events;
 use crate::hub::{Fix, Hub, Snapshot};
-use crate::metrics::{Metrics, ReasonLabel, RequestLabels, RequestTimer};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::store::{Observed, Standing, Store, StoreError, StreamFix};
 
 /// Everything a handler needs; shared behind an `Arc`.
@@ -637,23 +637,6 @@ async fn per_ip_limit(AxState(app): AxState<Shared>, req: Request, next: Next) -
     next.run(req).await
 }
 
-async fn track(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
-    let mut timer = RequestTimer::start(&app.metrics.requests);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = tiketi_shared::http::method_label(req.method());
-    let res = next.run(req).await;
-    timer.set(RequestLabels {
-        method,
-        route,
-        status: res.status().as_u16(),
-    });
-    res
-}
-
 pub fn router(app: Shared) -> Router {
     let api = Router::new()
         .route("/v1/events/{event}/queue", post(join))
@@ -661,9 +644,14 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/events/{event}/queue/me/stream", get(stream))
         .route("/v1/events/{event}/queue/stats", get(stats))
         .route_layer(from_fn_with_state(app.clone(), per_ip_limit))
-        .route_layer(from_fn_with_state(app.clone(), track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        // Outermost on the API routes (the probes and /metrics are not recorded), so 413s and
+        // 429s are measured too.
+        .layer(from_fn_with_state(
+            app.metrics.requests.clone(),
+            tiketi_shared::http::track_requests,
+        ));
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

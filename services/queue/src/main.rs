@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(command) => tool(command).await,
         None => {
+            tiketi_queue::cli::refuse_renamed_variables(|v| std::env::var(v).ok())
+                .map_err(anyhow::Error::msg)?;
             tiketi_shared::telemetry::init("info,tower_http=warn");
             let listener = tiketi_shared::net::bind(cli.serve.listen).await?;
             tiketi_queue::server::serve(cli.serve, listener, tiketi_queue::server::signal()).await
@@ -27,11 +29,11 @@ async fn tool(command: Command) -> anyhow::Result<()> {
             secret,
             count,
             prefix,
-            ttl_seconds,
+            ttl,
         } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            tiketi_queue::bench::tokens(&secret, count, &prefix, ttl_seconds, &mut out)
+            tiketi_queue::bench::tokens(&secret, count, &prefix, ttl, &mut out)
         }
         Command::BenchEmpty { listen } => {
             tiketi_queue::bench::empty(listen, tiketi_queue::server::signal()).await
@@ -41,7 +43,7 @@ async fn tool(command: Command) -> anyhow::Result<()> {
             event,
             tokens,
             count,
-            hold_seconds,
+            hold,
         } => {
             let text = std::fs::read_to_string(&tokens)?;
             let tokens: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -52,7 +54,7 @@ async fn tool(command: Command) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"opened": open.len(), "failed": failed, "seconds": started.elapsed().as_secs_f64()})
             );
-            tokio::time::sleep(std::time::Duration::from_secs(hold_seconds)).await;
+            tokio::time::sleep(hold).await;
             drop(open);
             Ok(())
         }

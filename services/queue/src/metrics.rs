@@ -1,14 +1,12 @@
 //! Prometheus metrics of the queue service. Labels are bounded: event ids come from the event
 //! configuration (a handful per replica), routes are axum's matched path templates.
 
-use std::time::Instant;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tiketi_shared::http::RequestDurations;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
@@ -20,13 +18,6 @@ pub struct JoinLabels {
     pub event: String,
     /// new | repeat | prequeue | admitted | sold_out | closed
     pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub method: &'static str,
-    pub route: String,
-    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +35,9 @@ pub struct Metrics {
     pub active_users: Family<EventLabel, Gauge>,
     pub leader: Family<EventLabel, Gauge>,
     pub streams: Gauge,
-    pub requests: Family<RequestLabels, Histogram>,
+    /// `http_request_duration_seconds{method,route,status_class}` of the API routes, the same
+    /// histogram as the reservation service's (`tiketi_shared::http::track_requests` records it).
+    pub requests: RequestDurations,
     pub redis_errors: Family<ReasonLabel, Counter>,
     pub rate_limited: Family<ReasonLabel, Counter>,
 }
@@ -60,7 +53,7 @@ impl Metrics {
             active_users: Family::default(),
             leader: Family::default(),
             streams: Gauge::default(),
-            requests: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
+            requests: RequestDurations::default(),
             redis_errors: Family::default(),
             rate_limited: Family::default(),
         };
@@ -99,8 +92,8 @@ impl Metrics {
         r.register("sse_streams", "Open server-sent-event streams", m.streams.clone());
         r.register(
             "http_request_duration_seconds",
-            "HTTP request latency",
-            m.requests.clone(),
+            tiketi_shared::http::REQUEST_DURATION_HELP,
+            m.requests.family(),
         );
         r.register(
             "redis_errors",
@@ -122,33 +115,31 @@ impl Metrics {
     }
 }
 
-/// Records a request's latency when dropped, so early returns are measured too.
-pub struct RequestTimer {
-    started: Instant,
-    family: Family<RequestLabels, Histogram>,
-    labels: Option<RequestLabels>,
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::http::{Method, StatusCode};
+    use std::time::Duration;
 
-impl RequestTimer {
-    pub fn start(family: &Family<RequestLabels, Histogram>) -> Self {
-        Self {
-            started: Instant::now(),
-            family: family.clone(),
-            labels: None,
-        }
-    }
-
-    pub fn set(&mut self, labels: RequestLabels) {
-        self.labels = Some(labels);
-    }
-}
-
-impl Drop for RequestTimer {
-    fn drop(&mut self) {
-        if let Some(labels) = self.labels.take() {
-            self.family
-                .get_or_create(&labels)
-                .observe(self.started.elapsed().as_secs_f64());
-        }
+    #[test]
+    fn the_request_histogram_has_the_shared_name_and_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.requests.observe(
+            &Method::POST,
+            "/v1/events/{event}/queue",
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(3),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let name = format!("tiketi_queue_{}_count", tiketi_shared::http::REQUEST_DURATION);
+        assert!(
+            text.contains(&format!(
+                r#"{name}{{method="POST",route="/v1/events/{{event}}/queue",status_class="5xx"}} 1"#
+            )),
+            "{text}"
+        );
     }
 }

@@ -1,15 +1,16 @@
 //! Wiring: builds the app from the arguments, starts the background tasks (config reload, stream
-//! ticker, admission loop, limiter cleanup) and serves until `shutdown` resolves, then drains:
-//! /readyz turns 503, after the drain delay the listener closes and in-flight requests finish,
-//! streams end (clients reconnect elsewhere), the admission lease is released.
+//! ticker, admission loop, limiter cleanup) and serves until `shutdown` resolves, then drains
+//! (`tiketi_shared::http::serve_draining`): /readyz turns 503, after the drain delay the listener
+//! closes, streams end (clients reconnect elsewhere) and in-flight requests finish, the admission
+//! lease is released.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tiketi_shared::http::{Drain, serve_draining};
 use tiketi_shared::token::{AdmissionKeys, UserVerifier, check_signing_key};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,18 +34,18 @@ pub async fn serve(
         jwt_secret,
         admission_secret,
         event_config,
-        redis_timeout_ms,
+        redis_timeout,
         admission,
-        admission_tick_ms,
-        lease_ttl_ms,
+        admission_tick,
+        lease_ttl,
         rate_limit_user,
         rate_limit_ip,
         trusted_proxy_hops,
-        stream_tick_ms,
+        stream_tick,
         stream_refresh_budget,
         max_streams,
-        drain_delay_ms,
-        shutdown_timeout_ms,
+        drain_delay,
+        shutdown_timeout,
         replica_id,
     } = args;
     let jwt_secret = jwt_secret.context("TIKETI_JWT_SECRET (--jwt-secret) is required")?;
@@ -52,7 +53,7 @@ pub async fn serve(
         admission_secret.context("TIKETI_ADMISSION_SECRET (--admission-secret) is required")?;
     check_signing_key("TIKETI_JWT_SECRET", jwt_secret.as_bytes()).map_err(anyhow::Error::msg)?;
     check_signing_key("TIKETI_ADMISSION_SECRET", admission_secret.as_bytes()).map_err(anyhow::Error::msg)?;
-    let store = Store::new(&redis, Duration::from_millis(redis_timeout_ms)).context("TIKETI_REDIS_URL")?;
+    let store = Store::new(&redis, redis_timeout).context("TIKETI_REDIS_URL")?;
     tracing::info!(redis = %redis.describe(), "redis");
     let events = Events::default();
     if let Some(path) = &event_config {
@@ -89,7 +90,7 @@ pub async fn serve(
         });
     }
     let hub_settings = HubSettings {
-        tick: Duration::from_millis(stream_tick_ms.max(50)),
+        tick: stream_tick.max(Duration::from_millis(50)),
         refresh_budget: stream_refresh_budget,
         refresh_after: Duration::from_secs(5),
         touch_every: Duration::from_secs(5),
@@ -100,8 +101,8 @@ pub async fn serve(
         tracing::info!(holder, "competing for admission leases");
         let settings = AdmissionSettings {
             holder,
-            tick: Duration::from_millis(admission_tick_ms.max(10)),
-            lease_ttl: Duration::from_millis(lease_ttl_ms.max(500)),
+            tick: admission_tick.max(Duration::from_millis(10)),
+            lease_ttl: lease_ttl.max(Duration::from_millis(500)),
             sweep_every: Duration::from_secs(1),
         };
         tasks.spawn(admission::run(
@@ -129,31 +130,23 @@ pub async fn serve(
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "tiketi-queue listening");
-    let drain_app = app.clone();
-    let drain_delay = Duration::from_millis(drain_delay_ms);
-    let drained = async move {
-        shutdown.await;
-        drain_app.draining.store(true, Ordering::Relaxed);
-        tracing::info!(?drain_delay, "draining: readyz is now 503");
-        tokio::time::sleep(drain_delay).await;
-        let _ = stop_tx.send(true);
-        tracing::info!("closing the listener; finishing in-flight requests");
-    };
-    let mut stopped = stop_rx.clone();
-    let server = axum::serve(
+    let draining = app.clone();
+    serve_draining(
         listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+        router(app),
+        shutdown,
+        Drain {
+            delay: drain_delay,
+            timeout: shutdown_timeout,
+        },
+        move || draining.draining.store(true, Ordering::Relaxed),
+        // Streams, the ticker and the admission loop stop with the listener.
+        move || {
+            let _ = stop_tx.send(true);
+        },
     )
-    .with_graceful_shutdown(drained);
-    let shutdown_timeout = Duration::from_millis(shutdown_timeout_ms);
-    let forced = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-        tokio::time::sleep(shutdown_timeout).await;
-    };
-    tokio::select! {
-        r = server => r.context("http server")?,
-        _ = forced => tracing::warn!("in-flight requests did not finish in time; exiting anyway"),
-    }
+    .await
+    .context("http server")?;
     // Let the admission loop release its leases so another replica takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while tasks.join_next().await.is_some() {}

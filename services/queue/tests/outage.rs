@@ -18,7 +18,7 @@ async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
     spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
     spec.heartbeat_timeout_seconds = 3;
     let mut a = args(&redis_srv.url(), Some(spec.write()));
-    a.redis_timeout_ms = 500;
+    a.redis_timeout = Duration::from_millis(500);
     let server = Server::start(a).await;
     let api = Api::new(&server.base, &event);
     wait_for("redis up", Duration::from_secs(10), || {

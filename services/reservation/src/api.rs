@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,6 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
 use crate::domain::{Counts, SeatStatus};
-use crate::metrics::RouteLabels;
 use crate::model::{Availability, Health, Hold, HoldRequest, Order, Seat, SeatMap};
 use crate::service::{Answer, AppState};
 
@@ -60,6 +59,12 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
+        ))
+        // Outermost on the API routes (the probes and /metrics are not recorded), so the
+        // overload and timeout 503s are measured too.
+        .layer(middleware::from_fn_with_state(
+            state.metrics.request_duration.clone(),
+            tiketi_shared::http::track_requests,
         ));
     let ops = Router::new()
         .route("/healthz", get(healthz))
@@ -69,36 +74,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     api.merge(ops)
         .fallback(not_found)
         .layer(middleware::from_fn(tiketi_shared::problem::problem_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
         .with_state(state)
-}
-
-async fn record_latency(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let method = tiketi_shared::http::method_label(req.method());
-    let res = next.run(req).await;
-    if let Some(route) = route {
-        let status_class = match res.status().as_u16() {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        state
-            .metrics
-            .request_duration
-            .get_or_create(&RouteLabels {
-                method,
-                route,
-                status_class,
-            })
-            .observe(start.elapsed().as_secs_f64());
-    }
-    res
 }
 
 async fn limit_inflight(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -5,8 +5,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tiketi_shared::http::RequestDurations;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -17,13 +17,6 @@ pub struct OutcomeLabels {
 pub struct ConflictLabels {
     /// `hold` (Redis lock taken) or `confirm` (PostgreSQL constraint or live lock refused it).
     pub stage: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: &'static str,
-    pub route: String,
-    pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,19 +41,15 @@ pub struct DependencyLabels {
     pub dependency: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-}
-
-type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
-
 pub struct Metrics {
     pub holds: Family<OutcomeLabels, Counter>,
     pub confirms: Family<OutcomeLabels, Counter>,
     pub releases: Family<OutcomeLabels, Counter>,
     pub conflicts: Family<ConflictLabels, Counter>,
     pub idempotent_replays: Counter,
-    pub request_duration: LatencyFamily,
+    /// `http_request_duration_seconds{method,route,status_class}` of the API routes, the same
+    /// histogram as the queue's (`tiketi_shared::http::track_requests` records it).
+    pub request_duration: RequestDurations,
     pub pool_connections: Family<PoolLabels, Gauge>,
     pub inventory_refused: Family<EventLabels, Counter>,
     pub seats: Family<SeatLabels, Gauge>,
@@ -75,7 +64,7 @@ impl Metrics {
             releases: Family::default(),
             conflicts: Family::default(),
             idempotent_replays: Counter::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
+            request_duration: RequestDurations::default(),
             pool_connections: Family::default(),
             inventory_refused: Family::default(),
             seats: Family::default(),
@@ -92,9 +81,9 @@ impl Metrics {
             m.idempotent_replays.clone(),
         );
         r.register(
-            "request_duration_seconds",
-            "HTTP request latency by route and status class",
-            m.request_duration.clone(),
+            "http_request_duration_seconds",
+            tiketi_shared::http::REQUEST_DURATION_HELP,
+            m.request_duration.family(),
         );
         r.register(
             "db_pool_connections",
@@ -113,5 +102,37 @@ impl Metrics {
             m.dependency_errors.clone(),
         );
         m
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::http::{Method, StatusCode};
+    use std::time::Duration;
+
+    #[test]
+    fn the_request_histogram_has_the_shared_name_and_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.request_duration.observe(
+            &Method::POST,
+            "/v1/events/{event}/holds",
+            StatusCode::CREATED,
+            Duration::from_millis(3),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let name = format!(
+            "tiketi_reservation_{}_count",
+            tiketi_shared::http::REQUEST_DURATION
+        );
+        assert!(
+            text.contains(&format!(
+                r#"{name}{{method="POST",route="/v1/events/{{event}}/holds",status_class="2xx"}} 1"#
+            )),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring: build the state from [`Settings`], start serving at once (health before readiness),
 //! initialise the database in the background with retries, keep counts published, and drain on
-//! shutdown: readiness drops first, then the listener closes, then in-flight requests finish.
+//! shutdown (`tiketi_shared::http::serve_draining`): readiness drops first, then the listener
+//! closes, then in-flight requests finish.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tiketi_shared::http::{Drain, serve_draining};
 use tiketi_shared::token::{AdmissionKeys, UserVerifier};
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
@@ -117,34 +119,23 @@ pub async fn serve(
     let publisher = tokio::spawn(publish_counts_forever(state.clone()));
     let request_timeout = (settings.database_timeout * 3).max(Duration::from_secs(5));
     let app = crate::api::router(state.clone(), request_timeout);
-    let drain_delay = settings.drain_delay;
-    let draining = state.clone();
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!(?drain_delay, "shutdown requested: not ready any more, draining");
-        draining.draining.store(true, Ordering::Release);
-        tokio::time::sleep(drain_delay).await;
+    let drain = Drain {
+        delay: settings.drain_delay,
+        timeout: settings.shutdown_timeout,
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    let mut server_task = tokio::spawn(async move { server.await });
-    // Bound the drain: once the listener is closed, in-flight requests get `shutdown_timeout`.
-    let result = tokio::select! {
-        r = &mut server_task => r.context("server task")?.context("http server"),
-        _ = async {
-            // Wait until draining starts, then give in-flight requests their budget.
-            while !state.draining.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(drain_delay + settings.shutdown_timeout).await;
-        } => {
-            tracing::warn!("in-flight requests did not finish within the shutdown timeout; exiting");
-            server_task.abort();
-            Ok(())
-        }
-    };
+    let result = serve_draining(
+        listener,
+        app,
+        shutdown,
+        drain,
+        move || state.draining.store(true, Ordering::Release),
+        || {},
+    )
+    .await
+    .context("http server");
     init.abort();
     publisher.abort();
-    result
+    result.map(drop)
 }
 
 /// Runs the service until SIGTERM or Ctrl-C.

@@ -1,12 +1,14 @@
 //! Command-line flags, each also read from its `TIKETI_*` environment variable (the operator sets
 //! the variables). Only the contract variables are required; the rest are tuning knobs with
-//! defaults a platform engineer rarely needs to touch.
+//! defaults a platform engineer rarely needs to touch. Durations are written with a unit (`250ms`,
+//! `2s`, `1m`; `tiketi_shared::config::parse_duration`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use tiketi_shared::config::parse_duration;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -54,44 +56,25 @@ pub struct Settings {
     pub max_inflight: usize,
 
     /// Bound on each Redis command; past it the request fails fast with 503.
-    #[arg(long, env = "TIKETI_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime_duration)]
+    #[arg(long, env = "TIKETI_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
     /// Bound on each PostgreSQL call (including waiting for a pooled connection).
-    #[arg(long, env = "TIKETI_DATABASE_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
+    #[arg(long, env = "TIKETI_DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
     /// How long seat maps and availability counts are cached.
-    #[arg(long, env = "TIKETI_READ_CACHE_TTL", default_value = "1s", value_parser = humantime_duration)]
+    #[arg(long, env = "TIKETI_READ_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
     pub read_cache_ttl: Duration,
 
     /// After SIGTERM, how long `/readyz` reports not-ready before the listener closes, so load
     /// balancers stop sending new requests first.
-    #[arg(long, env = "TIKETI_DRAIN_DELAY", default_value = "2s", value_parser = humantime_duration)]
+    #[arg(long, env = "TIKETI_DRAIN_DELAY", default_value = "2s", value_parser = parse_duration)]
     pub drain_delay: Duration,
 
     /// Upper bound on draining in-flight requests after the listener closes.
-    #[arg(long, env = "TIKETI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime_duration)]
+    #[arg(long, env = "TIKETI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-}
-
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-}
-
-/// Parses `500ms`, `2s`, `1m` (the units the operator writes).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration like 500ms, 2s or 1m")),
-    }
 }
 
 #[cfg(test)]
@@ -118,10 +101,34 @@ mod tests {
         .unwrap();
         assert_eq!(s.listen.to_string(), "[::]:8080");
         assert_eq!(s.redis_timeout, Duration::from_secs(1));
+        assert_eq!(s.database_timeout, Duration::from_secs(3));
+        assert_eq!(s.read_cache_ttl, Duration::from_secs(1));
+        assert_eq!(s.drain_delay, Duration::from_secs(2));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
         assert!(s.database_read_url.is_none());
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
+        let with = |flag: &str| {
+            Settings::try_parse_from([
+                "tiketi-reservation",
+                "--redis-url=redis://x",
+                "--jwt-secret=a",
+                "--admission-secret=b",
+                "--event-config=/tmp/e.json",
+                "--database-url=postgres://x",
+                flag,
+            ])
+        };
+        assert_eq!(
+            with("--redis-timeout=250ms").unwrap().redis_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            with("--database-timeout=1m").unwrap().database_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(with("--drain-delay=0").unwrap().drain_delay, Duration::ZERO);
+        // A bare number is refused (it was seconds here and milliseconds in the queue before).
+        let err = with("--shutdown-timeout=20").unwrap_err().to_string();
+        assert!(err.contains("\"2s\""), "{err}");
+        assert!(with("--read-cache-ttl=soon").is_err());
     }
 }

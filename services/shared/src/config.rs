@@ -2,9 +2,12 @@
 //! from `TIKETI_EVENT_CONFIG`. One JSON object per event (camelCase). `TIKETI_EVENT_CONFIG` may name
 //! a file holding one object or an array of them, or a directory whose `*.json` files each hold one
 //! (hidden entries such as a ConfigMap volume's `..data` are skipped).
+//!
+//! Also the one way every tiketi flag that is a duration is written: [`parse_duration`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -285,6 +288,21 @@ fn parse_file(path: &Path) -> Result<Vec<EventConfig>, ConfigError> {
     Ok(configs)
 }
 
+/// The value parser of every duration flag of the services (`value_parser = parse_duration`):
+/// humantime, like the operator's flags and the TicketingEvent spec — `250ms`, `2s`, `1m`,
+/// `1h30m`, `1h 30m`, `1.5s`. A number without a unit is refused (is `1000` milliseconds or
+/// seconds?), except `0`, which is zero in every unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s != "0" && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!(
+            "{s:?} has no unit: write a duration with one, like \"250ms\", \"2s\", \"1m\" or \"1h30m\""
+        ));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like \"250ms\", \"2s\", \"1m\" or \"1h30m\" ({e})"))
+}
+
 /// Parses one object or an array of objects.
 pub fn parse_str(text: &str) -> Result<Vec<EventConfig>, serde_json::Error> {
     if text.trim_start().starts_with('[') {
@@ -330,6 +348,31 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("heartbeatTimeoutSeconds"));
         let err = parse_str(r#"{"eventId":"x","onSaleAt":"2026-12-01T02:00:00Z","bogus":1}"#).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_humantime_with_a_unit() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration(" 1m ").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bare in ["1000", "3", "1.5"] {
+            let err = parse_duration(bare).unwrap_err();
+            assert!(
+                err.contains("no unit") && err.contains("\"250ms\"") && err.contains("\"2s\""),
+                "{err}"
+            );
+        }
+        for bad in ["", "soon", "5 parsecs", "-1s", "1000 ms later"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(
+                err.contains("\"250ms\"") && err.contains("\"2s\""),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
