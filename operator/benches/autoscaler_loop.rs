@@ -59,6 +59,27 @@ fn metric_sum(text: &str, name: &str, except: &str) -> f64 {
         .sum()
 }
 
+/// Writes (API calls other than GET) by resource, from `tiketi_operator_api_requests_total`.
+fn writes_by_resource(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let Some(labels) = l.strip_prefix("tiketi_operator_api_requests_total{") else {
+            continue;
+        };
+        if labels.contains("method=\"get\"") {
+            continue;
+        }
+        let resource = labels
+            .split("resource=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?");
+        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry(resource.to_owned()).or_insert(0.0) += v;
+    }
+    out
+}
+
 fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -254,6 +275,13 @@ async fn memory(client: &Client) {
             |text: &str, except: &str| metric_sum(text, "tiketi_operator_api_requests_total", except);
         let calls = requests(&after, "\u{0}") - requests(&before, "\u{0}");
         let writes = requests(&after, "method=\"get\"") - requests(&before, "method=\"get\"");
+        let (w0, w1) = (writes_by_resource(&before), writes_by_resource(&after));
+        let by_resource: Vec<String> = w1
+            .iter()
+            .map(|(r, v)| (r, v - w0.get(r).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(r, d)| format!("{r} {d:.0}"))
+            .collect();
         let (rss, hwm) = op.memory_kib();
         let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
             - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
@@ -278,10 +306,15 @@ async fn memory(client: &Client) {
             println!(
                 "  autoscaler tick over {to} events: mean {:.1} ms ({ticks:.0} ticks in 20 s; 2 s poll); \
                  the operator used {:.2} s of CPU in those 20 s ({:.1} ms per tick); \
-                 API calls in those 20 s: {calls:.0}, of them writes {writes:.0}",
+                 API calls in those 20 s: {calls:.0}, of them writes {writes:.0} ({})",
                 tick_sum / ticks * 1e3,
                 cpu.as_secs_f64(),
                 ms(cpu) / ticks,
+                if by_resource.is_empty() {
+                    "none".to_owned()
+                } else {
+                    by_resource.join(", ")
+                },
             );
         }
         points.push((to, rss));

@@ -104,15 +104,16 @@ pub struct Metrics {
     pub api_requests: Family<ApiRequestLabels, Counter>,
 }
 
-/// An API call the operator sent (watches left out), by HTTP method.
+/// An API call the operator sent (watches left out), by HTTP method and resource.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiRequestLabels {
     pub method: &'static str,
+    pub resource: &'static str,
 }
 
 impl ApiRequestLabels {
-    /// The label of `method` (a bounded set: anything unusual is "other").
-    pub fn of(method: &axum::http::Method) -> Self {
+    /// The labels of a request (bounded sets: anything the operator does not call is "other").
+    pub fn of(method: &axum::http::Method, path: &str) -> Self {
         use axum::http::Method;
         let method = match *method {
             Method::GET => "get",
@@ -122,7 +123,44 @@ impl ApiRequestLabels {
             Method::DELETE => "delete",
             _ => "other",
         };
-        Self { method }
+        Self {
+            method,
+            resource: resource_of(path),
+        }
+    }
+}
+
+/// The resource (and subresource) a namespaced API path names, from the kinds the operator
+/// calls: `/api/v1/namespaces/ns/secrets/x` → `secrets`,
+/// `/apis/tiketi.gg/v1alpha1/namespaces/ns/ticketingevents/x/status` → `ticketingevents/status`.
+fn resource_of(path: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "ticketingevents",
+        "deployments",
+        "services",
+        "configmaps",
+        "poddisruptionbudgets",
+        "secrets",
+        "events",
+        "leases",
+        "customresourcedefinitions",
+    ];
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match parts.iter().position(|p| *p == "namespaces") {
+        Some(i) if parts.len() > i + 2 => &parts[i + 2..],
+        _ => match parts.first() {
+            Some(&"api") => parts.get(2..).unwrap_or_default(),
+            Some(&"apis") => parts.get(3..).unwrap_or_default(),
+            _ => &[][..],
+        },
+    };
+    let Some(kind) = rest.first().and_then(|r| KNOWN.iter().find(|k| *k == r)) else {
+        return "other";
+    };
+    match (*kind, rest.get(2).copied()) {
+        ("ticketingevents", Some("status")) => "ticketingevents/status",
+        ("deployments", Some("status")) => "deployments/status",
+        _ => kind,
     }
 }
 
@@ -244,7 +282,7 @@ impl Metrics {
         );
         r.register(
             "api_requests",
-            "API calls sent to the Kubernetes API server by HTTP method (watches and the leader Lease left out; writes refused because this replica does not lead are not sent)",
+            "API calls sent to the Kubernetes API server by HTTP method and resource (watches and the leader Lease left out; writes refused because this replica does not lead are not sent)",
             m.api_requests.clone(),
         );
         r.register(
@@ -487,5 +525,43 @@ mod forget_tests {
             !t.contains("tiketi_operator_event_phase{") && !t.contains("tiketi_operator_desired_replicas{"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn api_paths_are_labelled_with_their_resource() {
+        let of = |m: &str, p: &str| {
+            let l = ApiRequestLabels::of(&m.parse().unwrap(), p);
+            (l.method, l.resource)
+        };
+        assert_eq!(of("GET", "/api/v1/namespaces/ns/secrets/x"), ("get", "secrets"));
+        assert_eq!(
+            of(
+                "PATCH",
+                "/apis/tiketi.gg/v1alpha1/namespaces/ns/ticketingevents/e/status"
+            ),
+            ("patch", "ticketingevents/status")
+        );
+        assert_eq!(
+            of("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d"),
+            ("patch", "deployments")
+        );
+        assert_eq!(
+            of("GET", "/apis/apps/v1/namespaces/ns/deployments"),
+            ("get", "deployments")
+        );
+        assert_eq!(
+            of("POST", "/apis/events.k8s.io/v1/namespaces/ns/events"),
+            ("post", "events")
+        );
+        assert_eq!(
+            of("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x"),
+            ("get", "customresourcedefinitions")
+        );
+        assert_eq!(
+            of("GET", "/apis/tiketi.gg/v1alpha1/ticketingevents"),
+            ("get", "ticketingevents")
+        );
+        assert_eq!(of("PROPFIND", "/version"), ("other", "other"));
+        assert_eq!(of("GET", "/api/v1/namespaces/ns/pods/p"), ("get", "other"));
     }
 }

@@ -128,7 +128,10 @@ pub fn counted(
     let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
         let client = client.clone();
         requests
-            .get_or_create(&crate::metrics::ApiRequestLabels::of(req.method()))
+            .get_or_create(&crate::metrics::ApiRequestLabels::of(
+                req.method(),
+                req.uri().path(),
+            ))
             .inc();
         async move { client.send(req).await.map_err(tower::BoxError::from) }
     });
@@ -508,7 +511,10 @@ mod tests {
         assert!(api.patch("x", &Default::default(), &patch).await.is_err());
         let count = |method| {
             requests
-                .get_or_create(&crate::metrics::ApiRequestLabels { method })
+                .get_or_create(&crate::metrics::ApiRequestLabels {
+                    method,
+                    resource: "configmaps",
+                })
                 .get()
         };
         assert_eq!((count("get"), count("patch"), count("delete")), (2, 1, 0));

@@ -693,7 +693,13 @@ async fn decide_and_apply(
         sizing: component_sizing(&planned),
         below_since: d.memory.below_since,
         need_shape: d.memory.need_marks.iter().map(|m| m.need).collect(),
-        evidence_gap: d.memory.below_since.map(|_| planned.evidence_gap),
+        // Carried across a leader change only where it can lead to a scale-in: at the lowest
+        // replicas (a far-future event at its minimum) no heartbeat is needed for it.
+        evidence_gap: d
+            .memory
+            .below_since
+            .filter(|_| d.desired > planned.lowest)
+            .map(|_| planned.evidence_gap),
     };
     Some((outcome, d.health.clone()))
 }

@@ -21,6 +21,9 @@ pub struct Planned {
     /// (max(freshness, fallback.afterStale)); a new leader reads the last one from
     /// `status.signalsObservedAt`.
     pub evidence_gap: std::time::Duration,
+    /// The fewest replicas a scale-in could reach now (the floor, the crowd's pre-warm, capped
+    /// by max): at it, scale-in evidence leads nowhere.
+    pub lowest: u32,
 }
 
 impl Planned {
@@ -117,6 +120,7 @@ pub fn plan_component(
         decision,
         prewarm: crowd.map(|(n, _)| n),
         evidence_gap: policy.freshness().max(policy.fallback.after_stale),
+        lowest: floor.max(prewarm).min(max),
     }))
 }
 
