@@ -250,14 +250,17 @@ async fn memory(client: &Client) {
             .collect::<Vec<_>>()
             .await;
         wait_until(
-            &format!("all {to} events reconciled (phase set)"),
+            &format!("all {to} events Ready"),
             Duration::from_secs(1800),
             || async {
                 let list = api.list(&ListParams::default()).await?;
                 Ok(list
                     .items
                     .iter()
-                    .filter(|t| t.status.as_ref().and_then(|s| s.phase).is_some())
+                    .filter(|t| {
+                        tiketi_operator::status::find(t, tiketi_operator::status::types::READY)
+                            .is_some_and(|c| c.status == "True")
+                    })
                     .count()
                     >= to)
             },
@@ -265,7 +268,18 @@ async fn memory(client: &Client) {
         .await
         .unwrap();
         let reconciled = started.elapsed();
-        // Let the autoscaler tick over all of them for a while.
+        // Settled: the last readiness changes reconciled (no reconcile for 5 s, at most 5 min),
+        // then the autoscaler ticks over all of them for a while with nothing to change.
+        let settle = Instant::now();
+        let mut seen = metric_value(&metrics(port).await, "tiketi_operator_reconciliations_total");
+        while settle.elapsed() < Duration::from_secs(300) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let now = metric_value(&metrics(port).await, "tiketi_operator_reconciliations_total");
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
         let before = metrics(port).await;
         let cpu_before = op.cpu_time();
         tokio::time::sleep(Duration::from_secs(20)).await;
@@ -292,7 +306,7 @@ async fn memory(client: &Client) {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
         println!(
-            "{to} events (reconciled {:.0} s after the first create; 2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each): \
+            "{to} events (all Ready {:.0} s after the first create; 2 Deployments, 2 Services, 2 PDBs, 1 ConfigMap each): \
              RSS {:.1} MiB (peak {:.1} MiB), {:.2}× idle, {:.1} KiB per event over idle; \
              {series} metric series ({} KiB exposition)",
             reconciled.as_secs_f64(),
