@@ -51,10 +51,10 @@ async fn metrics(port: u16) -> String {
     panic!("no /metrics on {port}");
 }
 
-/// Sum of every series of the metric `name` whose labels do not contain `except`.
-fn metric_sum(text: &str, name: &str, except: &str) -> f64 {
+/// Sum of every labelled series of the metric `name`.
+fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && !l.contains(except))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -86,6 +86,42 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// Creates `events` at once (8 in flight).
+async fn create_all(api: &Api<TicketingEvent>, events: impl Iterator<Item = TicketingEvent>) {
+    futures::stream::iter(events)
+        .map(|tev| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &tev).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// Waits until at least `count` events of `api` say Ready=True.
+async fn wait_ready(api: &Api<TicketingEvent>, count: usize) {
+    wait_until(
+        &format!("{count} events Ready"),
+        Duration::from_secs(1800),
+        || async {
+            let list = api.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .filter(|t| {
+                    tiketi_operator::status::find(t, tiketi_operator::status::types::READY)
+                        .is_some_and(|c| c.status == "True")
+                })
+                .count()
+                >= count)
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn reaction(client: &Client, redis_url: &str) {
@@ -234,39 +270,13 @@ async fn memory(client: &Client) {
     let mut points: Vec<(usize, u64)> = Vec::new();
     let started = Instant::now();
     for (from, to) in [(0, n / 2), (n / 2, n)] {
-        futures::stream::iter(from..to)
-            .map(|i| {
-                let api = api.clone();
-                let run = run.clone();
-                async move {
-                    let name = format!("ev-{i:05}");
-                    let tev = event(&name, Utc::now() + TimeDelta::days(30), |v| {
-                        v["spec"]["eventId"] = format!("{run}-{i}").into();
-                    });
-                    api.create(&PostParams::default(), &tev).await.unwrap();
-                }
+        let events = (from..to).map(|i| {
+            event(&format!("ev-{i:05}"), Utc::now() + TimeDelta::days(30), |v| {
+                v["spec"]["eventId"] = format!("{run}-{i}").into();
             })
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await;
-        wait_until(
-            &format!("all {to} events Ready"),
-            Duration::from_secs(1800),
-            || async {
-                let list = api.list(&ListParams::default()).await?;
-                Ok(list
-                    .items
-                    .iter()
-                    .filter(|t| {
-                        tiketi_operator::status::find(t, tiketi_operator::status::types::READY)
-                            .is_some_and(|c| c.status == "True")
-                    })
-                    .count()
-                    >= to)
-            },
-        )
-        .await
-        .unwrap();
+        });
+        create_all(&api, events).await;
+        wait_ready(&api, to).await;
         let reconciled = started.elapsed();
         // Settled: the last readiness changes reconciled (no reconcile for 5 s, at most 5 min),
         // then the autoscaler ticks over all of them for a while with nothing to change.
@@ -285,17 +295,19 @@ async fn memory(client: &Client) {
         tokio::time::sleep(Duration::from_secs(20)).await;
         let cpu = op.cpu_time().saturating_sub(cpu_before);
         let after = metrics(port).await;
-        let requests =
-            |text: &str, except: &str| metric_sum(text, "tiketi_operator_api_requests_total", except);
-        let calls = requests(&after, "\u{0}") - requests(&before, "\u{0}");
-        let writes = requests(&after, "method=\"get\"") - requests(&before, "method=\"get\"");
-        let (w0, w1) = (writes_by_resource(&before), writes_by_resource(&after));
-        let by_resource: Vec<String> = w1
-            .iter()
-            .map(|(r, v)| (r, v - w0.get(r).copied().unwrap_or(0.0)))
+        let requests = |text: &str| metric_sum(text, "tiketi_operator_api_requests_total");
+        let calls = requests(&after) - requests(&before);
+        let w0 = writes_by_resource(&before);
+        let written: Vec<(String, f64)> = writes_by_resource(&after)
+            .into_iter()
+            .map(|(r, v)| {
+                let d = v - w0.get(&r).copied().unwrap_or(0.0);
+                (r, d)
+            })
             .filter(|(_, d)| *d > 0.0)
-            .map(|(r, d)| format!("{r} {d:.0}"))
             .collect();
+        let writes: f64 = written.iter().map(|(_, d)| d).sum();
+        let by_resource: Vec<String> = written.iter().map(|(r, d)| format!("{r} {d:.0}")).collect();
         let (rss, hwm) = op.memory_kib();
         let ticks = metric_value(&after, "tiketi_operator_autoscaler_tick_duration_seconds_count")
             - metric_value(&before, "tiketi_operator_autoscaler_tick_duration_seconds_count");
@@ -441,35 +453,9 @@ async fn convergence(client: &Client) {
 
     // The operator: n events created at once, until every one says Ready=True.
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            let tev = make(i);
-            async move {
-                api.create(&PostParams::default(), &tev).await.unwrap();
-            }
-        })
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
-    wait_until(
-        &format!("all {n} events Ready"),
-        Duration::from_secs(1800),
-        || async {
-            let list = api.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .iter()
-                .filter(|t| {
-                    tiketi_operator::status::find(t, tiketi_operator::status::types::READY)
-                        .is_some_and(|c| c.status == "True")
-                })
-                .count()
-                > n)
-        },
-    )
-    .await
-    .unwrap();
+    create_all(&api, (0..n).map(make)).await;
+    // n + 1: the template event created first is one of them.
+    wait_ready(&api, n + 1).await;
     let operated = started.elapsed();
     let calls = metrics(port).await;
     println!(
