@@ -242,7 +242,12 @@ impl BookEntry {
 
     /// The autoscaler's memory: this process's, else (a new leader) rebuilt from status with the
     /// cooldowns the adopted Deployment carries where they are newer. None: rebuild from status.
-    pub fn memory_or_adopted(&self, tev: &TicketingEvent, c: Component) -> Option<Memory> {
+    pub fn memory_or_adopted(
+        &self,
+        tev: &TicketingEvent,
+        c: Component,
+        now: DateTime<Utc>,
+    ) -> Option<Memory> {
         if self.memory.is_some() {
             return self.memory.clone();
         }
@@ -251,6 +256,7 @@ impl BookEntry {
         let mut m = Memory::from_status(
             status.and_then(|s| s.component(c)),
             status.and_then(|s| s.signals_observed_at),
+            now,
         );
         m.last_scale_out = m.last_scale_out.max(adopted.out);
         m.last_scale_in = m.last_scale_in.max(adopted.inn);
@@ -679,7 +685,9 @@ mod tests {
             (3, 5, kinds::SCALE_OUT)
         );
         assert_eq!(u.at, t("2026-12-01T10:00:05Z"));
-        let m = fresh.memory_or_adopted(&tev, Component::Queue).unwrap();
+        let m = fresh
+            .memory_or_adopted(&tev, Component::Queue, t("2026-12-01T10:00:06Z"))
+            .unwrap();
         assert_eq!(
             m.last_scale_out,
             Some(t("2026-12-01T10:00:05Z")),
@@ -694,10 +702,13 @@ mod tests {
         assert_eq!(at.after(kinds::SCHEDULE, t("2026-12-02T00:00:00Z")), at);
         let own = Memory::default();
         fresh.memory = Some(own.clone());
-        assert_eq!(fresh.memory_or_adopted(&tev, Component::Queue), Some(own));
+        assert_eq!(
+            fresh.memory_or_adopted(&tev, Component::Queue, t("2026-12-01T10:00:06Z")),
+            Some(own)
+        );
         // Nothing adopted: rebuilt from status by the caller.
         assert_eq!(
-            BookEntry::default().memory_or_adopted(&tev, Component::Queue),
+            BookEntry::default().memory_or_adopted(&tev, Component::Queue, t("2026-12-01T10:00:06Z")),
             None
         );
     }

@@ -1018,7 +1018,7 @@ fn metric(exposition: &str, name: &str) -> f64 {
 /// the children are compared with the operator's metadata caches (applied-hash annotation),
 /// orphans are found there too, replicas and status only when they differ.
 #[tokio::test]
-async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile() {
+async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile_or_tick() {
     let client = kube_client().await.unwrap();
     install_crd(&client).await.unwrap();
     let ns = TestNamespace::create(&client, "tev-steady").await.unwrap();
@@ -1027,9 +1027,6 @@ async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile
     let port = tiketi_e2e::free_port().unwrap();
     let op = Operator::start_opts(&recording, &ns.name, |o| {
         o.metrics_addr = Some(([127, 0, 0, 1], port).into());
-        // The autoscaler's own status writes (heartbeat, signal values) are not the reconciler's.
-        o.autoscaler.status_heartbeat = Duration::from_secs(3600);
-        o.autoscaler.status_interval = Duration::from_secs(3600);
     });
     let api: Api<TicketingEvent> = Api::namespaced(client.clone(), &ns.name);
     api.create(
@@ -1047,7 +1044,9 @@ async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile
 
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || async { reqwest::get(&metrics_url).await.unwrap().text().await.unwrap() };
-    let before = metric(&scrape().await, "tiketi_operator_reconciliations_total");
+    let first = scrape().await;
+    let before = metric(&first, "tiketi_operator_reconciliations_total");
+    let ticks_before = metric(&first, "tiketi_operator_autoscaler_tick_duration_seconds_count");
     log.lock().unwrap().clear();
     // Each touch (a label the reconciler watches) triggers a reconcile of the unchanged event.
     for i in 0..5 {
@@ -1057,7 +1056,12 @@ async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1_500)).await;
     }
-    let reconciles = metric(&scrape().await, "tiketi_operator_reconciliations_total") - before;
+    let last = scrape().await;
+    let reconciles = metric(&last, "tiketi_operator_reconciliations_total") - before;
+    // The autoscaler ticked over the settled event all along (queue empty, nothing to change)
+    // and wrote nothing either: no status heartbeat.
+    let ticks = metric(&last, "tiketi_operator_autoscaler_tick_duration_seconds_count") - ticks_before;
+    assert!(ticks >= 3.0, "{ticks} autoscaler ticks in 7.5 s");
     let calls = log.lock().unwrap().clone();
     let writes: Vec<&(String, String)> = calls.iter().filter(|(m, _)| m != "GET").collect();
     println!(
@@ -1072,6 +1076,23 @@ async fn an_unchanged_event_costs_at_most_three_calls_and_no_write_per_reconcile
         calls.len() as f64 <= 3.0 * reconciles,
         "{} calls for {reconciles} reconciles: {calls:?}",
         calls.len()
+    );
+    // A replacement (a restart, or a new leader) finds the status it would write already there:
+    // taking over a settled event costs no write either.
+    op.stop().await.unwrap();
+    let (recording, log) = recording_client(client.clone());
+    let op = Operator::start_opts(&recording, &ns.name, |_| {});
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let writes: Vec<(String, String)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, _)| m != "GET")
+        .cloned()
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a new operator rewrote a settled event: {writes:?}"
     );
     teardown(&client, ns, op).await.unwrap();
 }

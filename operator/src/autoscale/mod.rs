@@ -42,10 +42,10 @@ pub struct AutoscalerOptions {
     /// Bound of one Redis pipeline or Prometheus query.
     pub signal_timeout: Duration,
     /// Least time between two status writes that only carry new signal values (queueDepth,
-    /// activeUsers). Health flips, `belowSince` and `soldOutAt` are written at once.
+    /// activeUsers). Health flips, `belowSince` and `soldOutAt` are written at once. A status
+    /// with nothing new is not written at all (no liveness heartbeat: the loop's liveness is
+    /// `tiketi_operator_autoscaler_tick_duration_seconds` and the leader Lease).
     pub status_interval: Duration,
-    /// Status is rewritten at least this often, so `signalsObservedAt` stays current.
-    pub status_heartbeat: Duration,
     /// Events decided at once (bounds the API writes in flight).
     pub concurrency: usize,
     /// Bound of deciding and applying one event (its API calls): a hung call holds that event
@@ -60,7 +60,6 @@ impl Default for AutoscalerOptions {
         Self {
             signal_timeout: Duration::from_secs(1),
             status_interval: Duration::from_secs(5),
-            status_heartbeat: Duration::from_secs(60),
             concurrency: 16,
             event_timeout: Duration::from_secs(5),
             redis_ca_file: None,
@@ -94,9 +93,9 @@ struct EventState {
 #[derive(Debug, Clone)]
 struct Written {
     at: Instant,
-    /// [`report::fingerprint`]s of the urgent part and of the whole body written.
-    urgent: u64,
-    snapshot: u64,
+    /// Fingerprints of what was written (two hashes per event instead of copies: the loop keeps
+    /// one per event, thousands of them).
+    shapes: report::Shapes,
 }
 
 impl EventState {
@@ -646,7 +645,7 @@ async fn decide_and_apply(
     let mut entry = ctx.scaler.book().lock(tev, c).await;
     ctx.scaler.adopt(&mut entry, tev, c).await;
     ctx.scaler.flush(&mut entry, tev, c).await;
-    let memory: Option<Memory> = entry.memory_or_adopted(tev, c);
+    let memory: Option<Memory> = entry.memory_or_adopted(tev, c, now);
     let known = Known {
         current: entry.desired,
         memory: memory.as_ref(),
@@ -670,6 +669,7 @@ async fn decide_and_apply(
             reason: d.reason.label(),
         })
         .inc();
+    let mut scaled = false;
     if planned.changes() {
         let desired = i32::try_from(d.desired).unwrap_or(i32::MAX);
         let reason = ScaleReason::new(kind_of(d.reason), d.message.clone());
@@ -678,7 +678,10 @@ async fn decide_and_apply(
             .apply_replicas(&mut entry, tev, c, desired, &reason)
             .await
         {
-            Ok(_) => entry.memory = Some(d.memory.clone()),
+            Ok(_) => {
+                entry.memory = Some(d.memory.clone());
+                scaled = true;
+            }
             Err(e) => {
                 // The memory is not committed: the next tick decides again.
                 tracing::warn!(component = %c, error = %e, "applying a scaling decision failed");
@@ -689,17 +692,16 @@ async fn decide_and_apply(
         entry.memory = Some(d.memory.clone());
     }
     ctx.metrics.set_need(&labels.namespace, &labels.event, c, d.need);
+    // Scale-in evidence is shown and carried across a leader change only where it can lead to
+    // a scale-in: at the lowest replicas (a far-future event at its minimum) it stays in this
+    // process's memory, so a settled event's status never changes for it (a new leader would
+    // restart it anyway: nothing refreshes `signalsObservedAt` while nothing changes).
+    let below_since = d.memory.below_since.filter(|_| d.desired > planned.lowest);
     let outcome = ComponentOutcome {
         sizing: component_sizing(&planned),
-        below_since: d.memory.below_since,
-        need_shape: d.memory.need_marks.iter().map(|m| m.need).collect(),
-        // Carried across a leader change only where it can lead to a scale-in: at the lowest
-        // replicas (a far-future event at its minimum) no heartbeat is needed for it.
-        evidence_gap: d
-            .memory
-            .below_since
-            .filter(|_| d.desired > planned.lowest)
-            .map(|_| planned.evidence_gap),
+        below_since,
+        evidence_gap: below_since.map(|_| planned.evidence_gap),
+        scaled,
     };
     Some((outcome, d.health.clone()))
 }
@@ -727,21 +729,33 @@ async fn write_status(
         now,
     );
     let mut body = report::status_body(st.last_ok.as_ref(), status, st.sold_out_at, outcomes);
-    let urgent = report::urgent_shape(report, &body, outcomes);
-    let mut snapshot = serde_json::to_value(&body).unwrap_or_default();
-    snapshot["message"] = cond.message.clone().into();
-    let last = st.written.as_ref().map(|w| report::LastWrite {
-        elapsed: w.at.elapsed(),
-        urgent: w.urgent,
-        snapshot: w.snapshot,
-    });
-    if !report::write_due(
-        last,
-        &urgent,
-        &snapshot,
-        opts.status_interval,
-        report::heartbeat(opts.status_heartbeat, outcomes),
-    ) {
+    let shapes = report::Shapes::of(report.healthy, report.reason, &cond.message, &body);
+    let last = match &st.written {
+        Some(w) => Some(report::LastWrite {
+            elapsed: w.at.elapsed(),
+            shapes: w.shapes,
+        }),
+        // First tick of this process (or of this leadership): what status already holds counts
+        // as written, so a new leader does not rewrite every settled event.
+        None => report::Shapes::in_status(status, outcomes.keys().copied(), now).map(|(held, age)| {
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            st.written = Some(Written { at, shapes: held });
+            report::LastWrite {
+                elapsed: age,
+                shapes: held,
+            }
+        }),
+    };
+    // A change of replicas shows the readings that made it at once, whatever the throttle says.
+    let scaled = outcomes.values().any(|o| o.scaled);
+    if !scaled
+        && !report::write_due(
+            last,
+            shapes,
+            opts.status_interval,
+            report::evidence_heartbeat(outcomes),
+        )
+    {
         return;
     }
     body.signals_observed_at = st
@@ -756,8 +770,7 @@ async fn write_status(
         Ok(_) => {
             st.written = Some(Written {
                 at: Instant::now(),
-                urgent: report::fingerprint(&urgent),
-                snapshot: report::fingerprint(&snapshot),
+                shapes,
             })
         }
         Err(e) => {

@@ -148,23 +148,24 @@ pub struct ComponentOutcome {
     /// `need`, `prewarmReplicas`, `needHistory` (and `belowSince`, filled in here).
     pub sizing: AutoscalerComponentStatus,
     pub below_since: Option<DateTime<Utc>>,
-    /// The needs of the need history (not their refreshed times): a change is written at once,
-    /// so a new leader inherits the window's highest need.
-    pub need_shape: Vec<u32>,
-    /// While scale-in evidence runs (`below_since`): the gap that would restart it. Status is
-    /// rewritten at least every half of it, so `signalsObservedAt` carries the evidence across
-    /// a leader change (a 60 s heartbeat would lose it to a 30 s gap).
+    /// While scale-in evidence runs (`below_since`) above the lowest replicas: the gap that
+    /// would restart it. Status is rewritten at least every half of it, so `signalsObservedAt`
+    /// carries the evidence across a leader change.
     pub evidence_gap: Option<Duration>,
+    /// This tick changed the component's replicas: the status shows the readings behind it at
+    /// once (not after the throttle's interval).
+    pub scaled: bool,
 }
 
-/// How often status must be rewritten at least: the configured heartbeat, or half the shortest
-/// evidence gap of a component whose scale-in evidence runs.
-pub fn heartbeat(configured: Duration, outcomes: &BTreeMap<Component, ComponentOutcome>) -> Duration {
+/// How often status must be rewritten while nothing else changes: half the shortest evidence
+/// gap of a component whose scale-in evidence runs; None (never) otherwise. There is no
+/// liveness heartbeat: a settled event costs no write.
+pub fn evidence_heartbeat(outcomes: &BTreeMap<Component, ComponentOutcome>) -> Option<Duration> {
     outcomes
         .values()
         .filter_map(|o| o.evidence_gap)
         .map(|gap| (gap / 2).max(Duration::from_secs(1)))
-        .fold(configured, Duration::min)
+        .min()
 }
 
 /// The autoscaler's status body (without conditions and `signalsObservedAt`): the last good
@@ -194,53 +195,115 @@ pub fn status_body(
     body
 }
 
-/// The part of a status write that must not wait for the throttle: health, its reason, the sale
-/// end, the scale-in evidence and the shape of the need history.
-pub fn urgent_shape(
-    report: &HealthReport,
-    body: &AutoscalerStatus,
-    outcomes: &BTreeMap<Component, ComponentOutcome>,
-) -> serde_json::Value {
-    serde_json::json!({
-        "healthy": report.healthy,
-        "reason": report.reason,
-        "soldOutAt": body.sold_out_at,
-        "below": outcomes.iter().map(|(c, o)| (c.as_str(), o.below_since)).collect::<BTreeMap<_, _>>(),
-        "needs": outcomes.iter().map(|(c, o)| (c.as_str(), o.need_shape.clone())).collect::<BTreeMap<_, _>>(),
-    })
+/// Fingerprints of a status body as the throttle compares them: `urgent` covers what must not
+/// wait (health and its reason, `soldOutAt`, each component's `belowSince` and the needs of its
+/// need history), `snapshot` everything a reader uses (signal values, sizing, the condition's
+/// message) except the times of the need marks — the newest mark's time moves on every tick
+/// while its need holds, and a new leader takes the newest mark as current (see
+/// `Memory::from_status`), so rewriting it would carry nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shapes {
+    pub urgent: u64,
+    pub snapshot: u64,
+}
+
+impl Shapes {
+    pub fn of(healthy: bool, reason: &str, message: &str, body: &AutoscalerStatus) -> Self {
+        use std::hash::{Hash, Hasher};
+        let components = [&body.queue, &body.reservation];
+        let mut u = std::hash::DefaultHasher::new();
+        (healthy, reason, body.sold_out_at).hash(&mut u);
+        for c in components {
+            let c = c.as_ref();
+            c.map(|c| c.below_since).hash(&mut u);
+            let needs = c.and_then(|c| c.need_history.as_ref());
+            needs
+                .map(|h| h.iter().map(|m| m.replicas).collect::<Vec<_>>())
+                .hash(&mut u);
+        }
+        let mut s = std::hash::DefaultHasher::new();
+        let AutoscalerStatus {
+            queue_depth,
+            active_users,
+            pre_queue_depth,
+            sold_out_at: _,
+            signals_observed_at: _,
+            conditions: _,
+            queue: _,
+            reservation: _,
+        } = body;
+        (message, queue_depth, active_users, pre_queue_depth).hash(&mut s);
+        for c in components {
+            c.as_ref().map(|c| (c.need, c.prewarm_replicas)).hash(&mut s);
+        }
+        Self {
+            urgent: u.finish(),
+            snapshot: s.finish(),
+        }
+    }
+
+    /// The shapes of what status already holds of the autoscaler's fields for `components`, with
+    /// when it was written (`signalsObservedAt`); None when the autoscaler never wrote it
+    /// (no `SignalsHealthy` condition). A new leader compares against it before its first write,
+    /// so taking over thousands of settled events costs no write.
+    pub fn in_status(
+        status: &TicketingEventStatus,
+        components: impl Iterator<Item = Component>,
+        now: DateTime<Utc>,
+    ) -> Option<(Self, Duration)> {
+        let cond = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == crate::status::types::SIGNALS_HEALTHY)?;
+        let written = status.signals_observed_at?;
+        let mut body = AutoscalerStatus {
+            queue_depth: status.queue_depth.and_then(|v| u64::try_from(v).ok()),
+            active_users: status.active_users.and_then(|v| u64::try_from(v).ok()),
+            pre_queue_depth: status.pre_queue_depth.and_then(|v| u64::try_from(v).ok()),
+            sold_out_at: status.sold_out_at,
+            ..Default::default()
+        };
+        for c in components {
+            let held = status.component(c);
+            let unsigned = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
+            *body.component_mut(c) = Some(AutoscalerComponentStatus {
+                below_since: held.and_then(|h| h.below_since),
+                need: unsigned(held.and_then(|h| h.need)),
+                prewarm_replicas: unsigned(held.and_then(|h| h.prewarm_replicas)),
+                need_history: held.and_then(|h| h.need_history.clone()),
+            });
+        }
+        let age = (now - written).to_std().unwrap_or_default();
+        Some((
+            Self::of(cond.status == "True", &cond.reason, &cond.message, &body),
+            age,
+        ))
+    }
 }
 
 /// The last status write, as the throttle sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct LastWrite {
     pub elapsed: Duration,
-    /// [`fingerprint`]s of what was written (a hash per event instead of two JSON trees: the
-    /// loop keeps one per event, thousands of them).
-    pub urgent: u64,
-    pub snapshot: u64,
-}
-
-/// A stable hash of a JSON value (its maps are ordered, so equal values hash equally).
-pub fn fingerprint(v: &serde_json::Value) -> u64 {
-    serde_json::to_vec(v).map_or(0, |b| crate::children::fnv1a(&b))
+    pub shapes: Shapes,
 }
 
 /// Whether to write the status now: always the first time and on any urgent change; other
-/// changes at most every `interval`; an unchanged status every `heartbeat` (so readers can tell
-/// a live loop from a dead one).
+/// changes at most every `interval`; an unchanged status only every `heartbeat` (while scale-in
+/// evidence runs), else never.
 pub fn write_due(
     last: Option<LastWrite>,
-    urgent: &serde_json::Value,
-    snapshot: &serde_json::Value,
+    now: Shapes,
     interval: Duration,
-    heartbeat: Duration,
+    heartbeat: Option<Duration>,
 ) -> bool {
     match last {
         None => true,
         Some(w) => {
-            w.urgent != fingerprint(urgent)
-                || (w.snapshot != fingerprint(snapshot) && w.elapsed >= interval)
-                || w.elapsed >= heartbeat
+            w.shapes.urgent != now.urgent
+                || (w.shapes.snapshot != now.snapshot && w.elapsed >= interval)
+                || heartbeat.is_some_and(|h| w.elapsed >= h)
         }
     }
 }
@@ -376,18 +439,16 @@ mod tests {
                     ..Default::default()
                 },
                 below_since: Some(t(3)),
-                need_shape: vec![12],
                 evidence_gap: Some(Duration::from_secs(30)),
+                scaled: false,
             },
         );
-        // Evidence running with a 30 s gap: status is rewritten at least every 15 s, not 60 s.
-        assert_eq!(
-            heartbeat(Duration::from_secs(60), &outcomes),
-            Duration::from_secs(15)
-        );
+        // Evidence running with a 30 s gap: status is rewritten at least every 15 s.
+        assert_eq!(evidence_heartbeat(&outcomes), Some(Duration::from_secs(15)));
+        // Nothing that a take-over could lose: never rewritten for its own sake.
         let mut idle = outcomes.clone();
         idle.values_mut().for_each(|o| o.evidence_gap = None);
-        assert_eq!(heartbeat(Duration::from_secs(60), &idle), Duration::from_secs(60));
+        assert_eq!(evidence_heartbeat(&idle), None);
         let body = status_body(None, &status, None, &outcomes);
         assert_eq!(
             (
@@ -409,35 +470,101 @@ mod tests {
         );
     }
 
+    fn body(depth: u64, needs: &[(i64, i32)]) -> AutoscalerStatus {
+        AutoscalerStatus {
+            queue_depth: Some(depth),
+            queue: Some(AutoscalerComponentStatus {
+                need: needs.last().and_then(|(_, n)| u32::try_from(*n).ok()),
+                need_history: Some(
+                    needs
+                        .iter()
+                        .map(|&(at, replicas)| crate::crd::NeedMark { at: t(at), replicas })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn the_throttle_writes_urgent_changes_at_once_and_the_rest_at_most_every_interval() {
-        let (a, b) = (
-            serde_json::json!({"healthy": true}),
-            serde_json::json!({"healthy": false}),
-        );
-        let (s1, s2) = (
-            serde_json::json!({"queueDepth": 1}),
-            serde_json::json!({"queueDepth": 2}),
-        );
-        let (interval, heartbeat) = (Duration::from_secs(5), Duration::from_secs(60));
+        let fresh = "every signal the scaling policies use is fresh";
+        let shapes = |healthy, b: &AutoscalerStatus| Shapes::of(healthy, "SignalsFresh", fresh, b);
+        let written = shapes(true, &body(1, &[(0, 9), (5, 4)]));
+        let (interval, evidence) = (Duration::from_secs(5), Some(Duration::from_secs(15)));
         let last = |secs| {
             Some(LastWrite {
                 elapsed: Duration::from_secs(secs),
-                urgent: fingerprint(&a),
-                snapshot: fingerprint(&s1),
+                shapes: written,
             })
         };
-        assert!(write_due(None, &a, &s1, interval, heartbeat), "first write");
+        assert!(write_due(None, written, interval, None), "first write");
         assert!(
-            write_due(last(0), &b, &s1, interval, heartbeat),
-            "urgent: at once"
+            write_due(
+                last(0),
+                shapes(false, &body(1, &[(0, 9), (5, 4)])),
+                interval,
+                None
+            ),
+            "health: at once"
         );
         assert!(
-            !write_due(last(1), &a, &s2, interval, heartbeat),
+            write_due(last(0), shapes(true, &body(1, &[(0, 9), (6, 3)])), interval, None),
+            "a new need in the history: at once"
+        );
+        let deeper = shapes(true, &body(2, &[(0, 9), (5, 4)]));
+        assert!(
+            !write_due(last(1), deeper, interval, None),
             "a new depth waits for the interval"
         );
-        assert!(write_due(last(5), &a, &s2, interval, heartbeat));
-        assert!(!write_due(last(30), &a, &s1, interval, heartbeat), "unchanged");
-        assert!(write_due(last(60), &a, &s1, interval, heartbeat), "heartbeat");
+        assert!(write_due(last(5), deeper, interval, None));
+        // The newest mark's time moves on every tick while its need holds: nothing to write.
+        let same = shapes(true, &body(1, &[(0, 9), (3600, 4)]));
+        assert_eq!(same, written);
+        assert!(!write_due(last(3600), same, interval, None), "settled: never");
+        assert!(
+            write_due(last(15), same, interval, evidence),
+            "scale-in evidence carried every half gap"
+        );
+        assert!(!write_due(last(14), same, interval, evidence));
+    }
+
+    #[test]
+    fn what_status_holds_counts_as_written() {
+        let fresh = "every signal the scaling policies use is fresh";
+        let b = body(7, &[(0, 9), (5, 4)]);
+        let mut status = TicketingEventStatus {
+            queue_depth: Some(7),
+            signals_observed_at: Some(t(10)),
+            queue: Some(crate::crd::ComponentStatus {
+                need: Some(4),
+                need_history: b.queue.as_ref().and_then(|q| q.need_history.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            Shapes::in_status(&status, [Component::Queue].into_iter(), t(40)),
+            None,
+            "never written by the autoscaler (no SignalsHealthy)"
+        );
+        status.conditions = Some(vec![crate::status::condition(
+            &[],
+            crate::status::types::SIGNALS_HEALTHY,
+            true,
+            reasons::SIGNALS_FRESH,
+            fresh.to_owned(),
+            None,
+            t(0),
+        )]);
+        let (held, age) = Shapes::in_status(&status, [Component::Queue].into_iter(), t(40)).unwrap();
+        assert_eq!(age, Duration::from_secs(30));
+        assert_eq!(held, Shapes::of(true, reasons::SIGNALS_FRESH, fresh, &b));
+        // A reading that moved is a difference (written once the interval has passed).
+        assert_ne!(
+            held,
+            Shapes::of(true, reasons::SIGNALS_FRESH, fresh, &body(8, &[(0, 9), (5, 4)]))
+        );
     }
 }

@@ -184,28 +184,38 @@ impl Memory {
     /// confirmed the stabilization run: the status records `belowSince` but not when it was last
     /// confirmed, so a gap longer than the allowed one is only detected from this timestamp.
     /// `stale_since` is not stored: after a restart the fallback timer starts again.
+    ///
+    /// The newest need mark counts as seen `now`: the status is rewritten whenever the needs of
+    /// the history change (not when only the newest mark's time moves on), so the newest need
+    /// held until the old leader stopped. Taking it as current can only keep replicas longer
+    /// (at most one stabilization window after the take-over), never scale in early.
     pub fn from_status(
         status: Option<&crd::ComponentStatus>,
         signals_observed_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
     ) -> Self {
         let Some(s) = status else { return Self::default() };
         let below_since = s.below_since;
+        let mut need_marks: Vec<NeedMark> = s
+            .need_history
+            .iter()
+            .flatten()
+            .take(MAX_NEED_MARKS)
+            .map(|m| NeedMark {
+                at: m.at,
+                need: u32::try_from(m.replicas).unwrap_or(0),
+            })
+            .collect();
+        if let Some(newest) = need_marks.last_mut() {
+            newest.at = newest.at.max(now);
+        }
         Self {
             last_scale_out: s.last_scale_out_time,
             last_scale_in: s.last_scale_in_time,
             below_since,
             below_seen_at: below_since.and(signals_observed_at.or(below_since)),
             stale_since: None,
-            need_marks: s
-                .need_history
-                .iter()
-                .flatten()
-                .take(MAX_NEED_MARKS)
-                .map(|m| NeedMark {
-                    at: m.at,
-                    need: u32::try_from(m.replicas).unwrap_or(0),
-                })
-                .collect(),
+            need_marks,
             lows: super::decide::Lows::default(),
             pre_lows: super::decide::Lows::default(),
         }
@@ -328,14 +338,22 @@ fallback: {afterStale: 45s, replicas: 12}
         };
         let mut status = crd::ComponentStatus::default();
         m.write_status(&mut status);
-        let back = Memory::from_status(Some(&status), Some(t(9)));
+        // Taken over at t(8) (the newest mark's time): the memory comes back as it was.
+        let back = Memory::from_status(Some(&status), Some(t(9)), t(8));
         assert_eq!(
             back,
             Memory {
                 stale_since: None,
-                ..m
+                ..m.clone()
             }
         );
-        assert_eq!(Memory::from_status(None, Some(t(9))), Memory::default());
+        assert_eq!(Memory::from_status(None, Some(t(9)), t(8)), Memory::default());
+        // Taken over later: the newest need (3) counts as seen at the take-over, so the window
+        // holds it a whole window from then; the older, higher mark keeps its own time.
+        let later = Memory::from_status(Some(&status), Some(t(9)), t(100));
+        assert_eq!(
+            later.need_marks,
+            vec![NeedMark { at: t(5), need: 7 }, NeedMark { at: t(100), need: 3 }]
+        );
     }
 }

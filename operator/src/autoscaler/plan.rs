@@ -83,7 +83,7 @@ pub fn plan_component(
         .map_or(floor, non_negative);
     let mut memory = match known.memory {
         Some(m) => m.clone(),
-        None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at)),
+        None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at), now),
     };
     let crowd = match schedule.phase {
         Phase::PreWarming => {

@@ -287,7 +287,11 @@ impl Drop for OperatorProcess {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("TIKETI_KEEP_LOGS").is_some() {
+            eprintln!("operator log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
