@@ -396,7 +396,12 @@ def main(argv):
     check = "--check" in argv
     stale = []
     for name, board in render().items():
-        text = json.dumps(json.loads(json.dumps(board, cls=JSONEncoder)), indent=2, sort_keys=True) + "\n"
+        doc = json.loads(json.dumps(board, cls=JSONEncoder))
+        # Unique panel ids in layout order (the SDK leaves them unset; links and the panel editor
+        # need them stable across regenerations).
+        for i, panel in enumerate(doc["panels"], start=1):
+            panel["id"] = i
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
         path = OUT / name
         if check:
             if not path.exists() or path.read_text() != text:
