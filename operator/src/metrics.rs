@@ -546,6 +546,7 @@ mod forget_tests {
         m.set_replicas("ns", "iu", Component::Queue, 8, 6);
         m.set_need("ns", "iu", Component::Queue, Some(8));
         m.set_phase("ns", "iu", Phase::Failed);
+        m.set_admission("ns", "iu", &AdmissionSpec::default());
         m.scaling_decisions
             .get_or_create(&DecisionLabels {
                 namespace: "ns".into(),
@@ -561,10 +562,13 @@ mod forget_tests {
 
         m.set_phase("ns", "iu", Phase::Failed);
         m.set_replicas("ns", "iu", Component::Queue, 8, 6);
+        m.set_admission("ns", "iu", &AdmissionSpec::default());
         m.forget_event_gauges();
         let t = text(&registry);
         assert!(
-            !t.contains("tiketi_operator_event_phase{") && !t.contains("tiketi_operator_desired_replicas{"),
+            !t.contains("tiketi_operator_event_phase{")
+                && !t.contains("tiketi_operator_desired_replicas{")
+                && !t.contains("tiketi_operator_admission_rate_per_second{"),
             "{t}"
         );
     }
