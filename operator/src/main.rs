@@ -183,7 +183,8 @@ mod tests {
             }) => {
                 assert_eq!(a.namespace.as_deref(), Some("tickets"));
                 assert!(!a.leader_election);
-                assert_eq!(a.metrics_addr.port(), 9090);
+                // One dual-stack socket by default: IPv6-only EKS clusters reach it too.
+                assert_eq!(a.metrics_addr.to_string(), "[::]:9090");
             }
             other => panic!("unexpected parse: {other:?}"),
         }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::{Component, Phase};
+use crate::crd::{AdmissionSpec, Component, Phase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
@@ -89,6 +89,8 @@ pub struct Metrics {
     pub desired_replicas: Family<ComponentLabels, Gauge>,
     pub ready_replicas: Family<ComponentLabels, Gauge>,
     pub needed_replicas: Family<ComponentLabels, Gauge>,
+    pub admission_rate: Family<EventLabels, Gauge>,
+    pub admission_max_active: Family<EventLabels, Gauge>,
     pub scaling_decisions: Family<DecisionLabels, Counter>,
     pub leader: Gauge,
     pub queue_depth: Family<EventLabels, Gauge>,
@@ -175,6 +177,8 @@ impl Metrics {
             desired_replicas: Family::default(),
             ready_replicas: Family::default(),
             needed_replicas: Family::default(),
+            admission_rate: Family::default(),
+            admission_max_active: Family::default(),
             scaling_decisions: Family::default(),
             leader: Gauge::default(),
             queue_depth: Family::default(),
@@ -224,6 +228,16 @@ impl Metrics {
             "needed_replicas",
             "Replicas the capacity need asks for (signal × (1 + headroom) / perReplica), per event and component; absent without a capacity or a fresh signal",
             m.needed_replicas.clone(),
+        );
+        r.register(
+            "admission_rate_per_second",
+            "Users the event's queue may admit per second (spec.queue.admission.ratePerSecond in force)",
+            m.admission_rate.clone(),
+        );
+        r.register(
+            "admission_max_active",
+            "Users the event may have admitted at once (spec.queue.admission.maxActive in force)",
+            m.admission_max_active.clone(),
         );
         r.register(
             "scaling_decisions",
@@ -344,6 +358,21 @@ impl Metrics {
         }
     }
 
+    /// The admission limits in force, for dashboards and runbooks to set the measured admission
+    /// rate and active users against.
+    pub fn set_admission(&self, namespace: &str, event: &str, admission: &AdmissionSpec) {
+        let labels = EventLabels {
+            namespace: namespace.into(),
+            event: event.into(),
+        };
+        self.admission_rate
+            .get_or_create(&labels)
+            .set(i64::from(admission.rate_per_second));
+        self.admission_max_active
+            .get_or_create(&labels)
+            .set(i64::from(admission.max_active));
+    }
+
     pub fn set_replicas(&self, namespace: &str, event: &str, c: Component, desired: i32, ready: i32) {
         let labels = ComponentLabels {
             namespace: namespace.into(),
@@ -365,6 +394,8 @@ impl Metrics {
         self.desired_replicas.clear();
         self.ready_replicas.clear();
         self.needed_replicas.clear();
+        self.admission_rate.clear();
+        self.admission_max_active.clear();
         self.queue_depth.clear();
         self.active_users.clear();
         self.signals_healthy.clear();
@@ -418,6 +449,8 @@ impl Metrics {
         };
         self.queue_depth.remove(&labels);
         self.active_users.remove(&labels);
+        self.admission_rate.remove(&labels);
+        self.admission_max_active.remove(&labels);
         self.signals_healthy.remove(&labels);
         // Decision series carry free combinations of direction and reason; drop them all.
         for c in Component::ALL {
@@ -459,11 +492,20 @@ mod tests {
         let m = Metrics::register(&mut registry);
         m.set_phase("ns", "ev", Phase::PreWarming);
         m.set_replicas("ns", "ev", Component::Queue, 5, 3);
+        m.set_admission("ns", "ev", &AdmissionSpec::default());
         drop(m.reconcile_timer());
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(
             out.contains(r#"tiketi_operator_event_phase{namespace="ns",event="ev",phase="PreWarming"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"tiketi_operator_admission_rate_per_second{namespace="ns",event="ev"} 50"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"tiketi_operator_admission_max_active{namespace="ns",event="ev"} 2000"#),
             "{out}"
         );
         // Only the current phase: a phase change moves the one series.
@@ -504,6 +546,7 @@ mod forget_tests {
         m.set_replicas("ns", "iu", Component::Queue, 8, 6);
         m.set_need("ns", "iu", Component::Queue, Some(8));
         m.set_phase("ns", "iu", Phase::Failed);
+        m.set_admission("ns", "iu", &AdmissionSpec::default());
         m.scaling_decisions
             .get_or_create(&DecisionLabels {
                 namespace: "ns".into(),
@@ -519,10 +562,13 @@ mod forget_tests {
 
         m.set_phase("ns", "iu", Phase::Failed);
         m.set_replicas("ns", "iu", Component::Queue, 8, 6);
+        m.set_admission("ns", "iu", &AdmissionSpec::default());
         m.forget_event_gauges();
         let t = text(&registry);
         assert!(
-            !t.contains("tiketi_operator_event_phase{") && !t.contains("tiketi_operator_desired_replicas{"),
+            !t.contains("tiketi_operator_event_phase{")
+                && !t.contains("tiketi_operator_desired_replicas{")
+                && !t.contains("tiketi_operator_admission_rate_per_second{"),
             "{t}"
         );
     }

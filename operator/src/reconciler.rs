@@ -701,6 +701,7 @@ async fn apply(tev: Arc<TicketingEvent>, ctx: &Context) -> Result<Action, Error>
         ctx.metrics.set_replicas(&ns, &name, c, plan.targets[&c], ready);
     }
     ctx.metrics.set_phase(&ns, &name, plan.sched.phase);
+    ctx.metrics.set_admission(&ns, &name, &tev.spec.queue.admission);
 
     let next = requeue_at(plan.sched.next_boundary, now);
     Ok(match &kept {

@@ -875,6 +875,81 @@ mod tests {
         );
     }
 
+    /// What `kubectl get tev [-o wide]`, `kubectl get tiketi` and `kubectl explain tev` show (the
+    /// README's "Watching it" lists the same columns), and every column's path exists in the schema.
+    #[test]
+    fn kubectl_columns_category_and_explain() {
+        let crd = crd();
+        assert_eq!(crd.spec.names.categories, Some(vec!["tiketi".to_string()]));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["tev".to_string()]));
+        let version = &crd.spec.versions[0];
+        let schema = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap();
+        let explain = schema.description.as_deref().unwrap_or_default();
+        assert!(explain.len() > 200 && explain.contains("-o wide"), "{explain}");
+        let columns = version.additional_printer_columns.as_ref().unwrap();
+        let names = |wide: bool| -> Vec<&str> {
+            columns
+                .iter()
+                .filter(|c| (c.priority.unwrap_or(0) > 0) == wide)
+                .map(|c| c.name.as_str())
+                .collect()
+        };
+        assert_eq!(
+            names(false),
+            [
+                "Phase",
+                "Ready",
+                "Signals",
+                "On-Sale",
+                "Queue",
+                "Queue-Pods",
+                "Reservation-Pods",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            names(true),
+            [
+                "Active",
+                "Queue-Desired",
+                "Reservation-Desired",
+                "Queue-Last-Scale",
+                "Reservation-Last-Scale"
+            ]
+        );
+        for c in columns {
+            if c.json_path.starts_with(".metadata.") {
+                continue;
+            }
+            // `.status.conditions[?(@.type=="Ready")].status` → status, conditions, status.
+            let path = c
+                .json_path
+                .split('[')
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('.');
+            let mut node = schema;
+            for part in path.split('.') {
+                node = node
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.get(part))
+                    .unwrap_or_else(|| {
+                        panic!("column {} names {}: no {part} in the schema", c.name, c.json_path)
+                    });
+            }
+            assert!(
+                c.description.is_some() || c.name == "Age",
+                "column {} has no description",
+                c.name
+            );
+        }
+    }
+
     #[test]
     fn durations_parse_like_go() {
         for (s, secs) in [("180s", 180), ("5m", 300), ("1h30m", 5400), ("2s", 2)] {

@@ -178,6 +178,7 @@ mod tests {
     fn durations_take_a_unit_and_keep_their_defaults() {
         let cli = Cli::try_parse_from(["tiketi-queue", "--redis-url=redis://x"]).unwrap();
         let s = cli.serve;
+        assert_eq!(s.listen.to_string(), "[::]:8080", "dual-stack by default");
         assert_eq!(s.redis_timeout, Duration::from_secs(1));
         assert_eq!(s.admission_tick, Duration::from_millis(100));
         assert_eq!(s.lease_ttl, Duration::from_secs(3));
