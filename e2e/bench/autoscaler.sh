@@ -2,6 +2,9 @@
 # Autoscaler benchmarks (ratios printed, nothing asserted):
 #   1. tick cost of the one-pipeline signal read for 1, 100, 1,000 and 10,000 events against one
 #      PING round trip measured in the same run;
+#   1b. the whole autoscaler tick (operator's own loop: cache, signal read, decisions, book,
+#      metrics, status throttle) at 1,000 and 10,000 settled events against the 2 s poll, next
+#      to the signal read alone in the same run (real Redis; the API is a counting stand-in);
 #   2. reaction latency from the ZADD that crosses a step to the Deployment's spec.replicas
 #      changing (p50/p99 over >= 20 trials, as a multiple of pollInterval; baseline: one
 #      spec.replicas write straight to the API server);
@@ -29,6 +32,8 @@ fi
 profile=(--profile "${TIKETI_BENCH_PROFILE:-bench}")
 echo "== autoscaler: signal tick cost (profile ${TIKETI_BENCH_PROFILE:-bench}) =="
 cargo bench -q -p tiketi-operator --bench autoscaler_tick "${profile[@]}"
+echo "== autoscaler: the whole tick with nothing to change =="
+cargo bench -q -p tiketi-operator --bench loop_tick "${profile[@]}" 2>/dev/null
 if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then
   echo "== autoscaler: signal tick cost on the three-primary cluster =="
   TIKETI_BENCH_CLUSTER=1 REDIS_URL="$REDIS_CLUSTER_URL" \

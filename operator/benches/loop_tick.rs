@@ -15,7 +15,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/reconciler_support/mod.rs"]
-#[allow(dead_code)]
 mod reconciler_support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -83,8 +82,17 @@ fn stand_in_api(redis_url: &str, events: Arc<HashMap<String, serde_json::Value>>
             Some(i) => parts.get(i + 2).cloned().unwrap_or_default(),
             None => "other".into(),
         };
-        *seen.lock().unwrap().entry(format!("{method} {resource}")).or_default() += 1;
-        let name = parts.iter().rev().find(|p| *p != "status").cloned().unwrap_or_default();
+        *seen
+            .lock()
+            .unwrap()
+            .entry(format!("{method} {resource}"))
+            .or_default() += 1;
+        let name = parts
+            .iter()
+            .rev()
+            .find(|p| *p != "status")
+            .cloned()
+            .unwrap_or_default();
         let reply = match resource.as_str() {
             "deployments" => json_response(
                 200,
@@ -140,8 +148,10 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let redis_url = std::env::var("REDIS_URL")
-        .expect("REDIS_URL must point at a Redis (eval \"$(e2e/stack env)\")");
+    let redis_url =
+        std::env::var("REDIS_URL").expect("REDIS_URL must point at a Redis (eval \"$(e2e/stack env)\")");
+    // Logging as the operator sets it up (JSON, info): its per-event spans cost what they cost.
+    tiketi_shared::telemetry::init_with("info,kube=warn", Some(true));
     let run = format!("bench-loop-{}", std::process::id());
     println!(
         "== the whole autoscaler tick with nothing to change (real Redis, stand-in API; {} s poll) ==",

@@ -311,26 +311,48 @@ pub fn scaler_owned_replicas(d: &Deployment) -> Option<i32> {
     owned.then_some(replicas)
 }
 
-type BookKey = (String, Component);
+/// One event's entries, one per component (in [`Component::ALL`] order).
+type EventEntries = [Arc<tokio::sync::Mutex<BookEntry>>; 2];
 
 /// Per (event uid, component), a lock and the [`BookEntry`] it guards.
 #[derive(Default)]
 pub struct Book {
-    entries: Mutex<HashMap<BookKey, Arc<tokio::sync::Mutex<BookEntry>>>>,
+    /// By event uid (the name when an object has none, as in unit tests): a lookup borrows the
+    /// uid, so the autoscaler's per-tick locking allocates nothing.
+    entries: Mutex<HashMap<String, EventEntries>>,
 }
 
 impl Book {
-    fn key(tev: &TicketingEvent, c: Component) -> BookKey {
-        (tev.uid().unwrap_or_else(|| tev.name_any()), c)
+    fn entry(&self, tev: &TicketingEvent, c: Component) -> Arc<tokio::sync::Mutex<BookEntry>> {
+        let index = usize::from(c == Component::Reservation);
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let key = tev
+            .metadata
+            .uid
+            .as_deref()
+            .or(tev.metadata.name.as_deref())
+            .unwrap_or_default();
+        if let Some(entries) = map.get(key) {
+            return entries[index].clone();
+        }
+        let entries: EventEntries = Default::default();
+        let entry = entries[index].clone();
+        map.insert(key.to_owned(), entries);
+        entry
     }
 
     /// Locks the entry of `tev`'s `component`; decide and apply while holding it.
     pub async fn lock(&self, tev: &TicketingEvent, c: Component) -> tokio::sync::OwnedMutexGuard<BookEntry> {
-        let entry = {
-            let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(Self::key(tev, c)).or_default().clone()
-        };
-        entry.lock_owned().await
+        self.entry(tev, c).lock_owned().await
+    }
+
+    /// Locks the entry of `tev`'s `component` if it is free now (None: someone holds it).
+    pub fn try_lock(
+        &self,
+        tev: &TicketingEvent,
+        c: Component,
+    ) -> Option<tokio::sync::OwnedMutexGuard<BookEntry>> {
+        self.entry(tev, c).try_lock_owned().ok()
     }
 
     /// Forgets everything (leadership lost: another replica may write now).
@@ -339,13 +361,14 @@ impl Book {
     }
 
     /// Forgets the events whose uid is not in `keep` (deleted events).
-    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
+    pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(uid, _), _| keep.contains(uid));
+            .retain(|uid, _| keep.contains(uid.as_str()));
     }
 
+    /// Events with entries.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

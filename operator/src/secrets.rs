@@ -143,17 +143,38 @@ impl Secrets {
 
     /// One key of Secret `ns/name` as trimmed UTF-8, or a message naming what is missing.
     pub async fn value(&self, ns: &str, name: &str, key: &str) -> Result<String, String> {
-        let data = self
-            .get(ns, name)
+        if let Some(known) = self.value_known(ns, name, key) {
+            return known;
+        }
+        let data = Box::pin(self.get(ns, name))
             .await
-            .map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?
-            .ok_or_else(|| format!("Secret {ns}/{name} does not exist"))?;
-        let bytes = data
-            .get(key)
-            .ok_or_else(|| format!("Secret {ns}/{name} has no key {key:?}"))?;
-        std::str::from_utf8(bytes)
-            .map(|s| s.trim().to_owned())
-            .map_err(|_| format!("Secret {ns}/{name} key {key:?} is not UTF-8"))
+            .map_err(|e| format!("reading Secret {ns}/{name}: {e}"))?;
+        key_of(data, ns, name, key)
+    }
+
+    /// [`Self::value`] when the watch and the cache answer without the API (every steady
+    /// read: the autoscaler asks for every event every tick); None when a GET is needed.
+    pub fn value_known(&self, ns: &str, name: &str, key: &str) -> Option<Result<String, String>> {
+        if let Some(why) = self.refuses(ns) {
+            return Some(Err(format!("reading Secret {ns}/{name}: {why}")));
+        }
+        let rv = self.watched(ns, name)?;
+        let mut cache = self.lock();
+        let data = match rv {
+            None => {
+                cache.remove(&(ns.to_owned(), name.to_owned()));
+                None
+            }
+            Some(rv) => {
+                let c = cache.get(&(ns.to_owned(), name.to_owned()))?;
+                if c.resource_version.as_deref() != Some(rv.as_str()) {
+                    return None;
+                }
+                Some(c.data.clone())
+            }
+        };
+        drop(cache);
+        Some(key_of(data, ns, name, key))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Cached>> {
@@ -161,6 +182,17 @@ impl Secrets {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// One key of a Secret's data as trimmed UTF-8, or a message naming what is missing.
+fn key_of(data: Option<Arc<Data>>, ns: &str, name: &str, key: &str) -> Result<String, String> {
+    let data = data.ok_or_else(|| format!("Secret {ns}/{name} does not exist"))?;
+    let bytes = data
+        .get(key)
+        .ok_or_else(|| format!("Secret {ns}/{name} has no key {key:?}"))?;
+    std::str::from_utf8(bytes)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| format!("Secret {ns}/{name} key {key:?} is not UTF-8"))
 }
 
 /// `data` with `stringData` merged in (what a Pod would see).

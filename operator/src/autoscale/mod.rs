@@ -87,6 +87,49 @@ struct EventState {
     /// Reported health (condition, metric and Events follow it; see [`HealthGate`]).
     health_gate: HealthGate,
     written: Option<Written>,
+    /// The policies of the spec in force, parsed once per spec (not every tick).
+    prepared: Option<Arc<Prepared>>,
+}
+
+/// What the loop derives from an event's spec, once per spec in force: the policy of each
+/// component, the poll interval and the Prometheus queries.
+#[derive(Debug)]
+struct Prepared {
+    /// The spec it was parsed from: the generation in force, and whether that is the last good
+    /// spec (an invalid edit keeps it).
+    source: (Option<i64>, bool),
+    poll: Duration,
+    policies: [Result<crate::autoscaler::Policy, String>; 2],
+    queries: Vec<String>,
+}
+
+impl Prepared {
+    /// `tev` as in force; `last_good` when that is `status.lastGoodSpec`.
+    fn source(tev: &TicketingEvent, last_good: bool) -> (Option<i64>, bool) {
+        let generation = if last_good {
+            tev.status.as_ref().and_then(|s| s.last_good_generation)
+        } else {
+            tev.metadata.generation
+        };
+        (generation, last_good)
+    }
+
+    fn parse(tev: &TicketingEvent, last_good: bool) -> Result<Self, crate::autoscaler::PolicyError> {
+        let policy = |c: Component| {
+            crate::autoscaler::Policy::try_from(tev.spec.scaling(c)).map_err(|e| e.to_string())
+        };
+        Ok(Self {
+            source: Self::source(tev, last_good),
+            poll: plan::poll_interval(tev)?,
+            policies: Component::ALL.map(policy),
+            queries: plan::prometheus_queries(tev),
+        })
+    }
+
+    fn policy(&self, c: Component) -> Result<&crate::autoscaler::Policy, &str> {
+        let i = Component::ALL.iter().position(|&k| k == c).unwrap_or(0);
+        self.policies[i].as_ref().map_err(String::as_str)
+    }
 }
 
 /// The last status write (what the throttle compares against).
@@ -106,6 +149,7 @@ impl EventState {
             sold_out_at: None,
             health_gate: HealthGate::default(),
             written: None,
+            prepared: None,
         }
     }
 }
@@ -137,7 +181,12 @@ pub struct Autoscaler {
     /// Bounds the events deciding at once (the API writes in flight).
     permits: Arc<tokio::sync::Semaphore>,
     ticks: u64,
+    /// When the state of deleted events was last forgotten.
+    swept: Instant,
 }
+
+/// How often the state of deleted events is forgotten.
+const SWEEP: Duration = Duration::from_secs(5);
 
 impl Autoscaler {
     pub fn new(ctx: Arc<Context>, store: Store<TicketingEvent>, opts: AutoscalerOptions) -> Self {
@@ -154,6 +203,7 @@ impl Autoscaler {
             inflight_uids: HashSet::new(),
             permits,
             ticks: 0,
+            swept: Instant::now(),
         }
     }
 
@@ -244,9 +294,14 @@ impl Autoscaler {
         let now_i = Instant::now();
         let now = Utc::now();
         let all = self.store.state();
-        let uids: HashSet<String> = all.iter().filter_map(|t| t.uid()).collect();
-        self.events.retain(|uid, _| uids.contains(uid));
-        self.ctx.scaler.book().retain(&uids);
+        // What deleted events leave behind is forgotten every SWEEP (not every tick: with
+        // thousands of events the sweep costs as much as deciding them).
+        if self.swept.elapsed() >= SWEEP {
+            self.swept = now_i;
+            let uids: HashSet<&str> = all.iter().filter_map(|t| t.metadata.uid.as_deref()).collect();
+            self.events.retain(|uid, _| uids.contains(uid.as_str()));
+            self.ctx.scaler.book().retain(&uids);
+        }
         self.readers.retain(|_, (_, used)| used.elapsed() < READER_IDLE);
         self.ctx
             .metrics
@@ -255,29 +310,46 @@ impl Autoscaler {
 
         let mut wake = now_i + MAX_SLEEP;
         let mut due: Vec<(Arc<TicketingEvent>, EventState)> = Vec::new();
-        for tev in all {
-            let Some(uid) = tev.uid() else { continue };
-            if self.inflight_uids.contains(&uid) {
+        for tev in &all {
+            let Some(uid) = tev.metadata.uid.as_deref() else {
+                continue;
+            };
+            if self.inflight_uids.contains(uid) {
                 continue; // still deciding since an earlier tick
             }
-            // While an edit is invalid the last good spec stays in force (scaling included).
-            let tev = match tev.in_force() {
-                std::borrow::Cow::Borrowed(_) => tev,
-                std::borrow::Cow::Owned(good) => Arc::new(good),
-            };
             let phase = tev.status.as_ref().and_then(|s| s.phase);
             // Not yet deployed by the reconciler, invalid, or being deleted: nothing to scale.
             if tev.metadata.deletion_timestamp.is_some() || matches!(phase, None | Some(Phase::Failed)) {
                 continue;
             }
-            let poll = match plan::poll_interval(&tev) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(event = %tev.name_any(), error = %e, "scaling policy unusable");
-                    continue;
-                }
+            let (uid, mut st) = match self.events.remove_entry(uid) {
+                Some(kept) => kept,
+                None => (uid.to_owned(), EventState::new(now_i)),
             };
-            let mut st = self.events.remove(&uid).unwrap_or_else(|| EventState::new(now_i));
+            if st.next_due > now_i && st.prepared.is_some() {
+                wake = wake.min(st.next_due);
+                self.events.insert(uid, st);
+                continue;
+            }
+            // While an edit is invalid the last good spec stays in force (scaling included).
+            let tev = match tev.in_force() {
+                std::borrow::Cow::Borrowed(_) => tev.clone(),
+                std::borrow::Cow::Owned(good) => Arc::new(good),
+            };
+            let last_good = tev.keeps_last_good_spec();
+            let source = Prepared::source(&tev, last_good);
+            if st.prepared.as_ref().is_none_or(|p| p.source != source) {
+                match Prepared::parse(&tev, last_good) {
+                    Ok(p) => st.prepared = Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::debug!(event = %tev.name_any(), error = %e, "scaling policy unusable");
+                        st.prepared = None;
+                        self.events.insert(uid, st);
+                        continue;
+                    }
+                }
+            }
+            let poll = st.prepared.as_ref().map_or(MAX_SLEEP, |p| p.poll);
             if st.next_due <= now_i {
                 st.next_due = self.align(now_i + poll / 2, poll).max(now_i + poll / 2);
                 wake = wake.min(st.next_due);
@@ -293,16 +365,23 @@ impl Autoscaler {
 
         let readings = self.read_redis(&due).await;
         let prom = self.read_prometheus(&due).await;
-        // Each event in its own task: a hung API call holds that event (up to event_timeout),
-        // never the others, whose next ticks come on time.
+        // A settled event is decided in place; one that needs the API goes to its own task: a
+        // hung API call holds that event (up to event_timeout), never the others, whose next
+        // ticks come on time.
         let tick = self.ticks;
-        let started = due.len();
-        for (((tev, st), reading), prom) in due.into_iter().zip(readings).zip(prom) {
+        let mut started = 0;
+        let opts = Arc::new(self.opts.clone());
+        for (((tev, mut st), reading), prom) in due.into_iter().zip(readings).zip(prom) {
+            let uid = tev.metadata.uid.clone().unwrap_or_default();
+            if settle_in_place(&self.ctx, &opts, &tev, &reading, &prom, &mut st, now) {
+                self.events.insert(uid, st);
+                continue;
+            }
             let ctx = self.ctx.clone();
-            let opts = self.opts.clone();
+            let opts = opts.clone();
             let permits = self.permits.clone();
-            let uid = tev.uid().unwrap_or_default();
             self.inflight_uids.insert(uid.clone());
+            started += 1;
             self.inflight.spawn(async move {
                 let mut st = st;
                 // Closed only if the loop is dropped; then nothing is decided.
@@ -347,12 +426,16 @@ impl Autoscaler {
     ) -> Vec<Result<EventSignals, SignalError>> {
         let mut out: Vec<Option<Result<EventSignals, SignalError>>> = vec![None; due.len()];
         let mut groups: HashMap<Endpoint, Vec<usize>> = HashMap::new();
-        // Concurrently and bounded: a Secret read that hangs (a new resourceVersion to fetch)
-        // fails that event's reading, not the tick.
+        // From the Secret cache where it answers (every steady tick); the rest concurrently and
+        // bounded: a Secret read that hangs (a new resourceVersion to fetch) fails that event's
+        // reading, not the tick.
         let bound = self.opts.event_timeout;
         let this = &*self;
-        let endpoints = futures::future::join_all(due.iter().map(|(tev, _)| async move {
-            tokio::time::timeout(bound, this.endpoint(tev))
+        let mut endpoints: Vec<Option<Result<Endpoint, SignalError>>> =
+            due.iter().map(|(tev, _)| this.endpoint_known(tev)).collect();
+        let missing: Vec<usize> = (0..due.len()).filter(|&i| endpoints[i].is_none()).collect();
+        let fetched = futures::future::join_all(missing.iter().map(|&i| async move {
+            tokio::time::timeout(bound, Box::pin(this.endpoint(&due[i].0)))
                 .await
                 .unwrap_or_else(|_| {
                     Err(SignalError::Config(format!(
@@ -361,6 +444,12 @@ impl Autoscaler {
                 })
         }))
         .await;
+        for (i, ep) in missing.into_iter().zip(fetched) {
+            endpoints[i] = Some(ep);
+        }
+        let endpoints = endpoints
+            .into_iter()
+            .map(|ep| ep.unwrap_or_else(|| Err(SignalError::Config("no Redis endpoint".into()))));
         for (i, ep) in endpoints.into_iter().enumerate() {
             match ep {
                 Ok(ep) => groups.entry(ep).or_default().push(i),
@@ -436,6 +525,31 @@ impl Autoscaler {
         })
     }
 
+    /// [`Self::endpoint`] when the Secret cache answers without the API; None: a read is needed.
+    fn endpoint_known(&self, tev: &TicketingEvent) -> Option<Result<Endpoint, SignalError>> {
+        let ns = tev.metadata.namespace.as_deref().unwrap_or_default();
+        let secrets = &self.ctx.secrets;
+        let r = &tev.spec.redis.url_secret_ref;
+        let url = match secrets.value_known(ns, &r.name, &r.key)? {
+            Ok(url) => url,
+            Err(e) => return Some(Err(SignalError::Config(e))),
+        };
+        let ca_pem = match &tev.spec.redis.ca_secret_ref {
+            Some(ca) => match secrets.value_known(ns, &ca.name, &ca.key)? {
+                Ok(pem) => Some(pem.into_bytes()),
+                Err(e) => return Some(Err(SignalError::Config(e))),
+            },
+            None => None,
+        };
+        Some(Ok(Endpoint {
+            url,
+            cluster: tev.spec.redis.cluster_mode,
+            tls: tev.spec.redis.tls,
+            ca_file: self.opts.redis_ca_file.clone(),
+            ca_pem,
+        }))
+    }
+
     /// One Secret key, through the operator's Secret cache (see [`crate::secrets`]).
     async fn secret_value(&self, ns: &str, name: &str, key: &str) -> Result<String, SignalError> {
         self.ctx
@@ -447,34 +561,39 @@ impl Autoscaler {
 
     /// Runs every due event's Prometheus queries (concurrently); empty samples for the others.
     async fn read_prometheus(&mut self, due: &[(Arc<TicketingEvent>, EventState)]) -> Vec<Samples> {
+        let mut out: Vec<Samples> = due.iter().map(|_| Samples::new()).collect();
         let mut jobs = Vec::new();
-        for (tev, _) in due {
-            let queries = plan::prometheus_queries(tev);
-            let client = match (&tev.spec.prometheus, queries.is_empty()) {
-                (Some(p), false) => {
-                    if !self.prometheus.contains_key(&p.url) {
-                        match PrometheusSignals::new(&p.url, self.opts.signal_timeout) {
-                            Ok(c) => {
-                                self.prometheus.insert(p.url.clone(), c);
-                            }
-                            Err(e) => {
-                                tracing::warn!(event = %tev.name_any(), error = %e, "prometheus client");
-                            }
-                        }
-                    }
-                    self.prometheus.get(&p.url).cloned()
-                }
-                _ => None,
+        for (i, (tev, st)) in due.iter().enumerate() {
+            let (Some(prepared), Some(p)) = (&st.prepared, &tev.spec.prometheus) else {
+                continue;
             };
+            if prepared.queries.is_empty() {
+                continue;
+            }
+            if !self.prometheus.contains_key(&p.url) {
+                match PrometheusSignals::new(&p.url, self.opts.signal_timeout) {
+                    Ok(c) => {
+                        self.prometheus.insert(p.url.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = %tev.name_any(), error = %e, "prometheus client");
+                    }
+                }
+            }
+            let Some(client) = self.prometheus.get(&p.url).cloned() else {
+                continue;
+            };
+            let prepared = prepared.clone();
             jobs.push(async move {
                 let mut samples = Samples::new();
-                if let Some(c) = client {
-                    c.read_into(&queries, &mut samples).await;
-                }
-                samples
+                client.read_into(&prepared.queries, &mut samples).await;
+                (i, samples)
             });
         }
-        futures::future::join_all(jobs).await
+        for (i, samples) in futures::future::join_all(jobs).await {
+            out[i] = samples;
+        }
+        out
     }
 }
 
@@ -534,7 +653,14 @@ async fn handle_event(
         namespace: tev.namespace().unwrap_or_default(),
         event: tev.name_any(),
     };
-    let status = tev.status.clone().unwrap_or_default();
+    let no_status;
+    let status = match tev.status.as_ref() {
+        Some(s) => s,
+        None => {
+            no_status = crate::crd::TicketingEventStatus::default();
+            &no_status
+        }
+    };
     let sold_out_at = st.sold_out_at.or(status.sold_out_at);
     let Ok(sched) = schedule::evaluate(&tev.spec, sold_out_at, now) else {
         return; // the reconciler reports the invalid spec
@@ -546,16 +672,22 @@ async fn handle_event(
         // Sold out with nobody waiting: end the sale early so capacity is released.
         st.sold_out_at = Some(now);
         tracing::info!("{note}");
-        ctx.events
-            .publish(tev, EventType::Normal, reasons::SOLD_OUT, "Autoscale", note)
-            .await;
+        Box::pin(
+            ctx.events
+                .publish(tev, EventType::Normal, reasons::SOLD_OUT, "Autoscale", note),
+        )
+        .await;
     }
 
     // decide and apply
+    let prepared = st.prepared.clone();
     let mut outcomes: BTreeMap<Component, ComponentOutcome> = BTreeMap::new();
     let mut health: Vec<(Component, SignalHealth)> = Vec::new();
     for c in Component::ALL {
-        if let Some((outcome, h)) = decide_and_apply(ctx, tev, &sched, c, &samples, &labels, now).await {
+        let policy = prepared.as_deref().and_then(|p| p.policy(c).ok());
+        if let Some((outcome, h)) =
+            decide_and_apply(ctx, tev, &sched, c, policy, &samples, &labels, now).await
+        {
             outcomes.insert(c, outcome);
             health.push((c, h));
         }
@@ -578,11 +710,13 @@ async fn handle_event(
             tracing::warn!(message = %report.message, "signals unhealthy");
             (EventType::Warning, reasons::SIGNALS_UNHEALTHY)
         };
-        ctx.events
-            .publish(tev, type_, ev_reason, "Autoscale", report.message.clone())
-            .await;
+        Box::pin(
+            ctx.events
+                .publish(tev, type_, ev_reason, "Autoscale", report.message.clone()),
+        )
+        .await;
     }
-    write_status(ctx, opts, tev, st, &status, &report, &outcomes, now).await;
+    write_status(ctx, opts, tev, st, status, &report, &outcomes, now).await;
 }
 
 /// Signal metrics and the samples the decisions read (Redis reading plus Prometheus queries).
@@ -615,8 +749,7 @@ fn record_signals(
                 .inc();
         }
     }
-    let mut samples = crate::signals::samples(reading);
-    for (signal, r) in prom.iter() {
+    for (_, r) in prom.iter() {
         if let Err(f) = r {
             ctx.metrics
                 .signal_errors
@@ -626,39 +759,55 @@ fn record_signals(
                 })
                 .inc();
         }
+    }
+    samples_of(reading, prom)
+}
+
+/// The samples the decisions read: the Redis reading plus the Prometheus queries.
+fn samples_of(reading: &Result<EventSignals, SignalError>, prom: &Samples) -> Samples {
+    let mut samples = crate::signals::samples(reading);
+    for (signal, r) in prom.iter() {
         samples.insert(signal.clone(), r.clone());
     }
     samples
 }
 
-/// Decides one component under its book lock and applies a change; None while the schedule owns
-/// replicas (Closed) or the policy cannot be used.
-async fn decide_and_apply(
-    ctx: &Context,
+/// Plans one component from its book entry (held locked by the caller); None while the schedule
+/// owns replicas (Closed) or the policy cannot be used.
+#[allow(clippy::too_many_arguments)]
+fn plan_locked(
     tev: &TicketingEvent,
     sched: &schedule::Schedule,
     c: Component,
+    policy: Option<&crate::autoscaler::Policy>,
     samples: &Samples,
-    labels: &EventLabels,
+    entry: &crate::scaler::BookEntry,
     now: DateTime<Utc>,
-) -> Option<(ComponentOutcome, SignalHealth)> {
-    let mut entry = ctx.scaler.book().lock(tev, c).await;
-    ctx.scaler.adopt(&mut entry, tev, c).await;
-    ctx.scaler.flush(&mut entry, tev, c).await;
-    let memory: Option<Memory> = entry.memory_or_adopted(tev, c, now);
-    let known = Known {
-        current: entry.desired,
-        memory: memory.as_ref(),
-    };
-    let planned = match plan_component(tev, sched, c, samples, known, now) {
-        Ok(Some(p)) => p,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(component = %c, error = %e, "scaling policy unusable");
-            return None;
+) -> Option<plan::Planned> {
+    let adopted: Option<Memory>;
+    let memory = match &entry.memory {
+        Some(m) => Some(m),
+        None => {
+            adopted = entry.memory_or_adopted(tev, c, now);
+            adopted.as_ref()
         }
     };
-    let d = &planned.decision;
+    let known = Known {
+        current: entry.desired,
+        memory,
+        policy,
+    };
+    match plan_component(tev, sched, c, samples, known, now) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(component = %c, error = %e, "scaling policy unusable");
+            None
+        }
+    }
+}
+
+/// The decision's metrics: the decisions counter (with its reason) and the need gauge.
+fn count_decision(ctx: &Context, labels: &EventLabels, c: Component, d: &crate::autoscaler::Decision) {
     ctx.metrics
         .autoscaler_decisions
         .get_or_create(&AutoscalerDecisionLabels {
@@ -669,15 +818,56 @@ async fn decide_and_apply(
             reason: d.reason.label(),
         })
         .inc();
+    ctx.metrics.set_need(&labels.namespace, &labels.event, c, d.need);
+}
+
+/// What a component's decision leaves for the status (and its signal health).
+fn outcome_of(planned: &plan::Planned, scaled: bool) -> (ComponentOutcome, SignalHealth) {
+    let d = &planned.decision;
+    // Scale-in evidence is shown and carried across a leader change only where it can lead to
+    // a scale-in: at the lowest replicas (a far-future event at its minimum) it stays in this
+    // process's memory, so a settled event's status never changes for it (a new leader would
+    // restart it anyway: nothing refreshes `signalsObservedAt` while nothing changes).
+    let below_since = d.memory.below_since.filter(|_| d.desired > planned.lowest);
+    let outcome = ComponentOutcome {
+        sizing: component_sizing(planned),
+        below_since,
+        evidence_gap: below_since.map(|_| planned.evidence_gap),
+        scaled,
+    };
+    (outcome, d.health.clone())
+}
+
+/// Decides one component under its book lock and applies a change; None while the schedule owns
+/// replicas (Closed) or the policy cannot be used.
+#[allow(clippy::too_many_arguments)]
+async fn decide_and_apply(
+    ctx: &Context,
+    tev: &TicketingEvent,
+    sched: &schedule::Schedule,
+    c: Component,
+    policy: Option<&crate::autoscaler::Policy>,
+    samples: &Samples,
+    labels: &EventLabels,
+    now: DateTime<Utc>,
+) -> Option<(ComponentOutcome, SignalHealth)> {
+    let mut entry = ctx.scaler.book().lock(tev, c).await;
+    // The API calls are boxed: a settled event never makes them, and its task then stays small
+    // instead of carrying the space of every request future.
+    if entry.desired.is_none() {
+        Box::pin(ctx.scaler.adopt(&mut entry, tev, c)).await;
+    }
+    if entry.unrecorded.is_some() {
+        Box::pin(ctx.scaler.flush(&mut entry, tev, c)).await;
+    }
+    let planned = plan_locked(tev, sched, c, policy, samples, &entry, now)?;
+    let d = &planned.decision;
+    count_decision(ctx, labels, c, d);
     let mut scaled = false;
     if planned.changes() {
         let desired = i32::try_from(d.desired).unwrap_or(i32::MAX);
         let reason = ScaleReason::new(kind_of(d.reason), d.message.clone());
-        match ctx
-            .scaler
-            .apply_replicas(&mut entry, tev, c, desired, &reason)
-            .await
-        {
+        match Box::pin(ctx.scaler.apply_replicas(&mut entry, tev, c, desired, &reason)).await {
             Ok(_) => {
                 entry.memory = Some(d.memory.clone());
                 scaled = true;
@@ -691,19 +881,174 @@ async fn decide_and_apply(
         tracing::debug!(component = %c, replicas = d.desired, reason = %d.reason, message = %d.message, "hold");
         entry.memory = Some(d.memory.clone());
     }
-    ctx.metrics.set_need(&labels.namespace, &labels.event, c, d.need);
-    // Scale-in evidence is shown and carried across a leader change only where it can lead to
-    // a scale-in: at the lowest replicas (a far-future event at its minimum) it stays in this
-    // process's memory, so a settled event's status never changes for it (a new leader would
-    // restart it anyway: nothing refreshes `signalsObservedAt` while nothing changes).
-    let below_since = d.memory.below_since.filter(|_| d.desired > planned.lowest);
-    let outcome = ComponentOutcome {
-        sizing: component_sizing(&planned),
-        below_since,
-        evidence_gap: below_since.map(|_| planned.evidence_gap),
-        scaled,
+    Some(outcome_of(&planned, scaled))
+}
+
+/// Decides a due event in place, without a task, when nothing of it needs the API: both book
+/// entries free and adopted, no change of replicas, no sale end, no health flip, no status
+/// write due. Then it commits what the full path would (memory, health gate, metrics) and
+/// returns true; otherwise it commits nothing and returns false (the event goes to its task,
+/// which decides again with the I/O). With thousands of settled events this is every event
+/// of every tick: no task, timer or future per event.
+fn settle_in_place(
+    ctx: &Context,
+    opts: &AutoscalerOptions,
+    tev: &TicketingEvent,
+    reading: &Result<EventSignals, SignalError>,
+    prom: &Samples,
+    st: &mut EventState,
+    now: DateTime<Utc>,
+) -> bool {
+    let book = ctx.scaler.book();
+    let mut entries = Vec::with_capacity(Component::ALL.len());
+    for c in Component::ALL {
+        match book.try_lock(tev, c) {
+            Some(e) if e.desired.is_some() && e.unrecorded.is_none() => entries.push((c, e)),
+            _ => return false,
+        }
+    }
+    let no_status;
+    let status = match tev.status.as_ref() {
+        Some(s) => s,
+        None => {
+            no_status = crate::crd::TicketingEventStatus::default();
+            &no_status
+        }
     };
-    Some((outcome, d.health.clone()))
+    let sold_out_at = st.sold_out_at.or(status.sold_out_at);
+    let Ok(sched) = schedule::evaluate(&tev.spec, sold_out_at, now) else {
+        return false;
+    };
+    if report::sale_ends_now(sold_out_at, sched.phase, reading).is_some() {
+        return false;
+    }
+    let samples = samples_of(reading, prom);
+    // (index into `entries`, component, plan); a component without a plan (Closed) is left out.
+    let mut planned = Vec::with_capacity(entries.len());
+    for (i, (c, entry)) in entries.iter().enumerate() {
+        let policy = st.prepared.as_deref().and_then(|p| p.policy(*c).ok());
+        if let Some(p) = plan_locked(tev, &sched, *c, policy, &samples, entry, now) {
+            if p.changes() {
+                return false;
+            }
+            planned.push((i, *c, p));
+        }
+    }
+    let mut gate = st.health_gate;
+    let mut check = None;
+    if !planned.is_empty() {
+        let health: Vec<(Component, SignalHealth)> = planned
+            .iter()
+            .map(|(_, c, p)| (*c, p.decision.health.clone()))
+            .collect();
+        let report = report::health_report(&health, &mut gate);
+        if report.flipped {
+            return false;
+        }
+        let outcomes: BTreeMap<Component, ComponentOutcome> = planned
+            .iter()
+            .map(|(_, c, p)| (*c, outcome_of(p, false).0))
+            .collect();
+        let last_ok = reading.as_ref().ok().or(st.last_ok.as_ref());
+        let plan = status_plan(opts, tev, st, last_ok, status, &report, &outcomes, now);
+        if plan.due {
+            return false;
+        }
+        check = Some((report.healthy, plan.from_cache));
+    }
+
+    // Nothing needs the API: commit as the full path would.
+    let labels = EventLabels {
+        namespace: tev.namespace().unwrap_or_default(),
+        event: tev.name_any(),
+    };
+    record_signals(ctx, &labels, reading, prom, st);
+    for (i, c, p) in planned {
+        count_decision(ctx, &labels, c, &p.decision);
+        tracing::debug!(component = %c, replicas = p.decision.desired, reason = %p.decision.reason, message = %p.decision.message, "hold");
+        entries[i].1.memory = Some(p.decision.memory);
+    }
+    if let Some((healthy, from_cache)) = check {
+        st.health_gate = gate;
+        ctx.metrics
+            .signals_healthy
+            .get_or_create(&labels)
+            .set(i64::from(healthy));
+        if let Some(w) = from_cache {
+            st.written = Some(w);
+        }
+    }
+    true
+}
+
+/// Whether the autoscaler's status is due, and what it would write.
+struct StatusPlan {
+    due: bool,
+    cond: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    body: crate::status::AutoscalerStatus,
+    shapes: report::Shapes,
+    /// The status found in the cache, counted as written (the first tick of this leadership).
+    from_cache: Option<Written>,
+}
+
+/// The throttle's verdict for this tick (see [`report::write_due`]), from the body built with
+/// `last_ok` (the reading of this tick, else the last good one).
+#[allow(clippy::too_many_arguments)]
+fn status_plan(
+    opts: &AutoscalerOptions,
+    tev: &TicketingEvent,
+    st: &EventState,
+    last_ok: Option<&EventSignals>,
+    status: &crate::crd::TicketingEventStatus,
+    report: &report::HealthReport,
+    outcomes: &BTreeMap<Component, ComponentOutcome>,
+    now: DateTime<Utc>,
+) -> StatusPlan {
+    let existing = status.conditions.as_deref().unwrap_or_default();
+    let cond = condition(
+        existing,
+        types::SIGNALS_HEALTHY,
+        report.healthy,
+        report.reason,
+        report.message.clone(),
+        tev.metadata.generation,
+        now,
+    );
+    let body = report::status_body(last_ok, status, st.sold_out_at, outcomes);
+    let shapes = report::Shapes::of(report.healthy, report.reason, &cond.message, &body);
+    let mut from_cache = None;
+    let last = match &st.written {
+        Some(w) => Some(report::LastWrite {
+            elapsed: w.at.elapsed(),
+            shapes: w.shapes,
+        }),
+        // First tick of this process (or of this leadership): what status already holds counts
+        // as written, so a new leader does not rewrite every settled event.
+        None => report::Shapes::in_status(status, outcomes.keys().copied(), now).map(|(held, age)| {
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            from_cache = Some(Written { at, shapes: held });
+            report::LastWrite {
+                elapsed: age,
+                shapes: held,
+            }
+        }),
+    };
+    // A change of replicas shows the readings that made it at once, whatever the throttle says.
+    let scaled = outcomes.values().any(|o| o.scaled);
+    let due = scaled
+        || report::write_due(
+            last,
+            shapes,
+            opts.status_interval,
+            report::evidence_heartbeat(outcomes),
+        );
+    StatusPlan {
+        due,
+        cond,
+        body,
+        shapes,
+        from_cache,
+    }
 }
 
 /// The autoscaler's status fields with its own field manager, throttled by [`report::write_due`].
@@ -718,44 +1063,17 @@ async fn write_status(
     outcomes: &BTreeMap<Component, ComponentOutcome>,
     now: DateTime<Utc>,
 ) {
-    let existing = status.conditions.clone().unwrap_or_default();
-    let cond = condition(
-        &existing,
-        types::SIGNALS_HEALTHY,
-        report.healthy,
-        report.reason,
-        report.message.clone(),
-        tev.metadata.generation,
-        now,
-    );
-    let mut body = report::status_body(st.last_ok.as_ref(), status, st.sold_out_at, outcomes);
-    let shapes = report::Shapes::of(report.healthy, report.reason, &cond.message, &body);
-    let last = match &st.written {
-        Some(w) => Some(report::LastWrite {
-            elapsed: w.at.elapsed(),
-            shapes: w.shapes,
-        }),
-        // First tick of this process (or of this leadership): what status already holds counts
-        // as written, so a new leader does not rewrite every settled event.
-        None => report::Shapes::in_status(status, outcomes.keys().copied(), now).map(|(held, age)| {
-            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-            st.written = Some(Written { at, shapes: held });
-            report::LastWrite {
-                elapsed: age,
-                shapes: held,
-            }
-        }),
-    };
-    // A change of replicas shows the readings that made it at once, whatever the throttle says.
-    let scaled = outcomes.values().any(|o| o.scaled);
-    if !scaled
-        && !report::write_due(
-            last,
-            shapes,
-            opts.status_interval,
-            report::evidence_heartbeat(outcomes),
-        )
-    {
+    let StatusPlan {
+        due,
+        cond,
+        mut body,
+        shapes,
+        from_cache,
+    } = status_plan(opts, tev, st, st.last_ok.as_ref(), status, report, outcomes, now);
+    if let Some(w) = from_cache {
+        st.written = Some(w);
+    }
+    if !due {
         return;
     }
     body.signals_observed_at = st
@@ -766,7 +1084,7 @@ async fn write_status(
     body.conditions = vec![cond];
     let api: Api<TicketingEvent> = Api::namespaced(ctx.client.clone(), &tev.namespace().unwrap_or_default());
     let value = serde_json::to_value(&body).unwrap_or_default();
-    match apply_status(&api, tev, crate::field_managers::AUTOSCALER, value).await {
+    match Box::pin(apply_status(&api, tev, crate::field_managers::AUTOSCALER, value)).await {
         Ok(_) => {
             st.written = Some(Written {
                 at: Instant::now(),

@@ -45,6 +45,8 @@ pub struct Known<'a> {
     pub current: Option<i32>,
     /// Memory after the last decision.
     pub memory: Option<&'a Memory>,
+    /// The component's policy, parsed once per spec by the caller (None: parsed here).
+    pub policy: Option<&'a Policy>,
 }
 
 /// True while a crowd can arrive (pre-warm and the sale): only then does the fallback raise
@@ -68,9 +70,12 @@ pub fn plan_component(
         return Ok(None);
     }
     let spec = &tev.spec;
-    let mut policy = Policy::try_from(spec.scaling(component))?;
-    if !fallback_applies(schedule.phase) {
-        policy.fallback.replicas = 0;
+    let mut policy = match known.policy {
+        Some(p) => std::borrow::Cow::Borrowed(p),
+        None => std::borrow::Cow::Owned(Policy::try_from(spec.scaling(component))?),
+    };
+    if !fallback_applies(schedule.phase) && policy.fallback.replicas != 0 {
+        policy.to_mut().fallback.replicas = 0;
     }
     let min = non_negative(spec.min_replicas(component));
     let max = non_negative(spec.max_replicas(component)).max(min);
@@ -410,6 +415,7 @@ mod tests {
         let known = Known {
             current: Some(15),
             memory: Some(&memory),
+            policy: None,
         };
         let planned = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), known, now)
             .unwrap()
@@ -418,6 +424,14 @@ mod tests {
             (planned.current, planned.decision.desired, planned.decision.reason),
             (15, 15, Reason::ScaleOutCooldown)
         );
+        // The loop passes the policy it parsed once per spec: the same decision.
+        let policy = Policy::try_from(tev.spec.scaling(Component::Queue)).unwrap();
+        let parsed = Known {
+            policy: Some(&policy),
+            ..known
+        };
+        let again = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), parsed, now);
+        assert_eq!(again.unwrap().unwrap(), planned);
     }
 
     #[test]
@@ -437,6 +451,7 @@ mod tests {
         let known = Known {
             current: Some(2),
             memory: Some(&stale),
+            policy: None,
         };
         // A month before the sale: hold at 2, do not add the fallback's 10.
         let early = at("2026-11-01T00:05:00Z");

@@ -112,6 +112,7 @@ impl Scaler for EventScaler {
         let known = Known {
             current: Some(i32::try_from(current).unwrap_or(i32::MAX)),
             memory: Some(&self.memory),
+            policy: None,
         };
         match autoscaler::plan_component(&self.tev, &schedule, self.component, &samples, known, at) {
             Ok(Some(planned)) => {
