@@ -33,7 +33,7 @@ profile=(--profile "${TIKETI_BENCH_PROFILE:-bench}")
 echo "== autoscaler: signal tick cost (profile ${TIKETI_BENCH_PROFILE:-bench}) =="
 cargo bench -q -p tiketi-operator --bench autoscaler_tick "${profile[@]}"
 echo "== autoscaler: the whole tick with nothing to change =="
-cargo bench -q -p tiketi-operator --bench loop_tick "${profile[@]}" 2>/dev/null
+cargo bench -q -p tiketi-operator --bench loop_tick "${profile[@]}"
 if [[ -n "${REDIS_CLUSTER_URL:-}" ]]; then
   echo "== autoscaler: signal tick cost on the three-primary cluster =="
   TIKETI_BENCH_CLUSTER=1 REDIS_URL="$REDIS_CLUSTER_URL" \
