@@ -44,7 +44,9 @@ pub struct TicketingEventStatus {
     /// Users in the pre-queue (joined before the on-sale) at signalsObservedAt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_queue_depth: Option<i64>,
-    /// When the signals were last read successfully.
+    /// When the signal values shown here were read. Status is written only when something in it
+    /// changes, so with steady signals this time stays where it was: an old value is not a dead
+    /// autoscaler (its liveness is the operator's tick metric and Lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals_observed_at: Option<DateTime<Utc>>,
     /// The queue Deployment.
