@@ -167,7 +167,15 @@ async fn main() {
         "vs signal read",
         "API calls"
     );
-    for n in SIZES {
+    // TIKETI_BENCH_EVENTS=N runs one size (e.g. under a profiler).
+    let sizes: Vec<usize> = match std::env::var("TIKETI_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => vec![n],
+        None => SIZES.to_vec(),
+    };
+    for n in sizes {
         let events: Vec<TicketingEvent> = (0..n).map(|i| on_sale(i, &run)).collect();
         let by_name: HashMap<String, serde_json::Value> = events
             .iter()
