@@ -322,15 +322,18 @@ impl Autoscaler {
             if tev.metadata.deletion_timestamp.is_some() || matches!(phase, None | Some(Phase::Failed)) {
                 continue;
             }
+            // Not due (every other tick at a 2 s poll): one lookup, nothing moved.
+            if let Some(st) = self.events.get(uid)
+                && st.next_due > now_i
+                && st.prepared.is_some()
+            {
+                wake = wake.min(st.next_due);
+                continue;
+            }
             let (uid, mut st) = match self.events.remove_entry(uid) {
                 Some(kept) => kept,
                 None => (uid.to_owned(), EventState::new(now_i)),
             };
-            if st.next_due > now_i && st.prepared.is_some() {
-                wake = wake.min(st.next_due);
-                self.events.insert(uid, st);
-                continue;
-            }
             // While an edit is invalid the last good spec stays in force (scaling included).
             let tev = match tev.in_force() {
                 std::borrow::Cow::Borrowed(_) => tev.clone(),
