@@ -6,6 +6,7 @@
 //! double bookings.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,6 +48,15 @@ struct Args {
     /// Stop watching once the phase reaches one of these (comma separated).
     #[arg(long, default_value = "Closed")]
     until_phase: String,
+    /// Write the timeline here, one JSON object a line: a `sample` each second (phase, queue depth,
+    /// pre-queue, active users, need/desired/ready per component, seats) and each `decision` the
+    /// operator records (e2e/demo-timeline draws it).
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
+    /// Redraw a panel with bars in place each second (default: when stdout is a terminal);
+    /// otherwise one line a second.
+    #[arg(long)]
+    live: Option<bool>,
 }
 
 #[derive(Default)]
@@ -60,6 +70,8 @@ struct Tally {
     sold_out_seen: AtomicU64,
     errors: AtomicU64,
     unavailable: AtomicU64,
+    /// Seconds into the rehearsal when the last buyer finished; 0 while some are still buying.
+    done_after_s: AtomicU64,
 }
 
 struct Ctx {
@@ -67,6 +79,13 @@ struct Ctx {
     args: Args,
     seats: Vec<String>,
     tally: Tally,
+}
+
+impl Ctx {
+    /// Whether the watcher redraws a panel in place (see `--live`).
+    fn live(&self) -> bool {
+        self.args.live.unwrap_or_else(|| std::io::stdout().is_terminal())
+    }
 }
 
 #[tokio::main]
@@ -89,17 +108,17 @@ async fn main() -> Result<()> {
     let started = Instant::now();
 
     let on_sale = config.on_sale_at;
+    let wait = (on_sale - chrono::Utc::now()).to_std().unwrap_or_default();
+    println!(
+        "{} early buyers join the pre-queue; on-sale in {:.0}s",
+        ctx.args.early_buyers,
+        wait.as_secs_f64()
+    );
     let watcher = tokio::spawn(watch(ctx.clone(), started));
     let mut buyers = Vec::new();
     for n in 0..ctx.args.early_buyers {
         buyers.push(tokio::spawn(buyer(ctx.clone(), format!("early-{n}"))));
     }
-    let wait = (on_sale - chrono::Utc::now()).to_std().unwrap_or_default();
-    println!(
-        "{} early buyers joined the pre-queue; on-sale in {:.0}s",
-        ctx.args.early_buyers,
-        wait.as_secs_f64()
-    );
     tokio::time::sleep(wait).await;
     let per_ms = (ctx.args.surge_seconds * 1000).max(1) as f64 / ctx.args.surge_buyers.max(1) as f64;
     for n in 0..ctx.args.surge_buyers {
@@ -111,7 +130,14 @@ async fn main() -> Result<()> {
     for b in buyers {
         let _ = b.await;
     }
-    println!("all buyers done after {:.0}s", started.elapsed().as_secs_f64());
+    // The live panel shows this itself (a line printed under it would break its redraw).
+    let done = started.elapsed();
+    ctx.tally
+        .done_after_s
+        .store(done.as_secs().max(1), Ordering::Relaxed);
+    if !ctx.live() {
+        println!("all buyers done after {:.0}s", done.as_secs_f64());
+    }
     let _ = watcher.await;
     summary(&ctx).await
 }
@@ -327,13 +353,27 @@ async fn watch(ctx: Arc<Ctx>, started: Instant) {
     };
     let api = tev_api(client, &ctx.args.namespace);
     let until: Vec<&str> = ctx.args.until_phase.split(',').collect();
-    let mut seen_decisions = 0usize;
-    println!(
-        "{:>5} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
-        "t(s)", "phase", "queue", "active", "queuePods", "resvPods", "sold", "held", "avail"
-    );
+    let live = ctx.live();
+    let mut timeline = match &ctx.args.timeline {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("cannot write the timeline {}: {e}", path.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let mut panel = Panel::default();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if !live {
+        println!(
+            "{:>5} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
+            "t(s)", "phase", "queue", "active", "queuePods", "resvPods", "sold", "held", "avail"
+        );
+    }
     loop {
-        let t = started.elapsed().as_secs();
+        let t = started.elapsed().as_secs_f64();
         let status = match api.get(&ctx.args.event).await {
             Ok(o) => o.data.get("status").cloned().unwrap_or(Value::Null),
             Err(_) => Value::Null,
@@ -350,40 +390,276 @@ async fn watch(ctx: Arc<Ctx>, started: Instant) {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         };
-        let phase = status["phase"].as_str().unwrap_or("-").to_owned();
-        let pods = |c: &str| status[c]["pods"].as_str().unwrap_or("-").to_owned();
-        println!(
-            "{t:>5} {phase:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
-            status["queueDepth"].as_i64().unwrap_or(0),
-            status["activeUsers"].as_i64().unwrap_or(0),
-            pods("queue"),
-            pods("reservation"),
-            avail["sold"].as_u64().unwrap_or(0),
-            avail["held"].as_u64().unwrap_or(0),
-            avail["available"].as_u64().unwrap_or(0),
-        );
-        if let Some(decisions) = status["recentDecisions"].as_array() {
-            // Newest first: print the ones not yet shown, oldest of them first.
-            let total = decisions.len();
-            let new = decisions
-                .iter()
-                .take(total.saturating_sub(seen_decisions.min(total)))
-                .rev();
-            for d in new.take(10) {
-                println!(
-                    "      ↳ {} {}→{}: {}",
-                    d["component"].as_str().unwrap_or("?"),
-                    d["from"],
-                    d["to"],
-                    d["reason"].as_str().unwrap_or("")
-                );
+        let sample = Sample::read(t, &status, &avail);
+        // Newest first in status: the ones not seen yet, oldest first.
+        let mut fresh: Vec<Decision> = status["recentDecisions"]
+            .as_array()
+            .map(|ds| ds.iter().rev().map(|d| Decision::read(d, started)).collect())
+            .unwrap_or_default();
+        fresh.retain(|d| seen.insert(d.key()));
+        if let Some(w) = timeline.as_mut() {
+            use std::io::Write;
+            let mut lines = vec![sample.json()];
+            lines.extend(fresh.iter().map(Decision::json));
+            for line in lines {
+                if writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
+                    eprintln!("writing the timeline failed");
+                }
             }
-            seen_decisions = total;
         }
-        if until.contains(&phase.as_str()) || t > ctx.args.deadline_seconds + 120 {
+        if live {
+            panel.decisions.extend(fresh.iter().map(Decision::line));
+            panel.draw(&sample, &ctx.tally);
+        } else {
+            println!("{}", sample.line());
+            for d in &fresh {
+                println!("{}", d.line());
+            }
+        }
+        if until.contains(&sample.phase.as_str()) || t > (ctx.args.deadline_seconds + 120) as f64 {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+// === the live view and the timeline ===
+
+/// One component's replicas as the TicketingEvent's status shows them.
+#[derive(Default)]
+struct Replicas {
+    need: Option<i64>,
+    desired: i64,
+    ready: i64,
+}
+
+impl Replicas {
+    fn read(status: &Value) -> Self {
+        Self {
+            need: status["need"].as_i64(),
+            desired: status["desiredReplicas"].as_i64().unwrap_or(0),
+            ready: status["readyReplicas"].as_i64().unwrap_or(0),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let Self { need, desired, ready } = self;
+        serde_json::json!({ "need": need, "desired": desired, "ready": ready })
+    }
+}
+
+/// What the rehearsal sees once a second.
+struct Sample {
+    t: f64,
+    phase: String,
+    queue_depth: i64,
+    pre_queue: i64,
+    active: i64,
+    queue: Replicas,
+    reservation: Replicas,
+    sold: u64,
+    held: u64,
+    available: u64,
+}
+
+impl Sample {
+    fn read(t: f64, status: &Value, avail: &Value) -> Self {
+        Self {
+            t,
+            phase: status["phase"].as_str().unwrap_or("-").to_owned(),
+            queue_depth: status["queueDepth"].as_i64().unwrap_or(0),
+            pre_queue: status["preQueueDepth"].as_i64().unwrap_or(0),
+            active: status["activeUsers"].as_i64().unwrap_or(0),
+            queue: Replicas::read(&status["queue"]),
+            reservation: Replicas::read(&status["reservation"]),
+            sold: avail["sold"].as_u64().unwrap_or(0),
+            held: avail["held"].as_u64().unwrap_or(0),
+            available: avail["available"].as_u64().unwrap_or(0),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let Self {
+            t,
+            phase,
+            queue_depth,
+            pre_queue,
+            active,
+            queue,
+            reservation,
+            sold,
+            held,
+            available,
+        } = self;
+        serde_json::json!({
+            "type": "sample", "t": (t * 10.0).round() / 10.0, "phase": phase, "queueDepth": queue_depth,
+            "preQueueDepth": pre_queue, "activeUsers": active, "queue": queue.json(),
+            "reservation": reservation.json(), "sold": sold, "held": held, "available": available,
+        })
+    }
+
+    fn line(&self) -> String {
+        let pods = |r: &Replicas| format!("{}/{}", r.ready, r.desired);
+        format!(
+            "{:>5.0} {:<10} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}",
+            self.t,
+            self.phase,
+            self.queue_depth,
+            self.active,
+            pods(&self.queue),
+            pods(&self.reservation),
+            self.sold,
+            self.held,
+            self.available
+        )
+    }
+}
+
+/// A scaling decision from `status.recentDecisions`, `t` seconds into the rehearsal.
+struct Decision {
+    t: f64,
+    time: String,
+    component: String,
+    from: i64,
+    to: i64,
+    reason: String,
+}
+
+impl Decision {
+    fn read(d: &Value, started: Instant) -> Self {
+        let time = d["time"].as_str().unwrap_or_default().to_owned();
+        let at = chrono::DateTime::parse_from_rfc3339(&time).map(|at| at.with_timezone(&chrono::Utc));
+        let ago = at.map(|at| (chrono::Utc::now() - at).num_milliseconds() as f64 / 1000.0);
+        Self {
+            t: (started.elapsed().as_secs_f64() - ago.unwrap_or(0.0)).max(0.0),
+            time,
+            component: d["component"].as_str().unwrap_or("?").to_owned(),
+            from: d["from"].as_i64().unwrap_or(0),
+            to: d["to"].as_i64().unwrap_or(0),
+            reason: d["reason"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.time, self.component, self.from, self.to, self.reason
+        )
+    }
+
+    fn json(&self) -> Value {
+        let Self {
+            t,
+            time,
+            component,
+            from,
+            to,
+            reason,
+        } = self;
+        serde_json::json!({
+            "type": "decision", "t": (t * 10.0).round() / 10.0, "time": time, "component": component,
+            "from": from, "to": to, "reason": reason,
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "      ↳ {:>4.0}s {} {}→{}: {}",
+            self.t, self.component, self.from, self.to, self.reason
+        )
+    }
+}
+
+/// The panel redrawn in place each second on a terminal.
+#[derive(Default)]
+struct Panel {
+    drawn: usize,
+    peak_queue: i64,
+    peak_replicas: i64,
+    decisions: Vec<String>,
+}
+
+impl Panel {
+    const WIDTH: usize = 40;
+    const DECISIONS: usize = 6;
+
+    fn bar(value: f64, max: f64) -> String {
+        let filled = if max > 0.0 {
+            ((value / max) * Self::WIDTH as f64)
+                .round()
+                .clamp(0.0, Self::WIDTH as f64) as usize
+        } else {
+            0
+        };
+        format!("{}{}", "█".repeat(filled), "·".repeat(Self::WIDTH - filled))
+    }
+
+    fn draw(&mut self, s: &Sample, tally: &Tally) {
+        self.peak_queue = self.peak_queue.max(s.queue_depth + s.pre_queue).max(1);
+        self.peak_replicas = self
+            .peak_replicas
+            .max(s.queue.desired.max(s.reservation.desired))
+            .max(s.queue.need.unwrap_or(0).max(s.reservation.need.unwrap_or(0)))
+            .max(1);
+        let (q, r) = (self.peak_queue as f64, self.peak_replicas as f64);
+        let seats = (s.sold + s.held + s.available).max(1) as f64;
+        let need = |x: &Replicas| x.need.map_or("-".to_owned(), |n| n.to_string());
+        let mut lines = vec![
+            format!("\x1b[1m t {:>4.0}s  {:<10}\x1b[0m", s.t, s.phase),
+            format!(
+                " queue depth  {} {:>6}",
+                Self::bar(s.queue_depth as f64, q),
+                s.queue_depth
+            ),
+            format!(
+                " pre-queue    {} {:>6}",
+                Self::bar(s.pre_queue as f64, q),
+                s.pre_queue
+            ),
+            format!(" active users {} {:>6}", Self::bar(s.active as f64, q), s.active),
+        ];
+        for (name, x) in [("queue", &s.queue), ("reservation", &s.reservation)] {
+            lines.push(format!(
+                " {name:<12} {} need {:>3} desired {:>3} ready {:>3}",
+                Self::bar(x.ready as f64, r),
+                need(x),
+                x.desired,
+                x.ready
+            ));
+        }
+        lines.push(format!(
+            " seats sold   {} {:>6} sold, {} held, {} available",
+            Self::bar(s.sold as f64, seats),
+            s.sold,
+            s.held,
+            s.available
+        ));
+        let done = match tally.done_after_s.load(Ordering::Relaxed) {
+            0 => String::new(),
+            s => format!(" (all done after {s}s)"),
+        };
+        lines.push(format!(
+            " buyers       joined {}, admitted {}, confirmed {}, told sold out {}, errors {}{done}",
+            tally.joined.load(Ordering::Relaxed),
+            tally.admitted.load(Ordering::Relaxed),
+            tally.confirmed.load(Ordering::Relaxed),
+            tally.sold_out_seen.load(Ordering::Relaxed),
+            tally.errors.load(Ordering::Relaxed)
+        ));
+        lines.push(" scaling decisions (newest last):".to_owned());
+        let skip = self.decisions.len().saturating_sub(Self::DECISIONS);
+        lines.extend(self.decisions.iter().skip(skip).cloned());
+        let mut out = String::new();
+        if self.drawn > 0 {
+            // Back to the panel's first line, and clear what was below it.
+            out.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
+        }
+        for l in &lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        self.drawn = lines.len();
+        print!("{out}");
     }
 }
 
