@@ -56,6 +56,17 @@ SIGNALS = (("tiketi_operator_queue_depth", "waiting"), ("tiketi_operator_active_
 
 # === building blocks ===
 
+def in_range(counter: str, selector: str) -> str:
+    """How much `counter` grew over the dashboard's time range, counting series born inside it.
+
+    A counter series appears at its first value (a scaling decision's counter at 1), and
+    increase() takes a series' first sample as its baseline: a change made once in the range would
+    count 0. Series that did not exist at the start of the range count their whole value.
+    """
+    return (f"(({counter}{{{selector}}} unless {counter}{{{selector}}} offset $__range)"
+            f" or increase({counter}{{{selector}}}[$__range]))")
+
+
 def q(expr, legend="", ref=None, instant=False):
     b = pb.Dataquery().expr(expr).legend_format(legend).datasource(DS)
     if ref:
@@ -190,14 +201,18 @@ def operator_dashboard():
         "Why it is not scaling: holds in the time range",
         "Decisions that kept the replicas where they were, by component and reason, over the dashboard's "
         "time range.",
-        f"sort_desc(sum by (event, component, reason) (increase(tiketi_operator_autoscaler_decisions_total"
-        f"{{{OP}, direction=\"hold\"}}[$__range])) > 0)", w=6))
+        "sort_desc(sum by (event, component, reason) ("
+        + in_range("tiketi_operator_autoscaler_decisions_total", OP + ', direction="hold"')
+        + ") > 0)",
+        w=6))
     b = b.with_panel(instant_table(
         "Replica changes applied in the time range",
         "Changes written to the Deployments, by component, direction and kind (schedule, closed, "
         "scaleOut, scaleIn, fallback, maxLowered).",
-        f"sum by (event, component, direction, reason) (increase(tiketi_operator_scaling_decisions_total"
-        f"{{{OP}}}[$__range])) > 0", w=6))
+        "sum by (event, component, direction, reason) ("
+        + in_range("tiketi_operator_scaling_decisions_total", OP)
+        + ") > 0",
+        w=6))
 
     b = b.with_row(db.Row("Signals and the autoscaler loop"))
     b = b.with_panel(
