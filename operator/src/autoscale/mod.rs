@@ -656,18 +656,10 @@ async fn handle_event(
         namespace: tev.namespace().unwrap_or_default(),
         event: tev.name_any(),
     };
-    let no_status;
-    let status = match tev.status.as_ref() {
-        Some(s) => s,
-        None => {
-            no_status = crate::crd::TicketingEventStatus::default();
-            &no_status
-        }
-    };
-    let sold_out_at = st.sold_out_at.or(status.sold_out_at);
-    let Ok(sched) = schedule::evaluate(&tev.spec, sold_out_at, now) else {
+    let Some((status, sold_out_at, sched)) = in_schedule(tev, st, now) else {
         return; // the reconciler reports the invalid spec
     };
+    let status = &*status;
 
     // read
     let samples = record_signals(ctx, &labels, &reading, &prom, st);
@@ -720,6 +712,27 @@ async fn handle_event(
         .await;
     }
     write_status(ctx, opts, tev, st, status, &report, &outcomes, now).await;
+}
+
+/// The event's status (empty before its first write), when its sale ends early (this loop's
+/// `soldOutAt`, else the status'), and its schedule now; None for a schedule that cannot be
+/// evaluated (the reconciler reports the invalid spec).
+fn in_schedule<'a>(
+    tev: &'a TicketingEvent,
+    st: &EventState,
+    now: DateTime<Utc>,
+) -> Option<(
+    std::borrow::Cow<'a, crate::crd::TicketingEventStatus>,
+    Option<DateTime<Utc>>,
+    schedule::Schedule,
+)> {
+    let status = tev.status.as_ref().map_or_else(
+        || std::borrow::Cow::Owned(Default::default()),
+        std::borrow::Cow::Borrowed,
+    );
+    let sold_out_at = st.sold_out_at.or(status.sold_out_at);
+    let sched = schedule::evaluate(&tev.spec, sold_out_at, now).ok()?;
+    Some((status, sold_out_at, sched))
 }
 
 /// Signal metrics and the samples the decisions read (Redis reading plus Prometheus queries).
@@ -910,18 +923,10 @@ fn settle_in_place(
             _ => return false,
         }
     }
-    let no_status;
-    let status = match tev.status.as_ref() {
-        Some(s) => s,
-        None => {
-            no_status = crate::crd::TicketingEventStatus::default();
-            &no_status
-        }
-    };
-    let sold_out_at = st.sold_out_at.or(status.sold_out_at);
-    let Ok(sched) = schedule::evaluate(&tev.spec, sold_out_at, now) else {
+    let Some((status, sold_out_at, sched)) = in_schedule(tev, st, now) else {
         return false;
     };
+    let status = &*status;
     if report::sale_ends_now(sold_out_at, sched.phase, reading).is_some() {
         return false;
     }
