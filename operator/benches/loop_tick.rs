@@ -28,7 +28,7 @@ use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{reflector, watcher};
 use reconciler_support::event;
-use tiketi_operator::autoscale::{Autoscaler, AutoscalerOptions};
+use tiketi_operator::autoscale::{Autoscaler, AutoscalerOptions, StoreChanges};
 use tiketi_operator::crd::TicketingEvent;
 use tiketi_operator::events::EventPublisher;
 use tiketi_operator::leader::LeaderState;
@@ -210,7 +210,7 @@ async fn main() {
             secrets,
             ChildStores::default(),
         ));
-        let mut loop_ = Autoscaler::new(ctx, store, AutoscalerOptions::default());
+        let mut loop_ = Autoscaler::new(ctx, store, StoreChanges::default(), AutoscalerOptions::default());
 
         // Warm up: the first ticks adopt every Deployment, read the Secret once and write each
         // event's first status; then nothing is left to do.

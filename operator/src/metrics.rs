@@ -104,6 +104,9 @@ pub struct Metrics {
     pub events_suppressed: Family<ReasonLabels, Counter>,
     pub secret_reads: Counter,
     pub api_requests: Family<ApiRequestLabels, Counter>,
+    /// Bumped whenever the per-event gauges are dropped ([`Metrics::forget_event_gauges`]):
+    /// an [`EventSeries`] resolved before then resolves again.
+    gauges_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An API call the operator sent (watches left out), by HTTP method and resource.
@@ -192,6 +195,7 @@ impl Metrics {
             events_suppressed: Family::default(),
             secret_reads: Counter::default(),
             api_requests: Family::default(),
+            gauges_dropped: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("tiketi_operator");
         r.register(
@@ -385,11 +389,12 @@ impl Metrics {
         self.ready_replicas.get_or_create(&labels).set(i64::from(ready));
     }
 
-    /// Drops every series of a deleted event.
     /// Drops every per-event gauge (a replica that stepped down no longer knows; the leader's
     /// series are the truth, and a stale `event_phase{phase="Failed"}` here would keep alerts
     /// firing). Counters stay: they are this replica's history.
     pub fn forget_event_gauges(&self) {
+        self.gauges_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.phase.clear();
         self.desired_replicas.clear();
         self.ready_replicas.clear();
@@ -401,6 +406,21 @@ impl Metrics {
         self.signals_healthy.clear();
     }
 
+    /// The series the autoscaler sets for one event on every tick (see [`EventSeries`]).
+    pub fn event_series(&self, namespace: String, event: String) -> EventSeries {
+        let labels = EventLabels { namespace, event };
+        EventSeries {
+            generation: self.gauges_dropped.load(std::sync::atomic::Ordering::Acquire),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            active_users: self.active_users.get_or_create(&labels).clone(),
+            signals_healthy: self.signals_healthy.get_or_create(&labels).clone(),
+            need: Vec::new(),
+            decisions: Vec::new(),
+            labels,
+        }
+    }
+
+    /// Drops every series of a deleted event.
     pub fn forget_event(&self, namespace: &str, event: &str) {
         for p in [
             Phase::Scheduled,
@@ -478,6 +498,119 @@ pub struct ReconcileTimer {
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The series the autoscaler sets for one event on every tick, found once per event and kept
+/// (a gauge or counter handle shares its value with the family's series): at 10,000 events,
+/// building the label strings and finding them in the families on every tick cost a tenth of
+/// the tick. After the per-event gauges were dropped (this replica stepped down) the handles
+/// would point at series no longer exported, so [`EventSeries::refresh`] finds them again.
+#[derive(Clone, Debug)]
+pub struct EventSeries {
+    generation: u64,
+    labels: EventLabels,
+    queue_depth: Gauge,
+    active_users: Gauge,
+    signals_healthy: Gauge,
+    need: Vec<(Component, Option<Gauge>)>,
+    decisions: Vec<((Component, &'static str, &'static str), Counter)>,
+}
+
+impl EventSeries {
+    /// Finds the gauges again if they were dropped since they were found.
+    pub fn refresh(&mut self, m: &Metrics) {
+        let now = m.gauges_dropped.load(std::sync::atomic::Ordering::Acquire);
+        if now != self.generation {
+            let labels = std::mem::replace(
+                &mut self.labels,
+                EventLabels {
+                    namespace: String::new(),
+                    event: String::new(),
+                },
+            );
+            let decisions = std::mem::take(&mut self.decisions);
+            *self = m.event_series(labels.namespace, labels.event);
+            // Counters are never dropped with the gauges: their handles stay good.
+            self.decisions = decisions;
+        }
+    }
+
+    pub fn labels(&self) -> &EventLabels {
+        &self.labels
+    }
+
+    pub fn queue_depth(&self) -> &Gauge {
+        &self.queue_depth
+    }
+
+    pub fn active_users(&self) -> &Gauge {
+        &self.active_users
+    }
+
+    pub fn signals_healthy(&self) -> &Gauge {
+        &self.signals_healthy
+    }
+
+    /// `tiketi_operator_autoscaler_decisions_total` for one component, direction and reason.
+    pub fn decision(
+        &mut self,
+        m: &Metrics,
+        c: Component,
+        direction: &'static str,
+        reason: &'static str,
+    ) -> &Counter {
+        let key = (c, direction, reason);
+        let i = match self.decisions.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let counter = m
+                    .autoscaler_decisions
+                    .get_or_create(&AutoscalerDecisionLabels {
+                        namespace: self.labels.namespace.clone(),
+                        event: self.labels.event.clone(),
+                        component: c.as_str(),
+                        direction,
+                        reason,
+                    })
+                    .clone();
+                self.decisions.push((key, counter));
+                self.decisions.len() - 1
+            }
+        };
+        &self.decisions[i].1
+    }
+
+    /// The capacity need of a component; `None` removes the series (as [`Metrics::set_need`]).
+    pub fn set_need(&mut self, m: &Metrics, c: Component, need: Option<u32>) {
+        // An entry: what this handle set last (Some: the series' gauge; None: removed).
+        let at = self.need.iter().position(|(k, _)| *k == c);
+        match (need, at) {
+            (Some(n), Some(i)) if self.need[i].1.is_some() => {
+                if let Some(g) = &self.need[i].1 {
+                    g.set(i64::from(n));
+                }
+            }
+            (Some(n), _) => {
+                let gauge = m
+                    .needed_replicas
+                    .get_or_create(&ComponentLabels {
+                        namespace: self.labels.namespace.clone(),
+                        event: self.labels.event.clone(),
+                        component: c.as_str(),
+                    })
+                    .clone();
+                gauge.set(i64::from(n));
+                self.need.retain(|(k, _)| *k != c);
+                self.need.push((c, Some(gauge)));
+            }
+            (None, Some(i)) if self.need[i].1.is_none() => {}
+            (None, _) => {
+                m.set_need(&self.labels.namespace, &self.labels.event, c, None);
+                self.need.retain(|(k, _)| *k != c);
+                self.need.push((c, None));
+            }
+        }
     }
 }
 
@@ -571,6 +704,55 @@ mod forget_tests {
                 && !t.contains("tiketi_operator_admission_rate_per_second{"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn kept_series_handles_show_in_the_registry_and_survive_a_step_down() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let mut series = m.event_series("ns".into(), "iu".into());
+        series.queue_depth().set(120);
+        series.set_need(&m, Component::Queue, Some(7));
+        series
+            .decision(&m, Component::Queue, "hold", "WithinThresholds")
+            .inc();
+        series
+            .decision(&m, Component::Queue, "hold", "WithinThresholds")
+            .inc();
+        let t = text(&registry);
+        assert!(
+            t.contains(r#"tiketi_operator_queue_depth{namespace="ns",event="iu"} 120"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"tiketi_operator_needed_replicas{namespace="ns",event="iu",component="queue"} 7"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"reason="WithinThresholds"} 2"#), "{t}");
+
+        // Need gone: the series goes (and is made again when a need returns).
+        series.set_need(&m, Component::Queue, None);
+        assert!(!text(&registry).contains("tiketi_operator_needed_replicas{"));
+        series.set_need(&m, Component::Queue, Some(3));
+        assert!(text(&registry).contains(r#"component="queue"} 3"#));
+
+        // Stepping down drops the gauges; a refreshed handle exports them again, the counter
+        // keeps counting where it was.
+        m.forget_event_gauges();
+        assert!(!text(&registry).contains("tiketi_operator_queue_depth{"));
+        series.refresh(&m);
+        series.queue_depth().set(5);
+        series.set_need(&m, Component::Queue, Some(4));
+        series
+            .decision(&m, Component::Queue, "hold", "WithinThresholds")
+            .inc();
+        let t = text(&registry);
+        assert!(
+            t.contains(r#"tiketi_operator_queue_depth{namespace="ns",event="iu"} 5"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"component="queue"} 4"#), "{t}");
+        assert!(t.contains(r#"reason="WithinThresholds"} 3"#), "{t}");
     }
 
     #[test]

@@ -320,6 +320,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // the reconciler acts on may trigger it (see `reconcile_relevant`). One store serves the
     // Controller and the autoscaler loop.
     let (store, writer) = reflector::store();
+    let changes = crate::autoscale::StoreChanges::default();
     let events_stream = watcher(
         api::<TicketingEvent>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -333,7 +334,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // A deleted event's metric series go with it (its children go with the garbage collector).
     .inspect_ok({
         let metrics = metrics.clone();
+        let changes = changes.clone();
         move |ev| {
+            // After `reflect`: the store holds the change when the autoscaler sees the count.
+            changes.bump();
             if let watcher::Event::Delete(t) = ev {
                 metrics.forget_event(&t.namespace().unwrap_or_default(), &t.name_any());
             }
@@ -392,7 +396,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     }
     let autoscaler = crate::supervise::spawn(
         "autoscaler",
-        Autoscaler::new(ctx.clone(), controller.store(), autoscaler).run(shutdown.clone()),
+        Autoscaler::new(ctx.clone(), controller.store(), changes, autoscaler).run(shutdown.clone()),
         &failed,
         &metrics,
     );

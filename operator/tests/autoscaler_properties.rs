@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use tiketi_operator::autoscaler::{
-    Capacity, Direction, Fallback, Inputs, Memory, Policy, Reason, Samples, ScaleIn, ScaleOut, Signal,
-    SignalFailure, SignalHealth, Step, decide,
+    Capacity, Decision, Direction, Fallback, Inputs, Memory, Policy, Reason, Samples, ScaleIn, ScaleOut,
+    Signal, SignalFailure, SignalHealth, Step, decide, decide_quiet,
 };
 
 fn epoch() -> DateTime<Utc> {
@@ -162,6 +162,8 @@ proptest! {
             rec.history.push((observed, fresh));
             let inputs = Inputs { floor: t.floor, prewarm: t.prewarm, max: t.max, current, on_sale: t.on_sale, samples: &samples, memory: &memory, now };
             let d = decide(&policy, &inputs);
+            // Without its text (the settled events' path) the decision is the same.
+            prop_assert_eq!(decide_quiet(&policy, &inputs), Decision { message: String::new(), ..d.clone() });
             let lo = t.floor.max(t.prewarm).min(t.max);
             // The need lies between the value with the headroom capped at the exact rise within
             // the growth window (the memory's low may be older, never newer) and the full headroom.

@@ -24,7 +24,7 @@ use crate::autoscaler::plan::{self, Known, plan_component};
 use crate::autoscaler::{Memory, Reason, Samples, SignalHealth};
 use crate::crd::{Component, Phase, TicketingEvent};
 use crate::events::EventType;
-use crate::metrics::{AutoscalerDecisionLabels, EventLabels, SignalErrorLabels};
+use crate::metrics::{EventSeries, SignalErrorLabels};
 use crate::reconciler::Context;
 use crate::scaler::{ScaleReason, kinds};
 use crate::schedule;
@@ -89,6 +89,8 @@ struct EventState {
     written: Option<Written>,
     /// The policies of the spec in force, parsed once per spec (not every tick).
     prepared: Option<Arc<Prepared>>,
+    /// Its metric series, found once (see [`series_of`]).
+    series: Option<EventSeries>,
 }
 
 /// What the loop derives from an event's spec, once per spec in force: the policy of each
@@ -150,8 +152,23 @@ impl EventState {
             health_gate: HealthGate::default(),
             written: None,
             prepared: None,
+            series: None,
         }
     }
+}
+
+/// The event's metric series: found on first use, and again after a step-down dropped them.
+fn series_of<'a>(
+    slot: &'a mut Option<EventSeries>,
+    ctx: &Context,
+    tev: &TicketingEvent,
+) -> &'a mut EventSeries {
+    let series = slot.get_or_insert_with(|| {
+        ctx.metrics
+            .event_series(tev.namespace().unwrap_or_default(), tev.name_any())
+    });
+    series.refresh(&ctx.metrics);
+    series
 }
 
 /// How long a tick waits for the events it started before it returns; the ones still deciding
@@ -183,13 +200,41 @@ pub struct Autoscaler {
     ticks: u64,
     /// When the state of deleted events was last forgotten.
     swept: Instant,
+    /// The store's change count, and the event list copied out of the store at that count.
+    changes: StoreChanges,
+    listed: Option<(u64, Arc<Vec<Arc<TicketingEvent>>>)>,
 }
 
-/// How often the state of deleted events is forgotten.
+/// How often the state of deleted events is forgotten (and the event list read again even if
+/// no change was counted).
 const SWEEP: Duration = Duration::from_secs(5);
 
+/// Counts the changes the TicketingEvent watch applied to the store (bumped by the watch stream
+/// after the store applied each event), so the loop copies the event list out of the store only
+/// when it changed: at 10,000 events that copy (an `Arc` per event, taken and released under the
+/// store's lock) cost as much as deciding every settled event.
+#[derive(Clone, Debug, Default)]
+pub struct StoreChanges(Arc<std::sync::atomic::AtomicU64>);
+
+impl StoreChanges {
+    /// One more change applied to the store.
+    pub fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 impl Autoscaler {
-    pub fn new(ctx: Arc<Context>, store: Store<TicketingEvent>, opts: AutoscalerOptions) -> Self {
+    /// `changes` must be bumped after every change the store applies (see [`StoreChanges`]).
+    pub fn new(
+        ctx: Arc<Context>,
+        store: Store<TicketingEvent>,
+        changes: StoreChanges,
+        opts: AutoscalerOptions,
+    ) -> Self {
         let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
         Self {
             ctx,
@@ -204,6 +249,22 @@ impl Autoscaler {
             permits,
             ticks: 0,
             swept: Instant::now(),
+            changes,
+            listed: None,
+        }
+    }
+
+    /// The events in the store: copied out again only when the store changed since the last
+    /// copy, or at `sweep` (a safety net: a change the counter missed is seen within SWEEP).
+    fn events_listed(&mut self, sweep: bool) -> Arc<Vec<Arc<TicketingEvent>>> {
+        let count = self.changes.count();
+        match &self.listed {
+            Some((at, all)) if *at == count && !sweep => all.clone(),
+            _ => {
+                let all = Arc::new(self.store.state());
+                self.listed = Some((count, all.clone()));
+                all
+            }
         }
     }
 
@@ -293,10 +354,11 @@ impl Autoscaler {
         self.ticks += 1;
         let now_i = Instant::now();
         let now = Utc::now();
-        let all = self.store.state();
         // What deleted events leave behind is forgotten every SWEEP (not every tick: with
         // thousands of events the sweep costs as much as deciding them).
-        if self.swept.elapsed() >= SWEEP {
+        let sweep = self.swept.elapsed() >= SWEEP;
+        let all = self.events_listed(sweep);
+        if sweep {
             self.swept = now_i;
             let uids: HashSet<&str> = all.iter().filter_map(|t| t.metadata.uid.as_deref()).collect();
             self.events.retain(|uid, _| uids.contains(uid.as_str()));
@@ -310,7 +372,7 @@ impl Autoscaler {
 
         let mut wake = now_i + MAX_SLEEP;
         let mut due: Vec<(Arc<TicketingEvent>, EventState)> = Vec::new();
-        for tev in &all {
+        for tev in all.iter() {
             let Some(uid) = tev.metadata.uid.as_deref() else {
                 continue;
             };
@@ -652,17 +714,14 @@ async fn handle_event(
     st: &mut EventState,
     now: DateTime<Utc>,
 ) {
-    let labels = EventLabels {
-        namespace: tev.namespace().unwrap_or_default(),
-        event: tev.name_any(),
-    };
     let Some((status, sold_out_at, sched)) = in_schedule(tev, st, now) else {
         return; // the reconciler reports the invalid spec
     };
     let status = &*status;
+    let series = series_of(&mut st.series, ctx, tev);
 
     // read
-    let samples = record_signals(ctx, &labels, &reading, &prom, st);
+    let samples = record_signals(ctx, series, &reading, &prom, &mut st.last_ok);
     if let Some(note) = report::sale_ends_now(sold_out_at, sched.phase, &reading) {
         // Sold out with nobody waiting: end the sale early so capacity is released.
         st.sold_out_at = Some(now);
@@ -680,8 +739,7 @@ async fn handle_event(
     let mut health: Vec<(Component, SignalHealth)> = Vec::new();
     for c in Component::ALL {
         let policy = prepared.as_deref().and_then(|p| p.policy(c).ok());
-        if let Some((outcome, h)) =
-            decide_and_apply(ctx, tev, &sched, c, policy, &samples, &labels, now).await
+        if let Some((outcome, h)) = decide_and_apply(ctx, tev, &sched, c, policy, &samples, series, now).await
         {
             outcomes.insert(c, outcome);
             health.push((c, h));
@@ -693,10 +751,7 @@ async fn handle_event(
 
     // record
     let report = report::health_report(&health, &mut st.health_gate);
-    ctx.metrics
-        .signals_healthy
-        .get_or_create(&labels)
-        .set(i64::from(report.healthy));
+    series.signals_healthy().set(i64::from(report.healthy));
     if report.flipped {
         let (type_, ev_reason) = if report.healthy {
             tracing::info!("signals recovered");
@@ -738,22 +793,20 @@ fn in_schedule<'a>(
 /// Signal metrics and the samples the decisions read (Redis reading plus Prometheus queries).
 fn record_signals(
     ctx: &Context,
-    labels: &EventLabels,
+    series: &EventSeries,
     reading: &Result<EventSignals, SignalError>,
     prom: &Samples,
-    st: &mut EventState,
+    last_ok: &mut Option<EventSignals>,
 ) -> Samples {
     match reading {
         Ok(s) => {
-            ctx.metrics
-                .queue_depth
-                .get_or_create(labels)
+            series
+                .queue_depth()
                 .set(i64::try_from(s.queue_depth).unwrap_or(i64::MAX));
-            ctx.metrics
-                .active_users
-                .get_or_create(labels)
+            series
+                .active_users()
                 .set(i64::try_from(s.active_users).unwrap_or(i64::MAX));
-            st.last_ok = Some(s.clone());
+            *last_ok = Some(s.clone());
         }
         Err(e) => {
             ctx.metrics
@@ -799,6 +852,7 @@ fn plan_locked(
     samples: &Samples,
     entry: &crate::scaler::BookEntry,
     now: DateTime<Utc>,
+    quiet: bool,
 ) -> Option<plan::Planned> {
     let adopted: Option<Memory>;
     let memory = match &entry.memory {
@@ -812,6 +866,7 @@ fn plan_locked(
         current: entry.desired,
         memory,
         policy,
+        quiet,
     };
     match plan_component(tev, sched, c, samples, known, now) {
         Ok(p) => p,
@@ -823,18 +878,11 @@ fn plan_locked(
 }
 
 /// The decision's metrics: the decisions counter (with its reason) and the need gauge.
-fn count_decision(ctx: &Context, labels: &EventLabels, c: Component, d: &crate::autoscaler::Decision) {
-    ctx.metrics
-        .autoscaler_decisions
-        .get_or_create(&AutoscalerDecisionLabels {
-            namespace: labels.namespace.clone(),
-            event: labels.event.clone(),
-            component: c.as_str(),
-            direction: d.direction.metric_label(),
-            reason: d.reason.label(),
-        })
+fn count_decision(ctx: &Context, series: &mut EventSeries, c: Component, d: &crate::autoscaler::Decision) {
+    series
+        .decision(&ctx.metrics, c, d.direction.metric_label(), d.reason.label())
         .inc();
-    ctx.metrics.set_need(&labels.namespace, &labels.event, c, d.need);
+    series.set_need(&ctx.metrics, c, d.need);
 }
 
 /// What a component's decision leaves for the status (and its signal health).
@@ -864,7 +912,7 @@ async fn decide_and_apply(
     c: Component,
     policy: Option<&crate::autoscaler::Policy>,
     samples: &Samples,
-    labels: &EventLabels,
+    series: &mut EventSeries,
     now: DateTime<Utc>,
 ) -> Option<(ComponentOutcome, SignalHealth)> {
     let mut entry = ctx.scaler.book().lock(tev, c).await;
@@ -876,9 +924,9 @@ async fn decide_and_apply(
     if entry.unrecorded.is_some() {
         Box::pin(ctx.scaler.flush(&mut entry, tev, c)).await;
     }
-    let planned = plan_locked(tev, sched, c, policy, samples, &entry, now)?;
+    let planned = plan_locked(tev, sched, c, policy, samples, &entry, now, false)?;
     let d = &planned.decision;
-    count_decision(ctx, labels, c, d);
+    count_decision(ctx, series, c, d);
     let mut scaled = false;
     if planned.changes() {
         let desired = i32::try_from(d.desired).unwrap_or(i32::MAX);
@@ -931,11 +979,15 @@ fn settle_in_place(
         return false;
     }
     let samples = samples_of(reading, prom);
+    // A hold here shows no text (the message is only logged, at debug): deciding without it
+    // is a fifth of the settled tick's cost. What changes replicas is decided again, with its
+    // text, by the event's task.
+    let quiet = !tracing::enabled!(tracing::Level::DEBUG);
     // (index into `entries`, component, plan); a component without a plan (Closed) is left out.
     let mut planned = Vec::with_capacity(entries.len());
     for (i, (c, entry)) in entries.iter().enumerate() {
         let policy = st.prepared.as_deref().and_then(|p| p.policy(*c).ok());
-        if let Some(p) = plan_locked(tev, &sched, *c, policy, &samples, entry, now) {
+        if let Some(p) = plan_locked(tev, &sched, *c, policy, &samples, entry, now, quiet) {
             if p.changes() {
                 return false;
             }
@@ -966,22 +1018,16 @@ fn settle_in_place(
     }
 
     // Nothing needs the API: commit as the full path would.
-    let labels = EventLabels {
-        namespace: tev.namespace().unwrap_or_default(),
-        event: tev.name_any(),
-    };
-    record_signals(ctx, &labels, reading, prom, st);
+    let series = series_of(&mut st.series, ctx, tev);
+    record_signals(ctx, series, reading, prom, &mut st.last_ok);
     for (i, c, p) in planned {
-        count_decision(ctx, &labels, c, &p.decision);
+        count_decision(ctx, series, c, &p.decision);
         tracing::debug!(component = %c, replicas = p.decision.desired, reason = %p.decision.reason, message = %p.decision.message, "hold");
         entries[i].1.memory = Some(p.decision.memory);
     }
     if let Some((healthy, from_cache)) = check {
         st.health_gate = gate;
-        ctx.metrics
-            .signals_healthy
-            .get_or_create(&labels)
-            .set(i64::from(healthy));
+        series.signals_healthy().set(i64::from(healthy));
         if let Some(w) = from_cache {
             st.written = Some(w);
         }

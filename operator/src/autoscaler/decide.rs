@@ -415,7 +415,19 @@ impl Decision {
 /// Floor, max and fallback changes do not start cooldowns: they are not reactions to load, and a
 /// pre-warm step right before on-sale must not delay the first surge step.
 pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
-    let ctx = Ctx::new(policy, inputs);
+    decide_as(policy, inputs, true)
+}
+
+/// [`decide`] without the human text: the same decision with `message` left empty (signal
+/// problems are still named: they are the status condition's). For a caller that only commits a
+/// hold (the autoscaler's settled events, thousands per tick), where formatting the explanation
+/// cost more than the decision.
+pub fn decide_quiet(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
+    decide_as(policy, inputs, false)
+}
+
+fn decide_as(policy: &Policy, inputs: &Inputs<'_>, explain: bool) -> Decision {
+    let ctx = Ctx::new(policy, inputs, explain);
     let mut memory = inputs.memory.clone();
     let health = health(&ctx, &mut memory);
     let healthy = matches!(health, SignalHealth::Healthy);
@@ -438,7 +450,7 @@ pub fn decide(policy: &Policy, inputs: &Inputs<'_>) -> Decision {
         return out(d);
     }
     if let SignalHealth::Unhealthy { problems, .. } = &health {
-        let message = format!("{}; holding, no scale-in on stale data", problems.join("; "));
+        let message = ctx.say(|| format!("{}; holding, no scale-in on stale data", problems.join("; ")));
         return out(bounds(
             &ctx,
             memory,
@@ -463,10 +475,12 @@ struct Ctx<'a> {
     now: DateTime<Utc>,
     freshness: Duration,
     prewarm: u32,
+    /// Whether decision messages are written ([`decide_quiet`]: not).
+    explain: bool,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(policy: &'a Policy, inputs: &Inputs<'a>) -> Self {
+    fn new(policy: &'a Policy, inputs: &Inputs<'a>, explain: bool) -> Self {
         let Inputs {
             floor,
             max,
@@ -489,7 +503,13 @@ impl<'a> Ctx<'a> {
             now,
             freshness: policy.freshness(),
             prewarm,
+            explain,
         }
+    }
+
+    /// The decision message `text` builds, or nothing when not explaining.
+    fn say(&self, text: impl FnOnce() -> String) -> String {
+        if self.explain { text() } else { String::new() }
     }
 
     /// The sample of `signal` if it was read successfully within the freshness bound.
@@ -537,12 +557,12 @@ fn bounds(ctx: &Ctx<'_>, memory: Memory, health: SignalHealth, reason: Reason, m
         std::cmp::Ordering::Greater => (
             Direction::Up,
             Reason::FloorRaised,
-            format!("floor {floor} > {current} replicas ({message})"),
+            ctx.say(|| format!("floor {floor} > {current} replicas ({message})")),
         ),
         std::cmp::Ordering::Less => (
             Direction::Down,
             Reason::MaxLowered,
-            format!("maxReplicas {max} < {current} replicas ({message})"),
+            ctx.say(|| format!("maxReplicas {max} < {current} replicas ({message})")),
         ),
         std::cmp::Ordering::Equal => (Direction::Hold, reason, message),
     };
@@ -645,10 +665,13 @@ fn track_need(
             .record(s.value, s.observed_at, cap.growth_window, gap_allowed);
         let rise = memory.lows.rise(s.value, s.observed_at, cap.growth_window);
         let need = cap.need_after_rise(s.value, rise)?;
-        Some((need, cap.explain_after_rise(need, s.value, rise)))
+        Some((
+            need,
+            ctx.explain.then(|| cap.explain_after_rise(need, s.value, rise)),
+        ))
     });
     let need = sized.as_ref().map(|(n, _)| *n);
-    *explained = sized.map(|(_, e)| e);
+    *explained = sized.and_then(|(_, e)| e);
     if let Some(n) = need {
         memory.record_need(n.max(ctx.prewarm), ctx.now, window);
     }
@@ -733,12 +756,14 @@ fn scale_out_candidate(
     let to_need = need.map(|n| n.min(ctx.max)).filter(|&t| t > base);
     let step = best_step(ctx, need);
     let step_what = step.as_ref().map(|m| {
-        format!(
-            "{} {} > {}",
-            m.signal,
-            format::value(m.value),
-            format::value(m.above)
-        )
+        ctx.say(|| {
+            format!(
+                "{} {} > {}",
+                m.signal,
+                format::value(m.value),
+                format::value(m.above)
+            )
+        })
     });
     let step_left = ctx.cooldown_left(memory.last_scale_out, ctx.policy.scale_out.cooldown);
     let step_target = step
@@ -750,15 +775,18 @@ fn scale_out_candidate(
     if let (Some(target), Some(cap)) = (capacity_target, capacity) {
         let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
         let n = need.unwrap_or(target);
-        let mut message = format!(
-            "{} {} {}",
-            cap.signal,
-            format::value(value),
-            explained.map_or_else(|| cap.explain(n), str::to_owned)
-        );
-        if target < n {
-            message.push_str(&format!(", capped at maxReplicas {}", ctx.max));
-        }
+        let message = ctx.say(|| {
+            let mut message = format!(
+                "{} {} {}",
+                cap.signal,
+                format::value(value),
+                explained.map_or_else(|| cap.explain(n), str::to_owned)
+            );
+            if target < n {
+                message.push_str(&format!(", capped at maxReplicas {}", ctx.max));
+            }
+            message
+        });
         memory.last_scale_out = Some(ctx.now);
         return Some(Decision {
             desired: target,
@@ -790,19 +818,19 @@ fn scale_out_candidate(
     let (reason, message) = if m.target <= base && base >= ctx.max {
         (
             Reason::AtMaxReplicas,
-            format!("{what}, already at maxReplicas {}", ctx.max),
+            ctx.say(|| format!("{what}, already at maxReplicas {}", ctx.max)),
         )
     } else if m.target <= base {
         let n = need.unwrap_or(base);
         (
             Reason::StepPastNeed,
-            format!("{what}, already one step past the need ({n})"),
+            ctx.say(|| format!("{what}, already one step past the need ({n})")),
         )
     } else {
         let left = step_left.unwrap_or_default();
         (
             Reason::ScaleOutCooldown,
-            format!("{what}, scale-out cooldown has {} left", format::duration(left)),
+            ctx.say(|| format!("{what}, scale-out cooldown has {} left", format::duration(left))),
         )
     };
     Some(bounds(ctx, memory.clone(), health.clone(), reason, message))
@@ -836,16 +864,18 @@ fn scale_in_to_need(
 ) -> Decision {
     let window = ctx.policy.scale_in.stabilization_window;
     let Some(n) = need else {
-        let msg = format!("{}: no data, holding", cap.signal);
+        let msg = ctx.say(|| format!("{}: no data, holding", cap.signal));
         return bounds(ctx, memory, health, Reason::WithinThresholds, msg);
     };
     let value = ctx.fresh(&cap.signal).map_or(f64::NAN, |s| s.value);
-    let what = format!(
-        "{} {} {}",
-        cap.signal,
-        format::value(value),
-        explained.map_or_else(|| cap.explain(n), str::to_owned)
-    );
+    let what = ctx.say(|| {
+        format!(
+            "{} {} {}",
+            cap.signal,
+            format::value(value),
+            explained.map_or_else(|| cap.explain(n), str::to_owned)
+        )
+    });
     let highest = memory.window_need(ctx.now, window).unwrap_or(n).max(n);
     // A matching step keeps its boost (need + one step) while it matches, so scale-in and the
     // step never take turns.
@@ -855,22 +885,25 @@ fn scale_in_to_need(
         let (reason, msg) = if n >= ctx.base {
             (
                 Reason::WithinThresholds,
-                format!("{what}, at {} replicas", ctx.base),
+                ctx.say(|| format!("{what}, at {} replicas", ctx.base)),
             )
         } else if let Some((_, signal, value, above)) = boost.filter(|b| b.0 >= ctx.base) {
-            let step = format!("{signal} {} > {}", format::value(value), format::value(above));
+            let step = || format!("{signal} {} > {}", format::value(value), format::value(above));
             (
                 Reason::StepPastNeed,
-                format!("{step}, already one step past the need ({n})"),
+                ctx.say(|| format!("{}, already one step past the need ({n})", step())),
             )
         } else if highest > ctx.floor {
-            let within = format::duration(window);
+            let within = || format::duration(window);
             (
                 Reason::Stabilizing,
-                format!("{what}; {highest} needed within the last {within}"),
+                ctx.say(|| format!("{what}; {highest} needed within the last {}", within())),
             )
         } else {
-            (Reason::AtFloor, format!("{what}, at the floor ({})", ctx.floor))
+            (
+                Reason::AtFloor,
+                ctx.say(|| format!("{what}, at the floor ({})", ctx.floor)),
+            )
         };
         return bounds(ctx, memory, health, reason, msg);
     }
@@ -878,16 +911,18 @@ fn scale_in_to_need(
         .below_since
         .map_or(Duration::ZERO, |since| format::since(since, ctx.now));
     if observed < window {
-        let msg = format!(
-            "{what}; need observed for {} of {}",
-            format::duration(observed),
-            format::duration(window)
-        );
+        let msg = ctx.say(|| {
+            format!(
+                "{what}; need observed for {} of {}",
+                format::duration(observed),
+                format::duration(window)
+            )
+        });
         return bounds(ctx, memory, health, Reason::Stabilizing, msg);
     }
     let last_any = memory.last_scale_out.max(memory.last_scale_in);
     if let Some(left) = ctx.cooldown_left(last_any, ctx.policy.scale_in.cooldown) {
-        let msg = format!("{what}, scale-in cooldown has {} left", format::duration(left));
+        let msg = ctx.say(|| format!("{what}, scale-in cooldown has {} left", format::duration(left)));
         return bounds(ctx, memory, health, Reason::ScaleInCooldown, msg);
     }
     memory.last_scale_in = Some(ctx.now);
@@ -899,7 +934,7 @@ fn scale_in_to_need(
         } else {
             "the highest need of the window"
         };
-        format!("{what}; down to {target}, {why}")
+        ctx.say(|| format!("{what}; down to {target}, {why}"))
     } else {
         what
     };
@@ -926,49 +961,55 @@ fn scale_in_below_threshold(ctx: &Ctx<'_>, mut memory: Memory, health: SignalHea
             memory,
             health,
             Reason::SignalsUnhealthy,
-            "no scale-in reading".into(),
+            ctx.say(|| "no scale-in reading".into()),
         );
     };
     if s.value.is_nan() || s.value >= rule.below {
-        let msg = format!("{} {} within thresholds", rule.signal, format::value(s.value));
+        let msg = ctx.say(|| format!("{} {} within thresholds", rule.signal, format::value(s.value)));
         return bounds(ctx, memory, health, Reason::WithinThresholds, msg);
     }
-    let what = format!(
-        "{} {} < {}",
-        rule.signal,
-        format::value(s.value),
-        format::value(rule.below)
-    );
+    let what = ctx.say(|| {
+        format!(
+            "{} {} < {}",
+            rule.signal,
+            format::value(s.value),
+            format::value(rule.below)
+        )
+    });
     let stayed = match (memory.below_since, memory.below_seen_at) {
         (Some(a), Some(b)) => format::since(a, b),
         _ => Duration::ZERO,
     };
     if stayed < rule.stabilization_window {
-        let msg = format!(
-            "{what} for {} of {}",
-            format::duration(stayed),
-            format::duration(rule.stabilization_window)
-        );
+        let msg = ctx.say(|| {
+            format!(
+                "{what} for {} of {}",
+                format::duration(stayed),
+                format::duration(rule.stabilization_window)
+            )
+        });
         return bounds(ctx, memory, health, Reason::Stabilizing, msg);
     }
-    let what = format!("{what} for {}", format::duration(stayed));
+    let what = ctx.say(|| format!("{what} for {}", format::duration(stayed)));
     if ctx.base <= ctx.floor {
-        let msg = format!("{what}, at the floor ({})", ctx.floor);
+        let msg = ctx.say(|| format!("{what}, at the floor ({})", ctx.floor));
         return bounds(ctx, memory, health, Reason::AtFloor, msg);
     }
     if ctx.queue_check() {
         let queued = ctx.fresh(&Signal::QueueDepth).map_or(f64::NAN, |q| q.value);
         if queued.is_nan() || queued > 0.0 {
-            let msg = format!(
-                "{what}, but {} users still queued during the sale",
-                format::value(queued)
-            );
+            let msg = ctx.say(|| {
+                format!(
+                    "{what}, but {} users still queued during the sale",
+                    format::value(queued)
+                )
+            });
             return bounds(ctx, memory, health, Reason::QueueNotEmpty, msg);
         }
     }
     let last_any = memory.last_scale_out.max(memory.last_scale_in);
     if let Some(left) = ctx.cooldown_left(last_any, rule.cooldown) {
-        let msg = format!("{what}, scale-in cooldown has {} left", format::duration(left));
+        let msg = ctx.say(|| format!("{what}, scale-in cooldown has {} left", format::duration(left)));
         return bounds(ctx, memory, health, Reason::ScaleInCooldown, msg);
     }
     memory.last_scale_in = Some(ctx.now);
@@ -989,6 +1030,7 @@ fn scale_in_below_threshold(ctx: &Ctx<'_>, mut memory: Memory, health: SignalHea
 struct FallbackRule {
     due: bool,
     target: u32,
+    explain: bool,
 }
 
 impl FallbackRule {
@@ -1002,6 +1044,7 @@ impl FallbackRule {
         Self {
             due,
             target: ctx.policy.fallback.replicas.min(ctx.max),
+            explain: ctx.explain,
         }
     }
 
@@ -1011,6 +1054,7 @@ impl FallbackRule {
             return d;
         }
         let message = match &d.health {
+            _ if !self.explain => String::new(),
             SignalHealth::Unhealthy { problems, .. } => format!(
                 "signals unhealthy ({}); holding fallback {target} replicas",
                 problems.join("; ")

@@ -12,7 +12,7 @@ mod policy;
 
 pub use decide::{
     Decision, Direction, Inputs, MAX_NEED_MARKS, Memory, NeedMark, Reason, Sample, Samples, SignalFailure,
-    SignalHealth, decide,
+    SignalHealth, decide, decide_quiet,
 };
 pub use from_crd::PolicyError;
 pub use policy::{Capacity, Fallback, Policy, ScaleIn, ScaleOut, Signal, Step};

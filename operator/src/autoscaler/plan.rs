@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Decision, Inputs, Memory, Policy, PolicyError, Samples, Signal, decide};
+use super::{Decision, Inputs, Memory, Policy, PolicyError, Samples, Signal, decide, decide_quiet};
 use crate::crd::{Component, Phase, TicketingEvent};
 use crate::schedule::Schedule;
 
@@ -47,6 +47,9 @@ pub struct Known<'a> {
     pub memory: Option<&'a Memory>,
     /// The component's policy, parsed once per spec by the caller (None: parsed here).
     pub policy: Option<&'a Policy>,
+    /// Leave the decision's message empty ([`super::decide::decide_quiet`]): the caller only
+    /// commits a hold and shows no text.
+    pub quiet: bool,
 }
 
 /// True while a crowd can arrive (pre-warm and the sale): only then does the fallback raise
@@ -99,20 +102,22 @@ pub fn plan_component(
         _ => None,
     };
     let prewarm = crowd.as_ref().map_or(0, |(n, _)| *n);
-    let mut decision = decide(
-        &policy,
-        &Inputs {
-            floor,
-            max,
-            current,
-            on_sale: schedule.phase == Phase::OnSale,
-            samples,
-            memory: &memory,
-            now,
-            prewarm,
-        },
-    );
-    if decision.reason == super::Reason::FloorRaised {
+    let inputs = Inputs {
+        floor,
+        max,
+        current,
+        on_sale: schedule.phase == Phase::OnSale,
+        samples,
+        memory: &memory,
+        now,
+        prewarm,
+    };
+    let mut decision = if known.quiet {
+        decide_quiet(&policy, &inputs)
+    } else {
+        decide(&policy, &inputs)
+    };
+    if decision.reason == super::Reason::FloorRaised && !known.quiet {
         decision.message = match &crowd {
             Some((n, why)) if *n > floor => why.clone(),
             // Say it the way the reconciler does when it applies the same floor first.
@@ -416,6 +421,7 @@ mod tests {
             current: Some(15),
             memory: Some(&memory),
             policy: None,
+            quiet: false,
         };
         let planned = plan_component(&tev, &sched, Component::Queue, &queue(25_000.0, now), known, now)
             .unwrap()
@@ -452,6 +458,7 @@ mod tests {
             current: Some(2),
             memory: Some(&stale),
             policy: None,
+            quiet: false,
         };
         // A month before the sale: hold at 2, do not add the fallback's 10.
         let early = at("2026-11-01T00:05:00Z");

@@ -142,19 +142,27 @@ fn table() {
     let policy = Policy::default();
     let mut failures = Vec::new();
     for c in &cases {
-        let d = decide(
-            &policy,
-            &Inputs {
-                floor: c.floor,
-                prewarm: 0,
-                max: c.max,
-                current: c.current,
-                on_sale: c.on_sale,
-                samples: &c.samples,
-                memory: &c.memory,
-                now: t(c.now),
-            },
-        );
+        let inputs = Inputs {
+            floor: c.floor,
+            prewarm: 0,
+            max: c.max,
+            current: c.current,
+            on_sale: c.on_sale,
+            samples: &c.samples,
+            memory: &c.memory,
+            now: t(c.now),
+        };
+        let d = decide(&policy, &inputs);
+        // Without the text, the very same decision (signal problems still named).
+        let quiet = decide_quiet(&policy, &inputs);
+        if quiet
+            != (Decision {
+                message: String::new(),
+                ..d.clone()
+            })
+        {
+            failures.push(format!("{}: decide_quiet decided {quiet:?}, not {d:?}", c.name));
+        }
         if (d.desired, d.reason, d.message.as_str()) != (c.want, c.reason, c.message) {
             failures.push(format!(
                 "{}: got ({}, {:?}, {:?}), want ({}, {:?}, {:?})",
@@ -431,19 +439,26 @@ fn capacity_policy() -> Policy {
 
 fn step(policy: &Policy, memory: &Memory, current: u32, depth: f64, at: i64, prewarm: u32) -> Decision {
     let samples = queue(depth, at);
-    decide(
-        policy,
-        &Inputs {
-            floor: 2,
-            prewarm,
-            max: 100,
-            current,
-            on_sale: true,
-            samples: &samples,
-            memory,
-            now: t(at),
-        },
-    )
+    let inputs = Inputs {
+        floor: 2,
+        prewarm,
+        max: 100,
+        current,
+        on_sale: true,
+        samples: &samples,
+        memory,
+        now: t(at),
+    };
+    let d = decide(policy, &inputs);
+    // Every capacity decision of these tests, decided again without its text: the same.
+    assert_eq!(
+        decide_quiet(policy, &inputs),
+        Decision {
+            message: String::new(),
+            ..d.clone()
+        }
+    );
+    d
 }
 
 #[test]

@@ -113,6 +113,7 @@ impl Scaler for EventScaler {
             current: Some(i32::try_from(current).unwrap_or(i32::MAX)),
             memory: Some(&self.memory),
             policy: None,
+            quiet: false,
         };
         match autoscaler::plan_component(&self.tev, &schedule, self.component, &samples, known, at) {
             Ok(Some(planned)) => {
