@@ -15,7 +15,6 @@
 //! is written under the same lock as the Deployment, so it never lags. It is cleared when
 //! leadership is lost, and rebuilt from status by the next leader.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -319,12 +318,31 @@ type EventEntries = [Arc<tokio::sync::Mutex<BookEntry>>; 2];
 pub struct Book {
     /// By event uid (the name when an object has none, as in unit tests): a lookup borrows the
     /// uid, so the autoscaler's per-tick locking allocates nothing.
-    entries: Mutex<HashMap<String, EventEntries>>,
+    entries: Mutex<foldhash::HashMap<String, EventEntries>>,
+    /// Bumped after entries were dropped ([`Book::clear`], [`Book::retain`]): a [`BookHandle`]
+    /// found before looks its entries up again, so it never locks an entry the book forgot.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// An event's entries as the book held them, kept by the autoscaler between ticks: one lookup
+/// per event while the book keeps them, instead of one per event per tick.
+#[derive(Clone)]
+pub struct BookHandle {
+    generation: u64,
+    entries: EventEntries,
+}
+
+impl std::fmt::Debug for BookHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BookHandle")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Book {
-    fn entry(&self, tev: &TicketingEvent, c: Component) -> Arc<tokio::sync::Mutex<BookEntry>> {
-        let index = usize::from(c == Component::Reservation);
+    /// Both entries of `tev` (made on first use).
+    fn entries(&self, tev: &TicketingEvent) -> EventEntries {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let key = tev
             .metadata
@@ -333,12 +351,47 @@ impl Book {
             .or(tev.metadata.name.as_deref())
             .unwrap_or_default();
         if let Some(entries) = map.get(key) {
-            return entries[index].clone();
+            return entries.clone();
         }
         let entries: EventEntries = Default::default();
-        let entry = entries[index].clone();
-        map.insert(key.to_owned(), entries);
-        entry
+        map.insert(key.to_owned(), entries.clone());
+        entries
+    }
+
+    fn entry(&self, tev: &TicketingEvent, c: Component) -> Arc<tokio::sync::Mutex<BookEntry>> {
+        let [queue, reservation] = self.entries(tev);
+        if c == Component::Reservation {
+            reservation
+        } else {
+            queue
+        }
+    }
+
+    /// Locks both entries of `tev` if both are free now (in [`Component::ALL`] order; None:
+    /// someone holds one), through `kept` (found again if the book dropped entries since): the
+    /// autoscaler's settled path.
+    pub fn try_lock_both(
+        &self,
+        tev: &TicketingEvent,
+        kept: &mut Option<BookHandle>,
+    ) -> Option<[tokio::sync::OwnedMutexGuard<BookEntry>; 2]> {
+        // Read before the lookup: a drop after it bumps past this, and the next use looks again.
+        let generation = self.dropped.load(std::sync::atomic::Ordering::Acquire);
+        if kept.as_ref().is_none_or(|h| h.generation != generation) {
+            *kept = Some(BookHandle {
+                generation,
+                entries: self.entries(tev),
+            });
+        }
+        let [queue, reservation] = &kept.as_ref()?.entries;
+        Some([
+            queue.clone().try_lock_owned().ok()?,
+            reservation.clone().try_lock_owned().ok()?,
+        ])
+    }
+
+    fn dropped_some(&self) {
+        self.dropped.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Locks the entry of `tev`'s `component`; decide and apply while holding it.
@@ -346,26 +399,20 @@ impl Book {
         self.entry(tev, c).lock_owned().await
     }
 
-    /// Locks the entry of `tev`'s `component` if it is free now (None: someone holds it).
-    pub fn try_lock(
-        &self,
-        tev: &TicketingEvent,
-        c: Component,
-    ) -> Option<tokio::sync::OwnedMutexGuard<BookEntry>> {
-        self.entry(tev, c).try_lock_owned().ok()
-    }
-
     /// Forgets everything (leadership lost: another replica may write now).
     pub fn clear(&self) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.dropped_some();
     }
 
     /// Forgets the events whose uid is not in `keep` (deleted events).
-    pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|uid, _| keep.contains(uid.as_str()));
+    pub fn retain(&self, keep: &foldhash::HashSet<&str>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let before = entries.len();
+        entries.retain(|uid, _| keep.contains(uid.as_str()));
+        if entries.len() != before {
+            self.dropped_some();
+        }
     }
 
     /// Events with entries.
@@ -789,6 +836,38 @@ mod tests {
         assert!(patch["queue"].get("lastScaleOutTime").is_none(), "{patch}");
         assert!(patch["queue"].get("lastScaleTime").is_some());
         assert_eq!(patch["recentDecisions"][0]["to"], 6);
+    }
+
+    #[tokio::test]
+    async fn a_kept_book_handle_locks_what_the_book_locks_even_after_the_book_forgot() {
+        let book = Book::default();
+        let tev = tev_fixture();
+        let mut kept = None;
+        // Found once, then kept: both entries free.
+        drop(book.try_lock_both(&tev, &mut kept).unwrap());
+        // The reconciler's path holds the queue entry: the kept handle sees it held.
+        let held = book.lock(&tev, Component::Queue).await;
+        assert!(book.try_lock_both(&tev, &mut kept).is_none());
+        drop(held);
+        assert!(book.try_lock_both(&tev, &mut kept).is_some());
+
+        // The book forgets (leadership lost; or the event deleted): new entries are made on
+        // the next lock, and the kept handle must lock those, not the forgotten ones.
+        book.clear();
+        let held = book.lock(&tev, Component::Reservation).await;
+        assert!(
+            book.try_lock_both(&tev, &mut kept).is_none(),
+            "a handle from before clear() locked a forgotten entry"
+        );
+        drop(held);
+        book.retain(&foldhash::HashSet::default());
+        let held = book.lock(&tev, Component::Queue).await;
+        assert!(
+            book.try_lock_both(&tev, &mut kept).is_none(),
+            "a handle from before retain() locked a forgotten entry"
+        );
+        drop(held);
+        assert!(book.try_lock_both(&tev, &mut kept).is_some());
     }
 
     fn tev_fixture() -> TicketingEvent {

@@ -142,7 +142,7 @@ impl SignalReader {
 
     /// Reads every event's signals: one pipeline (per hash slot in cluster mode), bounded by the
     /// timeout.
-    pub async fn read(&mut self, event_ids: &[String]) -> Tick {
+    pub async fn read<S: AsRef<str>>(&mut self, event_ids: &[S]) -> Tick {
         let now = Utc::now();
         if event_ids.is_empty() {
             return Vec::new();
@@ -150,18 +150,18 @@ impl SignalReader {
         let timeout = self.timeout;
         match &mut self.conn {
             conn @ RedisConn::Single(_) => {
-                let pipe = pipeline(event_ids.iter().map(String::as_str), now);
+                let pipe = pipeline(event_ids.iter().map(AsRef::as_ref), now);
                 let reply = match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
                     Err(_) => Err(SignalError::Timeout(timeout)),
                     Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
                     Ok(Ok(values)) => Ok(values),
                 };
-                decode_all(event_ids.iter().map(String::as_str), reply, now)
+                decode_all(event_ids.iter().map(AsRef::as_ref), reply, now)
             }
             conn @ RedisConn::Cluster(_) => {
                 let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-                for e in event_ids {
-                    groups.entry(slot_of(e)).or_default().push(e.clone());
+                for e in event_ids.iter().map(AsRef::as_ref) {
+                    groups.entry(slot_of(e)).or_default().push(e.to_owned());
                 }
                 // Futures built eagerly and owning their data: a lazy stream closure that borrows
                 // would make the caller's future not Send.
@@ -193,14 +193,15 @@ impl SignalReader {
                     replies.into_iter().flatten().collect();
                 event_ids
                     .iter()
-                    .map(|e| {
+                    .map(AsRef::as_ref)
+                    .map(|e: &str| {
                         let r = results.remove(e).unwrap_or_else(|| {
                             Err(SignalError::Decode {
                                 command: "pipeline",
                                 reply: "no reply for event".into(),
                             })
                         });
-                        (e.clone(), r)
+                        (e.to_owned(), r)
                     })
                     .collect()
             }

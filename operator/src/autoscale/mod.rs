@@ -11,7 +11,7 @@
 //! Events are due on a grid of their poll interval, so every event with the same interval is read
 //! in the same tick, in the same pipeline.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,33 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A reader not used for this long is dropped (its event went away or changed its URL).
 const READER_IDLE: Duration = Duration::from_secs(300);
 
+/// What an event's Redis endpoint is made of: its namespace, the URL Secret key, the CA Secret
+/// key, cluster mode and TLS. Events with equal references have equal endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RedisRef<'a> {
+    namespace: &'a str,
+    url: (&'a str, &'a str),
+    ca: Option<(&'a str, &'a str)>,
+    cluster: bool,
+    tls: bool,
+}
+
+impl<'a> RedisRef<'a> {
+    fn of(tev: &'a TicketingEvent) -> Self {
+        let r = &tev.spec.redis;
+        Self {
+            namespace: tev.metadata.namespace.as_deref().unwrap_or_default(),
+            url: (&r.url_secret_ref.name, &r.url_secret_ref.key),
+            ca: r
+                .ca_secret_ref
+                .as_ref()
+                .map(|c| (c.name.as_str(), c.key.as_str())),
+            cluster: r.cluster_mode,
+            tls: r.tls,
+        }
+    }
+}
+
 /// One Redis endpoint; events sharing it share one pipeline per tick.
 /// One Redis the loop reads from (URL from the event's Secret, mode from its spec).
 type Endpoint = RedisArgs;
@@ -91,6 +118,8 @@ struct EventState {
     prepared: Option<Arc<Prepared>>,
     /// Its metric series, found once (see [`series_of`]).
     series: Option<EventSeries>,
+    /// Its entries in the scaler's book, found once (see [`crate::scaler::Book::try_lock_both`]).
+    book: Option<crate::scaler::BookHandle>,
 }
 
 /// What the loop derives from an event's spec, once per spec in force: the policy of each
@@ -153,6 +182,7 @@ impl EventState {
             written: None,
             prepared: None,
             series: None,
+            book: None,
         }
     }
 }
@@ -179,7 +209,7 @@ const TICK_WAIT: Duration = Duration::from_secs(1);
 struct Done {
     tick: u64,
     uid: String,
-    st: EventState,
+    st: Box<EventState>,
 }
 
 /// The loop; [`Autoscaler::run`] drives it.
@@ -188,13 +218,15 @@ pub struct Autoscaler {
     store: Store<TicketingEvent>,
     opts: AutoscalerOptions,
     epoch: Instant,
-    events: HashMap<String, EventState>,
+    /// By uid (foldhash: probed once per event per tick).
+    /// Boxed: a due event's state moves out of the map and back every poll.
+    events: foldhash::HashMap<String, Box<EventState>>,
     readers: HashMap<Endpoint, (SignalReader, Instant)>,
     prometheus: HashMap<String, PrometheusSignals>,
     /// Events being decided, each in its own task (one hung event never holds the others).
     inflight: tokio::task::JoinSet<Done>,
     /// Their uids: not due again until they are back.
-    inflight_uids: HashSet<String>,
+    inflight_uids: foldhash::HashSet<String>,
     /// Bounds the events deciding at once (the API writes in flight).
     permits: Arc<tokio::sync::Semaphore>,
     ticks: u64,
@@ -241,11 +273,11 @@ impl Autoscaler {
             store,
             opts,
             epoch: Instant::now(),
-            events: HashMap::new(),
+            events: Default::default(),
             readers: HashMap::new(),
             prometheus: HashMap::new(),
             inflight: tokio::task::JoinSet::new(),
-            inflight_uids: HashSet::new(),
+            inflight_uids: Default::default(),
             permits,
             ticks: 0,
             swept: Instant::now(),
@@ -360,7 +392,8 @@ impl Autoscaler {
         let all = self.events_listed(sweep);
         if sweep {
             self.swept = now_i;
-            let uids: HashSet<&str> = all.iter().filter_map(|t| t.metadata.uid.as_deref()).collect();
+            let uids: foldhash::HashSet<&str> =
+                all.iter().filter_map(|t| t.metadata.uid.as_deref()).collect();
             self.events.retain(|uid, _| uids.contains(uid.as_str()));
             self.ctx.scaler.book().retain(&uids);
         }
@@ -371,7 +404,9 @@ impl Autoscaler {
             .set(i64::try_from(all.len()).unwrap_or(i64::MAX));
 
         let mut wake = now_i + MAX_SLEEP;
-        let mut due: Vec<(Arc<TicketingEvent>, EventState)> = Vec::new();
+        let mut due: Vec<(Arc<TicketingEvent>, Box<EventState>)> = Vec::new();
+        // Their uids (the map's keys, moved out with the state and back in after).
+        let mut due_uids: Vec<String> = Vec::new();
         for tev in all.iter() {
             let Some(uid) = tev.metadata.uid.as_deref() else {
                 continue;
@@ -394,7 +429,7 @@ impl Autoscaler {
             }
             let (uid, mut st) = match self.events.remove_entry(uid) {
                 Some(kept) => kept,
-                None => (uid.to_owned(), EventState::new(now_i)),
+                None => (uid.to_owned(), Box::new(EventState::new(now_i))),
             };
             // While an edit is invalid the last good spec stays in force (scaling included).
             let tev = match tev.in_force() {
@@ -419,6 +454,7 @@ impl Autoscaler {
                 st.next_due = self.align(now_i + poll / 2, poll).max(now_i + poll / 2);
                 wake = wake.min(st.next_due);
                 due.push((tev, st));
+                due_uids.push(uid);
             } else {
                 wake = wake.min(st.next_due);
                 self.events.insert(uid, st);
@@ -436,8 +472,7 @@ impl Autoscaler {
         let tick = self.ticks;
         let mut started = 0;
         let opts = Arc::new(self.opts.clone());
-        for (((tev, mut st), reading), prom) in due.into_iter().zip(readings).zip(prom) {
-            let uid = tev.metadata.uid.clone().unwrap_or_default();
+        for ((((tev, mut st), uid), reading), prom) in due.into_iter().zip(due_uids).zip(readings).zip(prom) {
             if settle_in_place(&self.ctx, &opts, &tev, &reading, &prom, &mut st, now) {
                 self.events.insert(uid, st);
                 continue;
@@ -487,18 +522,39 @@ impl Autoscaler {
     /// Reads the Redis signals of `due`, one pipeline per endpoint, the endpoints concurrently.
     async fn read_redis(
         &mut self,
-        due: &[(Arc<TicketingEvent>, EventState)],
+        due: &[(Arc<TicketingEvent>, Box<EventState>)],
     ) -> Vec<Result<EventSignals, SignalError>> {
         let mut out: Vec<Option<Result<EventSignals, SignalError>>> = vec![None; due.len()];
-        let mut groups: HashMap<Endpoint, Vec<usize>> = HashMap::new();
-        // From the Secret cache where it answers (every steady tick); the rest concurrently and
-        // bounded: a Secret read that hangs (a new resourceVersion to fetch) fails that event's
-        // reading, not the tick.
+        // One group (one pipeline) per endpoint, found by `group`.
+        let mut groups: Vec<(Endpoint, Vec<usize>)> = Vec::new();
+        let mut group: HashMap<Endpoint, usize> = HashMap::new();
+        let mut group_of = |ep: Endpoint, groups: &mut Vec<(Endpoint, Vec<usize>)>| {
+            *group.entry(ep).or_insert_with_key(|ep| {
+                groups.push((ep.clone(), Vec::new()));
+                groups.len() - 1
+            })
+        };
+        // From the Secret cache where it answers (every steady tick), once per Redis reference
+        // (events naming the same Secret keys share the answer: at thousands of events the
+        // endpoint is otherwise worked out, copied and hashed once per event); the rest
+        // concurrently and bounded: a Secret read that hangs (a new resourceVersion to fetch)
+        // fails that event's reading, not the tick.
         let bound = self.opts.event_timeout;
         let this = &*self;
-        let mut endpoints: Vec<Option<Result<Endpoint, SignalError>>> =
-            due.iter().map(|(tev, _)| this.endpoint_known(tev)).collect();
-        let missing: Vec<usize> = (0..due.len()).filter(|&i| endpoints[i].is_none()).collect();
+        let mut memo: foldhash::HashMap<RedisRef<'_>, Option<Result<usize, SignalError>>> =
+            Default::default();
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, (tev, _)) in due.iter().enumerate() {
+            let known = memo.entry(RedisRef::of(tev)).or_insert_with(|| {
+                this.endpoint_known(tev)
+                    .map(|ep| ep.map(|ep| group_of(ep, &mut groups)))
+            });
+            match known {
+                Some(Ok(g)) => groups[*g].1.push(i),
+                Some(Err(e)) => out[i] = Some(Err(e.clone())),
+                None => missing.push(i),
+            }
+        }
         let fetched = futures::future::join_all(missing.iter().map(|&i| async move {
             tokio::time::timeout(bound, Box::pin(this.endpoint(&due[i].0)))
                 .await
@@ -510,14 +566,11 @@ impl Autoscaler {
         }))
         .await;
         for (i, ep) in missing.into_iter().zip(fetched) {
-            endpoints[i] = Some(ep);
-        }
-        let endpoints = endpoints
-            .into_iter()
-            .map(|ep| ep.unwrap_or_else(|| Err(SignalError::Config("no Redis endpoint".into()))));
-        for (i, ep) in endpoints.into_iter().enumerate() {
             match ep {
-                Ok(ep) => groups.entry(ep).or_default().push(i),
+                Ok(ep) => {
+                    let g = group_of(ep, &mut groups);
+                    groups[g].1.push(i);
+                }
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
@@ -525,9 +578,19 @@ impl Autoscaler {
         let mut jobs = Vec::new();
         for (ep, idx) in groups {
             let reader = self.readers.remove(&ep).map(|(r, _)| r);
-            let ids: Vec<String> = idx
+            // Borrowed: `spec.eventId`, else the name (as `event_id_or(name_any())`).
+            let ids: Vec<&str> = idx
                 .iter()
-                .map(|&i| due[i].0.spec.event_id_or(&due[i].0.name_any()))
+                .map(|&i| {
+                    let tev = &due[i].0;
+                    let m = &tev.metadata;
+                    tev.spec
+                        .event_id
+                        .as_deref()
+                        .or(m.name.as_deref())
+                        .or(m.generate_name.as_deref())
+                        .unwrap_or_default()
+                })
                 .collect();
             jobs.push(async move {
                 let reader = match reader {
@@ -625,7 +688,7 @@ impl Autoscaler {
     }
 
     /// Runs every due event's Prometheus queries (concurrently); empty samples for the others.
-    async fn read_prometheus(&mut self, due: &[(Arc<TicketingEvent>, EventState)]) -> Vec<Samples> {
+    async fn read_prometheus(&mut self, due: &[(Arc<TicketingEvent>, Box<EventState>)]) -> Vec<Samples> {
         let mut out: Vec<Samples> = due.iter().map(|_| Samples::new()).collect();
         let mut jobs = Vec::new();
         for (i, (tev, st)) in due.iter().enumerate() {
@@ -963,13 +1026,15 @@ fn settle_in_place(
     st: &mut EventState,
     now: DateTime<Utc>,
 ) -> bool {
-    let book = ctx.scaler.book();
-    let mut entries = Vec::with_capacity(Component::ALL.len());
-    for c in Component::ALL {
-        match book.try_lock(tev, c) {
-            Some(e) if e.desired.is_some() && e.unrecorded.is_none() => entries.push((c, e)),
-            _ => return false,
-        }
+    let Some([queue, reservation]) = ctx.scaler.book().try_lock_both(tev, &mut st.book) else {
+        return false;
+    };
+    let mut entries = [(Component::Queue, queue), (Component::Reservation, reservation)];
+    if entries
+        .iter()
+        .any(|(_, e)| e.desired.is_none() || e.unrecorded.is_some())
+    {
+        return false;
     }
     let Some((status, sold_out_at, sched)) = in_schedule(tev, st, now) else {
         return false;

@@ -13,9 +13,14 @@ pub struct EventKeys {
 
 impl EventKeys {
     pub fn new(event_id: &str) -> Self {
-        Self {
-            base: format!("{PREFIX}:{{{event_id}}}:"),
-        }
+        // `{PREFIX}:{{{event_id}}}:`, without the formatting machinery: the operator names
+        // every event's keys on every tick.
+        let mut base = String::with_capacity(PREFIX.len() + event_id.len() + 4);
+        base.push_str(PREFIX);
+        base.push_str(":{");
+        base.push_str(event_id);
+        base.push_str("}:");
+        Self { base }
     }
 
     /// The hash tag shared by every key of this event, e.g. `{iu-2026-seoul}`; used to group
@@ -26,7 +31,10 @@ impl EventKeys {
     }
 
     fn key(&self, suffix: &str) -> String {
-        format!("{}{}", self.base, suffix)
+        let mut key = String::with_capacity(self.base.len() + suffix.len());
+        key.push_str(&self.base);
+        key.push_str(suffix);
+        key
     }
 
     /// Sorted set of waiting users; its ZCARD is the `queueDepth` signal.
