@@ -447,19 +447,26 @@ mod tests {
         }
 
         #[test]
-        fn nothing_changes_before_the_next_boundary(s in arb_spec(), offset in -10_000i64..20_000, frac in 0.0f64..1.0) {
+        // The whole schedule, not only phase and floors: the autoscaler keeps an evaluated
+        // schedule until its next boundary (autoscale::in_schedule).
+        fn nothing_changes_before_the_next_boundary(
+            s in arb_spec(), offset in -10_000i64..20_000, frac in 0.0f64..1.0, sold in prop::option::of(-3_000i64..9_000),
+        ) {
             let now = s.on_sale_at + TimeDelta::seconds(offset);
-            let sch = evaluate(&s, None, now).unwrap();
+            let sold_out_at = sold.map(|o| s.on_sale_at + TimeDelta::seconds(o));
+            let sch = evaluate(&s, sold_out_at, now).unwrap();
             if let Some(next) = sch.next_boundary {
                 prop_assert!(next > now);
                 let span = (next - now).num_milliseconds();
                 let mid = now + TimeDelta::milliseconds((span as f64 * frac) as i64);
-                let later = evaluate(&s, None, mid).unwrap();
-                prop_assert_eq!((later.phase, later.queue_floor, later.reservation_floor),
-                                (sch.phase, sch.queue_floor, sch.reservation_floor));
+                prop_assert_eq!(evaluate(&s, sold_out_at, mid).unwrap(), sch.clone());
+                let just_before = next - TimeDelta::milliseconds(1);
+                if just_before >= now {
+                    prop_assert_eq!(evaluate(&s, sold_out_at, just_before).unwrap(), sch);
+                }
             } else {
-                let much_later = evaluate(&s, None, now + TimeDelta::days(400)).unwrap();
-                prop_assert_eq!(much_later.phase, sch.phase);
+                let much_later = evaluate(&s, sold_out_at, now + TimeDelta::days(400)).unwrap();
+                prop_assert_eq!(much_later, sch);
             }
         }
     }

@@ -120,6 +120,8 @@ struct EventState {
     series: Option<EventSeries>,
     /// Its entries in the scaler's book, found once (see [`crate::scaler::Book::try_lock_both`]).
     book: Option<crate::scaler::BookHandle>,
+    /// Its schedule, until the next boundary (see [`in_schedule`]).
+    schedule: Option<KeptSchedule>,
 }
 
 /// What the loop derives from an event's spec, once per spec in force: the policy of each
@@ -183,6 +185,7 @@ impl EventState {
             prepared: None,
             series: None,
             book: None,
+            schedule: None,
         }
     }
 }
@@ -837,20 +840,44 @@ async fn handle_event(
 /// evaluated (the reconciler reports the invalid spec).
 fn in_schedule<'a>(
     tev: &'a TicketingEvent,
-    st: &EventState,
+    st: &mut EventState,
     now: DateTime<Utc>,
 ) -> Option<(
     std::borrow::Cow<'a, crate::crd::TicketingEventStatus>,
     Option<DateTime<Utc>>,
-    schedule::Schedule,
+    Arc<schedule::Schedule>,
 )> {
     let status = tev.status.as_ref().map_or_else(
         || std::borrow::Cow::Owned(Default::default()),
         std::borrow::Cow::Borrowed,
     );
     let sold_out_at = st.sold_out_at.or(status.sold_out_at);
-    let sched = schedule::evaluate(&tev.spec, sold_out_at, now).ok()?;
+    // The schedule only changes at its boundaries (or with the spec or soldOutAt): evaluated
+    // again when one of them passed, not on every tick.
+    let key = (st.prepared.as_ref().map(|p| p.source), sold_out_at);
+    if let Some(kept) = &st.schedule
+        && kept.key == key
+        && kept.at <= now
+        && kept.schedule.next_boundary.is_none_or(|b| now < b)
+    {
+        return Some((status, sold_out_at, kept.schedule.clone()));
+    }
+    let sched = Arc::new(schedule::evaluate(&tev.spec, sold_out_at, now).ok()?);
+    st.schedule = Some(KeptSchedule {
+        key,
+        at: now,
+        schedule: sched.clone(),
+    });
     Some((status, sold_out_at, sched))
+}
+
+/// A schedule evaluated at `at`: the same for every instant before its next boundary, for the
+/// same spec in force and soldOutAt (`key`).
+#[derive(Debug, Clone)]
+struct KeptSchedule {
+    key: (Option<(Option<i64>, bool)>, Option<DateTime<Utc>>),
+    at: DateTime<Utc>,
+    schedule: Arc<schedule::Schedule>,
 }
 
 /// Signal metrics and the samples the decisions read (Redis reading plus Prometheus queries).
