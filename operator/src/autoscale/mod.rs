@@ -238,6 +238,9 @@ pub struct Autoscaler {
     /// The store's change count, and the event list copied out of the store at that count.
     changes: StoreChanges,
     listed: Option<(u64, Arc<Vec<Arc<TicketingEvent>>>)>,
+    /// After a scan of every event: the store's change count it saw and the earliest instant an
+    /// event falls due (None: none will). Until one of them moves, a tick has nothing to do.
+    scanned: Option<(u64, Option<Instant>)>,
 }
 
 /// How often the state of deleted events is forgotten (and the event list read again even if
@@ -286,19 +289,21 @@ impl Autoscaler {
             swept: Instant::now(),
             changes,
             listed: None,
+            scanned: None,
         }
     }
 
     /// The events in the store: copied out again only when the store changed since the last
     /// copy, or at `sweep` (a safety net: a change the counter missed is seen within SWEEP).
-    fn events_listed(&mut self, sweep: bool) -> Arc<Vec<Arc<TicketingEvent>>> {
+    /// Returns the change count the list is at.
+    fn events_listed(&mut self, sweep: bool) -> (u64, Arc<Vec<Arc<TicketingEvent>>>) {
         let count = self.changes.count();
         match &self.listed {
-            Some((at, all)) if *at == count && !sweep => all.clone(),
+            Some((at, all)) if *at == count && !sweep => (count, all.clone()),
             _ => {
                 let all = Arc::new(self.store.state());
                 self.listed = Some((count, all.clone()));
-                all
+                (count, all)
             }
         }
     }
@@ -309,6 +314,10 @@ impl Autoscaler {
         match res {
             Ok(Done { tick, uid, st }) => {
                 self.inflight_uids.remove(&uid);
+                // Skipped by the scans while it was away: it counts for the next wake-up again.
+                if let Some((_, earliest)) = &mut self.scanned {
+                    *earliest = Some(earliest.map_or(st.next_due, |e| e.min(st.next_due)));
+                }
                 self.events.insert(uid, st);
                 Some(tick)
             }
@@ -346,6 +355,7 @@ impl Autoscaler {
                 }
                 self.abandon_inflight().await;
                 self.events.clear();
+                self.scanned = None;
                 self.ctx.scaler.book().clear();
                 Instant::now() + MAX_SLEEP
             };
@@ -392,7 +402,16 @@ impl Autoscaler {
         // What deleted events leave behind is forgotten every SWEEP (not every tick: with
         // thousands of events the sweep costs as much as deciding them).
         let sweep = self.swept.elapsed() >= SWEEP;
-        let all = self.events_listed(sweep);
+        let (count, all) = self.events_listed(sweep);
+        // Nothing changed in the store since the last scan and nothing is due yet (every other
+        // tick at a 2 s poll): no event needs looking at.
+        if !sweep
+            && let Some((seen, earliest)) = self.scanned
+            && seen == count
+            && earliest.is_none_or(|e| now_i < e)
+        {
+            return earliest.map_or(now_i + MAX_SLEEP, |e| e.min(now_i + MAX_SLEEP));
+        }
         if sweep {
             self.swept = now_i;
             let uids: foldhash::HashSet<&str> =
@@ -406,7 +425,9 @@ impl Autoscaler {
             .autoscaler_events
             .set(i64::try_from(all.len()).unwrap_or(i64::MAX));
 
-        let mut wake = now_i + MAX_SLEEP;
+        // The earliest next_due of the events scanned.
+        let mut earliest: Option<Instant> = None;
+        let mut sooner = |t: Instant| earliest = Some(earliest.map_or(t, |e| e.min(t)));
         let mut due: Vec<(Arc<TicketingEvent>, Box<EventState>)> = Vec::new();
         // Their uids (the map's keys, moved out with the state and back in after).
         let mut due_uids: Vec<String> = Vec::new();
@@ -427,7 +448,7 @@ impl Autoscaler {
                 && st.next_due > now_i
                 && st.prepared.is_some()
             {
-                wake = wake.min(st.next_due);
+                sooner(st.next_due);
                 continue;
             }
             let (uid, mut st) = match self.events.remove_entry(uid) {
@@ -455,14 +476,16 @@ impl Autoscaler {
             let poll = st.prepared.as_ref().map_or(MAX_SLEEP, |p| p.poll);
             if st.next_due <= now_i {
                 st.next_due = self.align(now_i + poll / 2, poll).max(now_i + poll / 2);
-                wake = wake.min(st.next_due);
+                sooner(st.next_due);
                 due.push((tev, st));
                 due_uids.push(uid);
             } else {
-                wake = wake.min(st.next_due);
+                sooner(st.next_due);
                 self.events.insert(uid, st);
             }
         }
+        self.scanned = Some((count, earliest));
+        let wake = earliest.map_or(now_i + MAX_SLEEP, |e| e.min(now_i + MAX_SLEEP));
         if due.is_empty() {
             return wake;
         }
