@@ -141,6 +141,15 @@ pub enum ClaimRefused {
     OverLimit { current: u32 },
 }
 
+/// What a confirm reads first, and the connection its decision then runs on.
+pub struct ConfirmContext {
+    /// The idempotency record of (user, key), if any.
+    pub stored: Option<StoredResponse>,
+    /// The hold, if it exists.
+    pub hold: Option<HoldRow>,
+    conn: PoolConnection<Postgres>,
+}
+
 /// The event's rules a confirm applies in PostgreSQL.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfirmRules {
@@ -179,9 +188,6 @@ pub enum ConfirmOutcome {
 /// How a hold's claim ended: decided (claimed, or refused and why), or PostgreSQL failed.
 pub type ClaimResult = Result<Result<(), ClaimRefused>, DbError>;
 
-/// Most holds one claim statement decides (`tiketi_claim_holds`).
-const MAX_CLAIM_BATCH: usize = 64;
-
 #[derive(Clone)]
 pub struct Db {
     writer: PgPool,
@@ -191,8 +197,8 @@ pub struct Db {
     claims: Arc<ClaimQueue>,
 }
 
-/// Group commit of hold claims. A hold's claim is queued; while fewer than `max_running`
-/// claim statements are in flight, a drainer task takes the queued claims — up to
+/// Group commit of hold claims. A hold's claim is queued; while fewer than `max_running` (an
+/// eighth of the pool) claim statements are in flight, a drainer task takes the queued claims — up to
 /// [`MAX_CLAIM_BATCH`], no two sharing a user or a seat of an event — and decides them in one
 /// statement and one transaction (`tiketi_claim_holds`), again until the queue is empty. At low
 /// load a batch is one hold and nothing waits; under load the claims that arrive while
@@ -200,6 +206,7 @@ pub struct Db {
 struct ClaimQueue {
     state: Mutex<ClaimQueueState>,
     max_running: usize,
+    max_batch: usize,
     hasher: RandomState,
     stats: Mutex<ClaimStats>,
 }
@@ -239,7 +246,7 @@ impl ClaimQueue {
         let mut keys: HashSet<u64> = HashSet::new();
         let mut deferred = Vec::new();
         let mut scanned = 0;
-        while batch.len() < MAX_CLAIM_BATCH && scanned < 4 * MAX_CLAIM_BATCH {
+        while batch.len() < self.max_batch && scanned < 4 * self.max_batch {
             let Some(p) = q.pending.pop_front() else { break };
             scanned += 1;
             if p.reply.is_closed() {
@@ -360,6 +367,7 @@ impl Db {
         reader_url: Option<&str>,
         max_connections: u32,
         timeout: Duration,
+        claim_batch: usize,
     ) -> Result<Self, DbError> {
         let writer = pool(writer_url, max_connections, timeout, true)?;
         let (reader, has_reader) = match reader_url {
@@ -373,9 +381,12 @@ impl Db {
             timeout,
             claims: Arc::new(ClaimQueue {
                 state: Mutex::new(ClaimQueueState::default()),
-                // A few statements in flight keep PostgreSQL busy; the rest of the pool stays
-                // for confirms and reads, and claims queue up into bigger batches.
-                max_running: (max_connections.max(1) as usize).div_ceil(4),
+                // Two statements in flight (for the default 16 connections) keep PostgreSQL busy
+                // while one waits on a lock; the rest of the pool stays for confirms and reads,
+                // and claims queue up into bigger batches (fewer statements: less PostgreSQL CPU
+                // per hold, measured with e2e/bench/reservation.sh).
+                max_running: (max_connections.max(1) as usize).div_ceil(8),
+                max_batch: claim_batch.max(1),
                 hasher: RandomState::new(),
                 stats: Mutex::new(ClaimStats::default()),
             }),
@@ -802,28 +813,38 @@ impl Db {
         Ok(released == 1)
     }
 
-    /// The idempotency record for (user, key) and the hold, in one round trip.
+    /// The idempotency record for (user, key) and the hold, in one round trip, on the connection
+    /// the confirm then uses ([`Db::confirm`]): one checkout per confirm.
     pub async fn confirm_context(
         &self,
         user: &str,
         key: &str,
         hold: Uuid,
-    ) -> Result<(Option<StoredResponse>, Option<HoldRow>), DbError> {
-        let r = self
-            .bounded(
-                sqlx::query(
-                    "SELECT i.fingerprint, i.status_code, i.response, \
-                            h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
-                     FROM (SELECT 1) AS one \
-                     LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
-                     LEFT JOIN holds h ON h.hold_id = $3",
-                )
-                .bind(user)
-                .bind(key)
-                .bind(hold)
-                .fetch_one(&self.writer),
-            )
-            .await?;
+    ) -> Result<ConfirmContext, DbError> {
+        let mut conn = self.acquire().await?;
+        let query = sqlx::query(
+            "SELECT i.fingerprint, i.status_code, i.response, \
+                    h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
+             LEFT JOIN holds h ON h.hold_id = $3",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(hold);
+        let r = match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if poisons_connection(&e) {
+                    conn.close_on_drop();
+                }
+                return Err(DbError::Sqlx(e));
+            }
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(DbError::Timeout(self.timeout));
+            }
+        };
         let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
             let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
                 Some(fingerprint) => Some(StoredResponse {
@@ -848,7 +869,8 @@ impl Db {
             };
             Ok((stored, hold))
         };
-        decode().map_err(DbError::from)
+        let (stored, hold) = decode().map_err(DbError::from)?;
+        Ok(ConfirmContext { stored, hold, conn })
     }
 
     pub async fn idempotency_record(&self, user: &str, key: &str) -> Result<Option<StoredResponse>, DbError> {
@@ -905,6 +927,7 @@ impl Db {
     /// nothing. The partial unique index on live order lines stays the last word on a seat.
     pub async fn confirm(
         &self,
+        ctx: ConfirmContext,
         hold: &Hold,
         user: &str,
         key: &str,
@@ -916,7 +939,7 @@ impl Db {
             sale_ends,
             admission_ttl_seconds,
         } = rules;
-        let mut conn = self.acquire().await?;
+        let mut conn = ctx.conn;
         let order = new_order(hold, user);
         let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
         let statement = sqlx::query_as::<_, (String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(

@@ -502,7 +502,7 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
         .unwrap()
         .remove(&event)
         .unwrap();
-    let store = Db::new(&db.url, None, 16, Duration::from_secs(10)).unwrap();
+    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
     store.migrate().await.unwrap();
     store.load_inventory(&cfg).await.unwrap();
     let pool = db.pool().await;
