@@ -198,11 +198,12 @@ pub struct Db {
 }
 
 /// Group commit of hold claims. A hold's claim is queued; while fewer than `max_running` (an
-/// eighth of the pool) claim statements are in flight, a drainer task takes the queued claims — up to
-/// [`MAX_CLAIM_BATCH`], no two sharing a user or a seat of an event — and decides them in one
-/// statement and one transaction (`tiketi_claim_holds`), again until the queue is empty. At low
-/// load a batch is one hold and nothing waits; under load the claims that arrive while
-/// statements run share the next one, so PostgreSQL pays one round trip and one commit for many.
+/// eighth of the pool) claim statements are in flight, a drainer task takes the queued claims —
+/// up to `max_batch` (`TIKETI_CLAIM_BATCH`), no two sharing a user or a seat of an event — and
+/// decides them in one statement and one transaction (`tiketi_claim_holds`), again until the
+/// queue is empty. At low load a batch is one hold (decided by `tiketi_claim_hold`, cheaper
+/// alone) and nothing waits; under load the claims that arrive while statements run share the
+/// next one, so PostgreSQL pays one round trip, one plan execution and one commit for many.
 struct ClaimQueue {
     state: Mutex<ClaimQueueState>,
     max_running: usize,
@@ -211,7 +212,8 @@ struct ClaimQueue {
     stats: Mutex<ClaimStats>,
 }
 
-/// How claims were batched so far (statements of `tiketi_claim_holds` that returned).
+/// How claims were batched so far (claim statements that returned: `tiketi_claim_holds`, or
+/// `tiketi_claim_hold` for a batch of one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClaimStats {
     /// Claim statements run.
@@ -627,15 +629,28 @@ impl Db {
         *self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn count_claims(&self, holds: u64) {
+        let mut st = self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        st.statements += 1;
+        st.holds += holds;
+        st.largest = st.largest.max(holds);
+    }
+
     async fn claim_batch(&self, batch: Vec<PendingClaim>) {
+        if batch.len() == 1 {
+            // Alone, the one-hold statement costs PostgreSQL less than a batch of one.
+            if let Some(p) = batch.into_iter().next() {
+                let result = self.claim_one(&p.hold, p.cap).await;
+                if result.is_ok() {
+                    self.count_claims(1);
+                }
+                let _ = p.reply.send(result);
+            }
+            return;
+        }
         match self.claim_many(&batch).await {
             Ok(mut outcomes) => {
-                {
-                    let mut st = self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                    st.statements += 1;
-                    st.holds += batch.len() as u64;
-                    st.largest = st.largest.max(batch.len() as u64);
-                }
+                self.count_claims(batch.len() as u64);
                 for p in batch.into_iter().rev() {
                     let rows = outcomes.pop().unwrap_or_default();
                     let _ = p.reply.send(Ok(claim_outcome(rows)));
