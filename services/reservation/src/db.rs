@@ -662,7 +662,7 @@ impl Db {
             Err(DbError::Sqlx(sqlx::Error::Database(e)))
                 if batch.len() > 1 && decided_alone(e.code().as_deref()) =>
             {
-                tracing::info!(error = %e, holds = batch.len(), "claim batch failed; claiming one by one");
+                tracing::warn!(error = %e, holds = batch.len(), "claim batch failed; claiming one by one");
                 let singles = batch.iter().map(|p| self.claim_one(&p.hold, p.cap));
                 let results = futures::future::join_all(singles).await;
                 for (p, r) in batch.into_iter().zip(results) {
