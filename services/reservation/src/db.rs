@@ -197,13 +197,16 @@ pub struct Db {
     claims: Arc<ClaimQueue>,
 }
 
-/// Group commit of hold claims. A hold's claim is queued; while fewer than `max_running` (an
-/// eighth of the pool) claim statements are in flight, a drainer task takes the queued claims —
-/// up to `max_batch` (`TIKETI_CLAIM_BATCH`), no two sharing a user or a seat of an event — and
-/// decides them in one statement and one transaction (`tiketi_claim_holds`), again until the
-/// queue is empty. At low load a batch is one hold (decided by `tiketi_claim_hold`, cheaper
-/// alone) and nothing waits; under load the claims that arrive while statements run share the
-/// next one, so PostgreSQL pays one round trip, one plan execution and one commit for many.
+/// Group commit of hold claims. A hold's claim is queued; a drainer task takes the queued
+/// claims — up to `max_batch` (`TIKETI_CLAIM_BATCH`), no two sharing a user or a seat of an
+/// event — and decides them in one statement and one transaction (`tiketi_claim_holds`), again
+/// until the queue is empty. One statement runs at a time: the claims that arrive meanwhile share
+/// the next one, so PostgreSQL pays one round trip, one plan execution and one commit for many
+/// (a second statement in flight made batches half as big and cost PostgreSQL more CPU per hold
+/// than it saved, measured with e2e/bench/reservation.sh). Only while the running statement has
+/// taken longer than [`CLAIM_STALL`] (waiting on a lock, say) may more start, up to
+/// `max_running` (an eighth of the pool). At low load a batch is one hold (decided by
+/// `tiketi_claim_hold`, cheaper alone) and nothing waits.
 struct ClaimQueue {
     state: Mutex<ClaimQueueState>,
     max_running: usize,
@@ -224,10 +227,15 @@ pub struct ClaimStats {
     pub largest: u64,
 }
 
+/// How long a claim statement runs before the queue may start another beside it.
+const CLAIM_STALL: Duration = Duration::from_millis(10);
+
 #[derive(Default)]
 struct ClaimQueueState {
     pending: VecDeque<PendingClaim>,
     running: usize,
+    /// When the latest claim statement started.
+    last_start: Option<std::time::Instant>,
 }
 
 struct PendingClaim {
@@ -383,10 +391,8 @@ impl Db {
             timeout,
             claims: Arc::new(ClaimQueue {
                 state: Mutex::new(ClaimQueueState::default()),
-                // Two statements in flight (for the default 16 connections) keep PostgreSQL busy
-                // while one waits on a lock; the rest of the pool stays for confirms and reads,
-                // and claims queue up into bigger batches (fewer statements: less PostgreSQL CPU
-                // per hold, measured with e2e/bench/reservation.sh).
+                // Beside a stalled one (see `CLAIM_STALL`): two for the default 16 connections;
+                // the rest of the pool stays for confirms and reads.
                 max_running: (max_connections.max(1) as usize).div_ceil(8),
                 max_batch: claim_batch.max(1),
                 hasher: RandomState::new(),
@@ -586,7 +592,8 @@ impl Db {
                 cap,
                 reply,
             });
-            let lead = q.running < self.claims.max_running;
+            let stalled = q.last_start.is_some_and(|t| t.elapsed() >= CLAIM_STALL);
+            let lead = q.running == 0 || (q.running < self.claims.max_running && stalled);
             if lead {
                 q.running += 1;
             }
@@ -618,6 +625,7 @@ impl Db {
                     slot.0 = None;
                     return;
                 }
+                q.last_start = Some(std::time::Instant::now());
                 batch
             };
             self.claim_batch(batch).await;
