@@ -699,3 +699,71 @@ async fn concurrent_http_holds_one_of_them_over_a_seat_only_postgres_knows_is_he
     pool.close().await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
+    // One claim statement runs at a time, but one stuck on a lock for over 10 ms lets another
+    // start beside it: the claims queued behind it are decided meanwhile.
+    use tiketi_reservation::db::Db;
+    use tiketi_reservation::model::Hold;
+
+    let event = unique("stall");
+    let db = TestDb::create("resv_stall").await;
+    let path = write_config(&event, 1, 10, 300, 4);
+    let cfg = tiketi_shared::config::load(&path)
+        .unwrap()
+        .remove(&event)
+        .unwrap();
+    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
+    store.migrate().await.unwrap();
+    store.load_inventory(&cfg).await.unwrap();
+    let pool = db.pool().await;
+    // A lapsed claim on A-1-1, its row locked by an open transaction.
+    sqlx::query(&format!(
+        "INSERT INTO seat_claims VALUES ('{event}', 'A-1-1', '{}', 'gone', now() - interval '1 hour')",
+        uuid::Uuid::new_v4()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM seat_claims WHERE seat_id = 'A-1-1' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let hold = |user: &str, seat: &str| Hold {
+        hold_id: uuid::Uuid::new_v4(),
+        event_id: event.clone(),
+        user_id: user.to_owned(),
+        seats: vec![seat.to_owned()],
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    };
+    let stuck = {
+        let (store, h) = (store.clone(), hold("first", "A-1-1"));
+        tokio::spawn(async move { store.claim_hold(&h, 4).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next: Vec<Hold> = (2..=5)
+        .map(|k| hold(&format!("next-{k}"), &format!("A-1-{k}")))
+        .collect();
+    let decided = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures::future::join_all(next.iter().map(|h| store.claim_hold(h, 4))),
+    )
+    .await
+    .expect("the claims behind a stuck one are decided while it waits");
+    for r in decided {
+        assert_eq!(r.unwrap(), Ok(()));
+    }
+    assert!(!stuck.is_finished(), "the first claim still waits on the lock");
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        stuck.await.unwrap().unwrap(),
+        Ok(()),
+        "then takes the lapsed claim"
+    );
+
+    pool.close().await;
+    db.drop_db().await;
+}
