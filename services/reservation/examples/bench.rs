@@ -1,9 +1,15 @@
-//! Load driver for `e2e/bench/reservation.sh`: `clients` concurrent buyers loop
-//! hold (random 1–4 seats) → confirm against a running service for `seconds` or until sold out,
-//! then print one JSON line with holds/s, confirms/s and p50/p99 latencies.
+//! Load driver for `e2e/bench/reservation.sh`, against a running service, for `seconds` or until
+//! the seats run out; prints one JSON line with requests/s and p50/p99 latencies. Two modes:
 //!
-//! Usage: `bench <base-url> <event> <rows> <seats-per-row> <clients> <seconds>` (or
-//! `bench --hold-script`: print the hold script for the EVALSHA baseline); reads
+//! - the mix (default): `clients` concurrent buyers loop hold (random 1–4 seats) → confirm, so
+//!   holds/s is bounded by confirms/s (PostgreSQL) and by seats colliding;
+//! - `--holds-only`: `clients` concurrent buyers only hold, one seat per hold (like the EVALSHA
+//!   baseline), each client walking its own seats (client i takes seats i, i + clients, …), so no
+//!   two holds ever ask for one seat and every hold is a full Redis hold plus a PostgreSQL claim;
+//!   a buyer makes `maxSeatsPerUser` (4) holds, then the next buyer takes over.
+//!
+//! Usage: `bench [--holds-only] <base-url> <event> <rows> <seats-per-row> <clients> <seconds>`
+//! (or `bench --hold-script`: print the hold script for the EVALSHA baseline); reads
 //! TIKETI_JWT_SECRET and TIKETI_ADMISSION_SECRET to play the platform and the queue.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,8 +48,10 @@ async fn main() {
         print!("{}", tiketi_reservation::redis_store::HOLD_SCRIPT);
         return;
     }
-    let [base, event, rows, per_row, clients, seconds] = args.as_slice() else {
-        panic!("usage: bench <base-url> <event> <rows> <seats-per-row> <clients> <seconds>");
+    let holds_only = args.first().map(String::as_str) == Some("--holds-only");
+    let args = if holds_only { &args[1..] } else { &args[..] };
+    let [base, event, rows, per_row, clients, seconds] = args else {
+        panic!("usage: bench [--holds-only] <base-url> <event> <rows> <seats-per-row> <clients> <seconds>");
     };
     let (rows, per_row): (u32, u32) = (rows.parse().unwrap(), per_row.parse().unwrap());
     let (clients, seconds): (usize, u64) = (clients.parse().unwrap(), seconds.parse().unwrap());
@@ -87,6 +95,24 @@ async fn main() {
                 (bearer, adm.issue(&ev, &user, now, now + 3_600_000).unwrap())
             };
             tokio::spawn(async move {
+                if holds_only {
+                    let local = hold_only(
+                        &http,
+                        &format!("{base}/v1/events/{event}/holds"),
+                        &seats,
+                        i,
+                        clients,
+                        end,
+                        buyer,
+                    )
+                    .await;
+                    let mut s = samples.lock().await;
+                    s.hold_ok.extend(local.hold_ok);
+                    s.hold_conflict.extend(local.hold_conflict);
+                    s.unavailable += local.unavailable;
+                    s.other += local.other;
+                    return;
+                }
                 let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                 let mut local = Samples::default();
                 let mut n = 0u64;
@@ -164,6 +190,7 @@ async fn main() {
     let mut s = Arc::try_unwrap(samples).ok().unwrap().into_inner();
     let mut all_holds: Vec<f64> = s.hold_ok.iter().chain(s.hold_conflict.iter()).copied().collect();
     let out = serde_json::json!({
+        "mode": if holds_only { "holds-only" } else { "hold-confirm" },
         "seconds": elapsed,
         "clients": clients,
         "seats": seats.len(),
@@ -181,4 +208,57 @@ async fn main() {
         "otherErrors": s.other,
     });
     println!("{out}");
+}
+
+/// One client of the holds-only mode: single-seat holds over its own seats (i, i + clients, …),
+/// four per buyer (the purchase limit), until the time or its seats run out.
+async fn hold_only(
+    http: &reqwest::Client,
+    url: &str,
+    seats: &[String],
+    i: usize,
+    clients: usize,
+    end: Instant,
+    buyer: impl Fn(u64) -> (String, String),
+) -> Samples {
+    let mut local = Samples::default();
+    let mut n = 0u64;
+    let (mut bearer, mut admission) = buyer(0);
+    let mut mine = seats.iter().skip(i).step_by(clients);
+    let mut held_by_buyer = 0;
+    while Instant::now() < end {
+        let Some(seat) = mine.next() else { break };
+        let t = Instant::now();
+        let r = http
+            .post(url)
+            .header("authorization", &bearer)
+            .header("x-admission-token", &admission)
+            .json(&serde_json::json!({ "seats": [seat] }))
+            .send()
+            .await;
+        let status = match r {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }
+            Err(_) => 0,
+        };
+        let dt = t.elapsed().as_secs_f64();
+        match status {
+            201 => {
+                local.hold_ok.push(dt);
+                held_by_buyer += 1;
+                if held_by_buyer == 4 {
+                    n += 1;
+                    held_by_buyer = 0;
+                    (bearer, admission) = buyer(n);
+                }
+            }
+            409 => local.hold_conflict.push(dt),
+            503 => local.unavailable += 1,
+            _ => local.other += 1,
+        }
+    }
+    local
 }

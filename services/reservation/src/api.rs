@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 
 use crate::domain::{Counts, SeatStatus};
 use crate::model::{Availability, Health, Hold, HoldRequest, Order, Seat, SeatMap};
-use crate::service::{Answer, AppState};
+use crate::service::{Answer, AppState, Caller};
 
 pub const ADMISSION_HEADER: &str = "x-admission-token";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -190,24 +190,32 @@ async fn create_hold(
     body: Result<Json<HoldRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Hold>), Problem> {
     // Authenticate before looking at the body, so a bad token is never masked by a bad body.
-    if state.initialized.load(Ordering::Acquire) {
-        state
+    let verified = if state.initialized.load(Ordering::Acquire) {
+        let user = state
             .users
             .verify_bearer(header(&headers, "authorization"))
             .map_err(|e| {
                 Problem::unauthorized(format!("a valid bearer user token is required: {e}"))
                     .with("reason", e.reason())
             })?;
-    }
+        Some(user)
+    } else {
+        None
+    };
     let Json(req) = body.map_err(json_problem)?;
     // Run to completion even if the client goes away: a hold cancelled between its Redis and
     // PostgreSQL steps would strand its locks until the TTL.
-    let authorization = header(&headers, "authorization").map(str::to_owned);
+    let authorization = match verified {
+        Some(_) => None,
+        None => header(&headers, "authorization").map(str::to_owned),
+    };
     let admission = header(&headers, ADMISSION_HEADER).map(str::to_owned);
     let hold = tokio::spawn(async move {
-        state
-            .hold(&event, authorization.as_deref(), admission.as_deref(), &req.seats)
-            .await
+        let caller = match verified {
+            Some(user) => Caller::Verified(user),
+            None => Caller::Bearer(authorization.as_deref()),
+        };
+        state.hold(&event, caller, admission.as_deref(), &req.seats).await
     })
     .await
     .map_err(|_| Problem::unavailable("the hold was interrupted; retry"))??;

@@ -4,14 +4,18 @@
 //! demoted our writer) or a broken socket are closed instead of returned to the pool, so the pool
 //! reconnects to the new writer by itself.
 
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::{Connection, Postgres, Row};
 use tiketi_shared::config::{EventConfig, SeatSpec};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::domain;
@@ -33,14 +37,39 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A batched statement failed for every request in it.
+    #[error("postgres error: {0}")]
+    Batch(Arc<sqlx::Error>),
+    /// The claim batcher dropped the request (its task ended unexpectedly).
+    #[error("the claim was not decided")]
+    Dropped,
+}
+
+/// Whether a claim batch that failed with this SQLSTATE is worth deciding hold by hold: a
+/// deadlock or serialization failure (class 40), a constraint or data error (23, 22), or our own
+/// refusal of a malformed batch (TK). Not a cancelled statement, a read-only server or a
+/// shutdown: those fail every hold alike.
+fn decided_alone(code: Option<&str>) -> bool {
+    code.is_some_and(|c| ["40", "23", "22", "TK"].iter().any(|class| c.starts_with(class)))
 }
 
 impl DbError {
+    /// The same error for another request of a failed batch.
+    fn duplicate(&self) -> Self {
+        match self {
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Batch(e) => Self::Batch(e.clone()),
+            Self::Dropped => Self::Dropped,
+            other => Self::Batch(Arc::new(sqlx::Error::Protocol(other.to_string()))),
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
-            Self::Sqlx(_) => "sqlx",
+            Self::Sqlx(_) | Self::Batch(_) => "sqlx",
             Self::Migrate(_) => "migrate",
+            Self::Dropped => "dropped",
         }
     }
 }
@@ -112,6 +141,15 @@ pub enum ClaimRefused {
     OverLimit { current: u32 },
 }
 
+/// What a confirm reads first, and the connection its decision then runs on.
+pub struct ConfirmContext {
+    /// The idempotency record of (user, key), if any.
+    pub stored: Option<StoredResponse>,
+    /// The hold, if it exists.
+    pub hold: Option<HoldRow>,
+    conn: PoolConnection<Postgres>,
+}
+
 /// The event's rules a confirm applies in PostgreSQL.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfirmRules {
@@ -147,13 +185,146 @@ pub enum ConfirmOutcome {
     KeyInUse,
 }
 
+/// How a hold's claim ended: decided (claimed, or refused and why), or PostgreSQL failed.
+pub type ClaimResult = Result<Result<(), ClaimRefused>, DbError>;
+
 #[derive(Clone)]
 pub struct Db {
     writer: PgPool,
     reader: PgPool,
     has_reader: bool,
     timeout: Duration,
+    claims: Arc<ClaimQueue>,
 }
+
+/// Group commit of hold claims. A hold's claim is queued; a drainer task takes the queued
+/// claims — up to `max_batch` (`TIKETI_CLAIM_BATCH`), no two sharing a user or a seat of an
+/// event — and decides them in one statement and one transaction (`tiketi_claim_holds`), again
+/// until the queue is empty. One statement runs at a time: the claims that arrive meanwhile share
+/// the next one, so PostgreSQL pays one round trip, one plan execution and one commit for many
+/// (a second statement in flight made batches half as big and cost PostgreSQL more CPU per hold
+/// than it saved, measured with e2e/bench/reservation.sh). Only while the running statement has
+/// taken longer than [`CLAIM_STALL`] (waiting on a lock, say) may more start, up to
+/// `max_running` (an eighth of the pool). At low load a batch is one hold (decided by
+/// `tiketi_claim_hold`, cheaper alone) and nothing waits.
+struct ClaimQueue {
+    state: Mutex<ClaimQueueState>,
+    max_running: usize,
+    max_batch: usize,
+    hasher: RandomState,
+    stats: Mutex<ClaimStats>,
+}
+
+/// How claims were batched so far (claim statements that returned: `tiketi_claim_holds`, or
+/// `tiketi_claim_hold` for a batch of one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimStats {
+    /// Claim statements run.
+    pub statements: u64,
+    /// Holds those statements decided.
+    pub holds: u64,
+    /// The most holds one statement decided.
+    pub largest: u64,
+}
+
+/// How long a claim statement runs before the queue may start another beside it.
+const CLAIM_STALL: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+struct ClaimQueueState {
+    pending: VecDeque<PendingClaim>,
+    running: usize,
+    /// When the latest claim statement started.
+    last_start: Option<std::time::Instant>,
+}
+
+struct PendingClaim {
+    hold: Hold,
+    cap: u32,
+    reply: oneshot::Sender<ClaimResult>,
+}
+
+impl ClaimQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimQueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next batch off the queue, oldest first; a claim sharing a user or a seat of an
+    /// event with one already taken waits, in order, for a later batch. Empty when the queue is.
+    fn next_batch(&self, q: &mut ClaimQueueState) -> Vec<PendingClaim> {
+        let mut batch = Vec::new();
+        let mut keys: HashSet<u64> = HashSet::new();
+        let mut deferred = Vec::new();
+        let mut scanned = 0;
+        while batch.len() < self.max_batch && scanned < 4 * self.max_batch {
+            let Some(p) = q.pending.pop_front() else { break };
+            scanned += 1;
+            if p.reply.is_closed() {
+                // Its request gave up (timed out) already: claim nothing for it.
+                continue;
+            }
+            let h = &p.hold;
+            let mine: Vec<u64> = std::iter::once(self.hasher.hash_one(("u", &h.event_id, &h.user_id)))
+                .chain(
+                    h.seats
+                        .iter()
+                        .map(|s| self.hasher.hash_one(("s", &h.event_id, s))),
+                )
+                .collect();
+            if mine.iter().any(|k| keys.contains(k)) {
+                deferred.push(p);
+            } else {
+                keys.extend(mine);
+                batch.push(p);
+            }
+        }
+        for p in deferred.into_iter().rev() {
+            q.pending.push_front(p);
+        }
+        batch
+    }
+}
+
+/// Gives the drainer's slot back if its task ends without doing so (a panic).
+struct DrainerSlot(Option<Arc<ClaimQueue>>);
+
+impl Drop for DrainerSlot {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.lock().running -= 1;
+        }
+    }
+}
+
+/// One result row of `tiketi_claim_hold` / `tiketi_claim_holds` (without the index).
+type ClaimRow = (
+    String,
+    Option<String>,
+    Option<Uuid>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+);
+
+/// A hold's answer from its result rows: none = claimed.
+fn claim_outcome(rows: Vec<ClaimRow>) -> Result<(), ClaimRefused> {
+    let Some((kind, ..)) = rows.first() else {
+        return Ok(());
+    };
+    Err(match kind.as_str() {
+        "limit" => ClaimRefused::OverLimit {
+            current: rows[0].4.unwrap_or(0).max(0) as u32,
+        },
+        "sold" => ClaimRefused::Sold(rows.into_iter().filter_map(|r| r.1).collect()),
+        _ => ClaimRefused::Held(
+            rows.into_iter()
+                .filter_map(|(_, seat, owner, expires, _)| seat.map(|s| (s, owner, expires)))
+                .collect(),
+        ),
+    })
+}
+
+/// A pooled connection idle this long is pinged before it is handed out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 fn pool(url: &str, max: u32, timeout: Duration, writer: bool) -> Result<PgPool, DbError> {
     let opts = PgConnectOptions::from_str(url)?
@@ -166,7 +337,19 @@ fn pool(url: &str, max: u32, timeout: Duration, writer: bool) -> Result<PgPool, 
         .idle_timeout(Duration::from_secs(60))
         // Aurora moves its endpoints' DNS on failover; recycling connections follows it.
         .max_lifetime(Duration::from_secs(300))
-        .test_before_acquire(true);
+        // No ping per checkout (a round trip on every call): only a connection idle for a while
+        // is pinged before use, which weeds out connections a failover or restart killed while
+        // the pool was quiet. One that dies under load fails its call (a 503 to retry) and is
+        // closed when sqlx tests it on release.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        });
     let options = if writer {
         options.after_connect(|conn, _meta| {
             Box::pin(async move {
@@ -194,6 +377,7 @@ impl Db {
         reader_url: Option<&str>,
         max_connections: u32,
         timeout: Duration,
+        claim_batch: usize,
     ) -> Result<Self, DbError> {
         let writer = pool(writer_url, max_connections, timeout, true)?;
         let (reader, has_reader) = match reader_url {
@@ -205,6 +389,15 @@ impl Db {
             reader,
             has_reader,
             timeout,
+            claims: Arc::new(ClaimQueue {
+                state: Mutex::new(ClaimQueueState::default()),
+                // Beside a stalled one (see `CLAIM_STALL`): two for the default 16 connections;
+                // the rest of the pool stays for confirms and reads.
+                max_running: (max_connections.max(1) as usize).div_ceil(8),
+                max_batch: claim_batch.max(1),
+                hasher: RandomState::new(),
+                stats: Mutex::new(ClaimStats::default()),
+            }),
         })
     }
 
@@ -385,12 +578,144 @@ impl Db {
         Ok(n.max(0) as u64)
     }
 
-    /// Claims the hold's seats in PostgreSQL and mirrors the hold, in one statement
-    /// (`tiketi_claim_hold`): refused when a seat is sold, claimed by another live hold, or when
-    /// the user's held and bought seats would exceed `cap`.
-    /// `Ok(Ok(()))`: the seats are this hold's and the hold is mirrored.
-    pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> Result<Result<(), ClaimRefused>, DbError> {
+    /// Claims the hold's seats in PostgreSQL and mirrors the hold: refused when a seat is sold,
+    /// claimed by another live hold, or when the user's held and bought seats would exceed
+    /// `cap`; nothing is claimed then. Ok(Ok(())) only once the claim is committed. Claims of
+    /// concurrent holds share one statement and one commit (see [`ClaimQueue`]); each still gets
+    /// its own answer.
+    pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> ClaimResult {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut q = self.claims.lock();
+            q.pending.push_back(PendingClaim {
+                hold: hold.clone(),
+                cap,
+                reply,
+            });
+            let stalled = q.last_start.is_some_and(|t| t.elapsed() >= CLAIM_STALL);
+            let lead = q.running == 0 || (q.running < self.claims.max_running && stalled);
+            if lead {
+                q.running += 1;
+            }
+            lead
+        };
+        if lead {
+            let db = self.clone();
+            tokio::spawn(async move { db.drain_claims().await });
+        }
+        // Waiting in the queue counts too: past twice the call bound the request gives up, and
+        // a claim not yet taken off the queue is then dropped unclaimed.
+        match tokio::time::timeout(self.timeout * 2, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(DbError::Dropped),
+            Err(_) => Err(DbError::Timeout(self.timeout * 2)),
+        }
+    }
+
+    /// Decides queued claims batch after batch until the queue is empty.
+    async fn drain_claims(self) {
+        let mut slot = DrainerSlot(Some(self.claims.clone()));
+        loop {
+            let batch = {
+                let mut q = self.claims.lock();
+                let batch = self.claims.next_batch(&mut q);
+                if batch.is_empty() {
+                    // Under the lock: a claim queued from now on finds the slot free.
+                    q.running -= 1;
+                    slot.0 = None;
+                    return;
+                }
+                q.last_start = Some(std::time::Instant::now());
+                batch
+            };
+            self.claim_batch(batch).await;
+        }
+    }
+
+    /// How claims were batched so far.
+    pub fn claim_stats(&self) -> ClaimStats {
+        *self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_claims(&self, holds: u64) {
+        let mut st = self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        st.statements += 1;
+        st.holds += holds;
+        st.largest = st.largest.max(holds);
+    }
+
+    async fn claim_batch(&self, batch: Vec<PendingClaim>) {
+        if batch.len() == 1 {
+            // Alone, the one-hold statement costs PostgreSQL less than a batch of one.
+            if let Some(p) = batch.into_iter().next() {
+                let result = self.claim_one(&p.hold, p.cap).await;
+                if result.is_ok() {
+                    self.count_claims(1);
+                }
+                let _ = p.reply.send(result);
+            }
+            return;
+        }
+        match self.claim_many(&batch).await {
+            Ok(mut outcomes) => {
+                self.count_claims(batch.len() as u64);
+                for p in batch.into_iter().rev() {
+                    let rows = outcomes.pop().unwrap_or_default();
+                    let _ = p.reply.send(Ok(claim_outcome(rows)));
+                }
+            }
+            // The statement itself failed, not PostgreSQL (a deadlock it broke, a constraint):
+            // nothing of it was committed. Each hold is decided again on its own, so one hold's
+            // failure is not its neighbours'.
+            Err(DbError::Sqlx(sqlx::Error::Database(e)))
+                if batch.len() > 1 && decided_alone(e.code().as_deref()) =>
+            {
+                tracing::warn!(error = %e, holds = batch.len(), "claim batch failed; claiming one by one");
+                let singles = batch.iter().map(|p| self.claim_one(&p.hold, p.cap));
+                let results = futures::future::join_all(singles).await;
+                for (p, r) in batch.into_iter().zip(results) {
+                    let _ = p.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let e = match e {
+                    DbError::Sqlx(e) => DbError::Batch(Arc::new(e)),
+                    other => other,
+                };
+                for p in batch {
+                    let _ = p.reply.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+
+    /// One `tiketi_claim_holds` statement over the batch; the result rows of each hold, in
+    /// batch order.
+    async fn claim_many(&self, batch: &[PendingClaim]) -> Result<Vec<Vec<ClaimRow>>, DbError> {
+        let n = batch.len();
+        let seats: usize = batch.iter().map(|p| p.hold.seats.len()).sum();
+        let (mut ids, mut events, mut users, mut expires, mut caps) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut seat_hold, mut seat_ids) = (Vec::with_capacity(seats), Vec::with_capacity(seats));
+        for (i, p) in batch.iter().enumerate() {
+            let h = &p.hold;
+            ids.push(h.hold_id);
+            events.push(h.event_id.as_str());
+            users.push(h.user_id.as_str());
+            expires.push(h.expires_at);
+            caps.push(i32::try_from(p.cap).unwrap_or(i32::MAX));
+            for s in &h.seats {
+                seat_hold.push(i as i32 + 1);
+                seat_ids.push(s.as_str());
+            }
+        }
         type Row = (
+            i32,
             String,
             Option<String>,
             Option<Uuid>,
@@ -398,6 +723,30 @@ impl Db {
             Option<i32>,
         );
         let rows: Vec<Row> = self
+            .bounded(
+                sqlx::query_as("SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(&ids)
+                    .bind(&events)
+                    .bind(&users)
+                    .bind(&expires)
+                    .bind(&caps)
+                    .bind(&seat_hold)
+                    .bind(&seat_ids)
+                    .fetch_all(&self.writer),
+            )
+            .await?;
+        let mut out: Vec<Vec<ClaimRow>> = vec![Vec::new(); n];
+        for (i, kind, seat, owner, until, count) in rows {
+            if let Some(hold) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                hold.push((kind, seat, owner, until, count));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One hold's claim on its own (`tiketi_claim_hold`).
+    async fn claim_one(&self, hold: &Hold, cap: u32) -> ClaimResult {
+        let rows: Vec<ClaimRow> = self
             .bounded(
                 sqlx::query_as("SELECT * FROM tiketi_claim_hold($1, $2, $3, $4, $5, $6)")
                     .bind(hold.hold_id)
@@ -409,20 +758,7 @@ impl Db {
                     .fetch_all(&self.writer),
             )
             .await?;
-        let Some((kind, ..)) = rows.first() else {
-            return Ok(Ok(()));
-        };
-        Ok(Err(match kind.as_str() {
-            "limit" => ClaimRefused::OverLimit {
-                current: rows[0].4.unwrap_or(0).max(0) as u32,
-            },
-            "sold" => ClaimRefused::Sold(rows.into_iter().filter_map(|r| r.1).collect()),
-            _ => ClaimRefused::Held(
-                rows.into_iter()
-                    .filter_map(|(_, seat, owner, expires, _)| seat.map(|s| (s, owner, expires)))
-                    .collect(),
-            ),
-        }))
+        Ok(claim_outcome(rows))
     }
 
     /// The user's holds of the event that are still `held` and unexpired, newest first
@@ -500,28 +836,38 @@ impl Db {
         Ok(released == 1)
     }
 
-    /// The idempotency record for (user, key) and the hold, in one round trip.
+    /// The idempotency record for (user, key) and the hold, in one round trip, on the connection
+    /// the confirm then uses ([`Db::confirm`]): one checkout per confirm.
     pub async fn confirm_context(
         &self,
         user: &str,
         key: &str,
         hold: Uuid,
-    ) -> Result<(Option<StoredResponse>, Option<HoldRow>), DbError> {
-        let r = self
-            .bounded(
-                sqlx::query(
-                    "SELECT i.fingerprint, i.status_code, i.response, \
-                            h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
-                     FROM (SELECT 1) AS one \
-                     LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
-                     LEFT JOIN holds h ON h.hold_id = $3",
-                )
-                .bind(user)
-                .bind(key)
-                .bind(hold)
-                .fetch_one(&self.writer),
-            )
-            .await?;
+    ) -> Result<ConfirmContext, DbError> {
+        let mut conn = self.acquire().await?;
+        let query = sqlx::query(
+            "SELECT i.fingerprint, i.status_code, i.response, \
+                    h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
+             LEFT JOIN holds h ON h.hold_id = $3",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(hold);
+        let r = match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if poisons_connection(&e) {
+                    conn.close_on_drop();
+                }
+                return Err(DbError::Sqlx(e));
+            }
+            Err(_) => {
+                conn.close_on_drop();
+                return Err(DbError::Timeout(self.timeout));
+            }
+        };
         let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
             let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
                 Some(fingerprint) => Some(StoredResponse {
@@ -546,7 +892,8 @@ impl Db {
             };
             Ok((stored, hold))
         };
-        decode().map_err(DbError::from)
+        let (stored, hold) = decode().map_err(DbError::from)?;
+        Ok(ConfirmContext { stored, hold, conn })
     }
 
     pub async fn idempotency_record(&self, user: &str, key: &str) -> Result<Option<StoredResponse>, DbError> {
@@ -603,6 +950,7 @@ impl Db {
     /// nothing. The partial unique index on live order lines stays the last word on a seat.
     pub async fn confirm(
         &self,
+        ctx: ConfirmContext,
         hold: &Hold,
         user: &str,
         key: &str,
@@ -614,7 +962,7 @@ impl Db {
             sale_ends,
             admission_ttl_seconds,
         } = rules;
-        let mut conn = self.acquire().await?;
+        let mut conn = ctx.conn;
         let order = new_order(hold, user);
         let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
         let statement = sqlx::query_as::<_, (String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(

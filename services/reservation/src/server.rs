@@ -33,6 +33,7 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         database_url,
         database_read_url,
         database_max_connections,
+        claim_batch,
         redis_timeout,
         database_timeout,
         read_cache_ttl,
@@ -54,6 +55,7 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         database_read_url.as_deref(),
         *database_max_connections,
         *database_timeout,
+        usize::from(*claim_batch),
     )
     .context("TIKETI_DATABASE_URL / TIKETI_DATABASE_READ_URL")?;
     tracing::info!(redis = %redis.describe(), "redis");

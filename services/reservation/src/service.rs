@@ -78,6 +78,14 @@ impl EventState {
     }
 }
 
+/// Who asks for a hold: the `Authorization` header as sent, or the user its bearer token was
+/// already verified to name (the handler checks it before the body; once is enough).
+#[derive(Debug, Clone)]
+pub enum Caller<'a> {
+    Bearer(Option<&'a str>),
+    Verified(String),
+}
+
 /// A stored or fresh answer to a confirm: status plus JSON body.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -237,11 +245,11 @@ impl AppState {
     pub async fn hold(
         &self,
         event: &str,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         admission: Option<&str>,
         seats: &[String],
     ) -> Result<Hold, Problem> {
-        let result = self.hold_inner(event, authorization, admission, seats).await;
+        let result = self.hold_inner(event, caller, admission, seats).await;
         let outcome = match &result {
             Ok(_) => "held",
             Err(p) => match p.status {
@@ -259,12 +267,15 @@ impl AppState {
     async fn hold_inner(
         &self,
         event: &str,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         admission: Option<&str>,
         seats: &[String],
     ) -> Result<Hold, Problem> {
         let ev = self.event(event).await?;
-        let user = self.user(authorization)?;
+        let user = match caller {
+            Caller::Verified(user) => user,
+            Caller::Bearer(authorization) => self.user(authorization)?,
+        };
         let now = now_ms();
         self.admission.verify(admission, event, &user, now).map_err(|e| {
             Problem::new(
@@ -506,15 +517,15 @@ impl AppState {
         }
         let id = parse_id(hold_id, "hold")?;
         let fingerprint = domain::confirm_fingerprint(&id);
-        let (stored, row) = self
+        let mut ctx = self
             .db
             .confirm_context(&user, key, id)
             .await
             .map_err(|e| self.db_down(e))?;
-        if let Some(answer) = self.stored_answer(stored, &fingerprint)? {
+        if let Some(answer) = self.stored_answer(ctx.stored.take(), &fingerprint)? {
             return Ok(answer);
         }
-        let row = row.ok_or_else(|| no_such("hold", hold_id))?;
+        let row = ctx.hold.take().ok_or_else(|| no_such("hold", hold_id))?;
         if row.hold.user_id != user {
             return Err(not_yours("hold"));
         }
@@ -527,6 +538,7 @@ impl AppState {
         match self
             .db
             .confirm(
+                ctx,
                 &hold,
                 &user,
                 key,

@@ -50,6 +50,12 @@ pub struct Settings {
     #[arg(long, env = "TIKETI_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
+    /// Most holds one PostgreSQL claim statement decides (group commit: the claims of concurrent
+    /// holds share a statement and a commit, each hold still answered on its own); 1 decides
+    /// every hold alone.
+    #[arg(long, env = "TIKETI_CLAIM_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub claim_batch: u16,
+
     /// Most API requests worked on at once; more wait up to the Redis timeout, then get 503 with
     /// Retry-After. Keeps a burst from piling thousands of calls onto Redis and the pool.
     #[arg(long, env = "TIKETI_MAX_INFLIGHT", default_value_t = 256)]
@@ -106,6 +112,7 @@ mod tests {
         assert_eq!(s.drain_delay, Duration::from_secs(2));
         assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
         assert!(s.database_read_url.is_none());
+        assert_eq!(s.claim_batch, 64);
         let with = |flag: &str| {
             Settings::try_parse_from([
                 "tiketi-reservation",
@@ -130,5 +137,7 @@ mod tests {
         let err = with("--shutdown-timeout=20").unwrap_err().to_string();
         assert!(err.contains("\"2s\""), "{err}");
         assert!(with("--read-cache-ttl=soon").is_err());
+        assert_eq!(with("--claim-batch=1").unwrap().claim_batch, 1);
+        assert!(with("--claim-batch=0").is_err());
     }
 }

@@ -472,3 +472,298 @@ async fn a_lapsed_hold_is_not_taken_back_once_its_admission_is_over() {
     redis.stop().await;
     db.drop_db().await;
 }
+
+/// Seat ids of a one-section test event: A-1-1, A-1-2, …
+fn a(seats: &[&str]) -> Vec<String> {
+    seats.iter().map(|s| format!("A-1-{s}")).collect()
+}
+
+/// The live claims PostgreSQL holds for these holds: (seat, hold), sorted.
+async fn live_claims(pool: &sqlx::PgPool, holds: &[uuid::Uuid]) -> Vec<(String, uuid::Uuid)> {
+    sqlx::query_as(
+        "SELECT seat_id, hold_id FROM seat_claims WHERE hold_id = ANY($1) AND expires_at > now() \
+         ORDER BY seat_id",
+    )
+    .bind(holds)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn claims_decided_together_refuse_only_the_conflicting_holds() {
+    use tiketi_reservation::db::{ClaimRefused, Db};
+    use tiketi_reservation::model::Hold;
+
+    let event = unique("batch");
+    let db = TestDb::create("resv_batch").await;
+    let path = write_config(&event, 1, 100, 300, 4);
+    let cfg = tiketi_shared::config::load(&path)
+        .unwrap()
+        .remove(&event)
+        .unwrap();
+    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
+    store.migrate().await.unwrap();
+    store.load_inventory(&cfg).await.unwrap();
+    let pool = db.pool().await;
+
+    // What PostgreSQL knows and Redis may have lost: A-1-1 claimed by another live hold, A-1-2
+    // sold, and user "full" holding 3 seats already.
+    let other = uuid::Uuid::new_v4();
+    let sold_hold = uuid::Uuid::new_v4();
+    let full_hold = uuid::Uuid::new_v4();
+    for stmt in [
+        format!(
+            "INSERT INTO seat_claims VALUES ('{event}', 'A-1-1', '{other}', 'other', now() + interval '1 hour')"
+        ),
+        format!(
+            "INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at, status) \
+             VALUES ('{sold_hold}', '{event}', 'buyer', ARRAY['A-1-2'], now(), 'confirmed')"
+        ),
+        format!(
+            "INSERT INTO orders (order_id, event_id, user_id, hold_id) \
+             VALUES ('{sold_hold}', '{event}', 'buyer', '{sold_hold}')"
+        ),
+        format!("INSERT INTO order_lines VALUES ('{sold_hold}', '{event}', 'A-1-2')"),
+        format!("INSERT INTO seat_claims VALUES ('{event}', 'A-1-2', '{sold_hold}', 'buyer', 'infinity')"),
+        format!(
+            "INSERT INTO seat_claims SELECT '{event}', s, '{full_hold}', 'full', now() + interval '1 hour' \
+             FROM unnest(ARRAY['A-1-12', 'A-1-13', 'A-1-14']) s"
+        ),
+    ] {
+        sqlx::query(&stmt).execute(&pool).await.unwrap();
+    }
+
+    let hold = |user: &str, seats: Vec<String>| Hold {
+        hold_id: uuid::Uuid::new_v4(),
+        event_id: event.clone(),
+        user_id: user.to_owned(),
+        seats,
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    };
+    let mut holds = vec![
+        // 0: one seat claimed by a live hold: refused, and its free seat A-1-3 not taken.
+        hold("u-held", a(&["3", "1"])),
+        // 1: a sold seat.
+        hold("u-sold", a(&["2"])),
+        // 2: 3 + 2 seats > 4.
+        hold("full", a(&["4", "5"])),
+        // 3, 4: one seat, two buyers: exactly one gets it.
+        hold("u-twin-a", a(&["6"])),
+        hold("u-twin-b", a(&["6"])),
+        // 5, 6: one buyer, 3 + 2 seats > 4: exactly one is held.
+        hold("u-twice", a(&["7", "8", "9"])),
+        hold("u-twice", a(&["10", "11"])),
+    ];
+    // 7..: forty buyers of one or two free seats each.
+    for k in 0..40 {
+        let first = 20 + 2 * k;
+        let seats = if k % 2 == 0 {
+            a(&[&first.to_string(), &(first + 1).to_string()])
+        } else {
+            a(&[&first.to_string()])
+        };
+        holds.push(hold(&format!("u-{k}"), seats));
+    }
+
+    // All asked at once: the claims queue up and are decided in shared statements.
+    let results = futures::future::join_all(holds.iter().map(|h| store.claim_hold(h, 4))).await;
+    let results: Vec<Result<(), ClaimRefused>> = results.into_iter().map(|r| r.unwrap()).collect();
+    let stats = store.claim_stats();
+    assert!(
+        stats.largest > 1 && stats.statements < holds.len() as u64,
+        "claims were batched: {stats:?}"
+    );
+
+    match &results[0] {
+        Err(ClaimRefused::Held(h)) => {
+            assert_eq!(h.len(), 1, "{h:?}");
+            assert_eq!(h[0].0, "A-1-1");
+            assert_eq!(h[0].1, Some(other));
+        }
+        r => panic!("hold 0: {r:?}"),
+    }
+    assert_eq!(results[1], Err(ClaimRefused::Sold(a(&["2"]))));
+    assert_eq!(results[2], Err(ClaimRefused::OverLimit { current: 3 }));
+    let twins = [&results[3], &results[4]];
+    assert_eq!(twins.iter().filter(|r| r.is_ok()).count(), 1, "{twins:?}");
+    assert!(
+        twins
+            .iter()
+            .any(|r| matches!(r, Err(ClaimRefused::Held(h)) if h.len() == 1 && h[0].0 == "A-1-6")),
+        "{twins:?}"
+    );
+    let twice = [&results[5], &results[6]];
+    assert_eq!(twice.iter().filter(|r| r.is_ok()).count(), 1, "{twice:?}");
+    assert!(
+        twice
+            .iter()
+            .any(|r| matches!(r, Err(ClaimRefused::OverLimit { current: 2 | 3 }))),
+        "{twice:?}"
+    );
+    for (k, r) in results.iter().enumerate().skip(7) {
+        assert_eq!(r, &Ok(()), "hold {k}");
+    }
+
+    // PostgreSQL holds exactly the claims and holds of the accepted requests.
+    let ids: Vec<uuid::Uuid> = holds.iter().map(|h| h.hold_id).collect();
+    let mut expected: Vec<(String, uuid::Uuid)> = holds
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .flat_map(|(h, _)| h.seats.iter().map(|s| (s.clone(), h.hold_id)))
+        .collect();
+    expected.sort();
+    assert_eq!(live_claims(&pool, &ids).await, expected);
+    let mut mirrored: Vec<(uuid::Uuid, Vec<String>)> =
+        sqlx::query_as("SELECT hold_id, seat_ids FROM holds WHERE hold_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    mirrored.sort();
+    let mut accepted: Vec<(uuid::Uuid, Vec<String>)> = holds
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(h, _)| (h.hold_id, h.seats.clone()))
+        .collect();
+    accepted.sort();
+    assert_eq!(
+        mirrored, accepted,
+        "the accepted holds are mirrored, seats in the order asked"
+    );
+    // The refused hold over A-1-1 left its free seat A-1-3 unclaimed.
+    let a13: i64 = sqlx::query_scalar("SELECT count(*) FROM seat_claims WHERE seat_id = 'A-1-3'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(a13, 0);
+
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn concurrent_http_holds_one_of_them_over_a_seat_only_postgres_knows_is_held() {
+    // Redis lost the lock of a live hold on A-1-1 (PostgreSQL still has its claim). Thirty
+    // buyers hold at once; one asks A-1-1 with a free seat: only that request is refused (409
+    // naming A-1-1), every other gets 201, and PostgreSQL has exactly the claims of the 201s.
+    let env = Env::start("batchhttp", 40, 300, 4, None).await;
+    let pool = env.db.pool().await;
+    let other = uuid::Uuid::new_v4();
+    sqlx::query(&format!(
+        "INSERT INTO seat_claims VALUES ('{}', 'A-1-1', '{other}', 'other', now() + interval '1 hour')",
+        env.event
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let users: Vec<User> = (0..30)
+        .map(|k| User::new(&env.event, &format!("b-{k}")))
+        .collect();
+    let asks: Vec<Vec<&str>> = (0..30)
+        .map(|k| match k {
+            0 => vec!["A-1-1", "A-1-2"],
+            k => vec![
+                [
+                    "A-1-3", "A-1-4", "A-1-5", "A-1-6", "A-1-7", "A-1-8", "A-1-9", "A-1-10", "A-1-11",
+                    "A-1-12", "A-1-13", "A-1-14", "A-1-15", "A-1-16", "A-1-17", "A-1-18", "A-1-19", "A-1-20",
+                    "A-1-21", "A-1-22", "A-1-23", "A-1-24", "A-1-25", "A-1-26", "A-1-27", "A-1-28", "A-1-29",
+                    "A-1-30", "A-1-31",
+                ][k - 1],
+            ],
+        })
+        .collect();
+    let answers = futures::future::join_all(users.iter().zip(&asks).map(|(u, s)| env.hold(u, s))).await;
+    let (st, body) = &answers[0];
+    assert_eq!(*st, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["seats"], json!(["A-1-1"]), "{body}");
+    let mut expected = Vec::new();
+    for (k, (st, body)) in answers.iter().enumerate().skip(1) {
+        assert_eq!(*st, StatusCode::CREATED, "buyer {k}: {body}");
+        expected.push((asks[k][0].to_owned(), id(body).parse::<uuid::Uuid>().unwrap()));
+    }
+    expected.sort();
+    let claims: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+        "SELECT seat_id, hold_id FROM seat_claims WHERE hold_id <> $1 AND expires_at > now() ORDER BY seat_id",
+    )
+    .bind(other)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(claims, expected);
+    // The refused request's free seat was given back in Redis too: another buyer holds it.
+    let (st, body) = env.hold(&User::new(&env.event, "late"), &["A-1-2"]).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    pool.close().await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
+    // One claim statement runs at a time, but one stuck on a lock for over 10 ms lets another
+    // start beside it: the claims queued behind it are decided meanwhile.
+    use tiketi_reservation::db::Db;
+    use tiketi_reservation::model::Hold;
+
+    let event = unique("stall");
+    let db = TestDb::create("resv_stall").await;
+    let path = write_config(&event, 1, 10, 300, 4);
+    let cfg = tiketi_shared::config::load(&path)
+        .unwrap()
+        .remove(&event)
+        .unwrap();
+    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
+    store.migrate().await.unwrap();
+    store.load_inventory(&cfg).await.unwrap();
+    let pool = db.pool().await;
+    // A lapsed claim on A-1-1, its row locked by an open transaction.
+    sqlx::query(&format!(
+        "INSERT INTO seat_claims VALUES ('{event}', 'A-1-1', '{}', 'gone', now() - interval '1 hour')",
+        uuid::Uuid::new_v4()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM seat_claims WHERE seat_id = 'A-1-1' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let hold = |user: &str, seat: &str| Hold {
+        hold_id: uuid::Uuid::new_v4(),
+        event_id: event.clone(),
+        user_id: user.to_owned(),
+        seats: vec![seat.to_owned()],
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    };
+    let stuck = {
+        let (store, h) = (store.clone(), hold("first", "A-1-1"));
+        tokio::spawn(async move { store.claim_hold(&h, 4).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next: Vec<Hold> = (2..=5)
+        .map(|k| hold(&format!("next-{k}"), &format!("A-1-{k}")))
+        .collect();
+    let decided = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures::future::join_all(next.iter().map(|h| store.claim_hold(h, 4))),
+    )
+    .await
+    .expect("the claims behind a stuck one are decided while it waits");
+    for r in decided {
+        assert_eq!(r.unwrap(), Ok(()));
+    }
+    assert!(!stuck.is_finished(), "the first claim still waits on the lock");
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        stuck.await.unwrap().unwrap(),
+        Ok(()),
+        "then takes the lapsed claim"
+    );
+
+    pool.close().await;
+    db.drop_db().await;
+}

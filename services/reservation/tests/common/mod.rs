@@ -142,6 +142,7 @@ pub fn settings(db_url: &str, redis: &str, config: &std::path::Path) -> Settings
         database_url: db_url.to_owned(),
         database_read_url: None,
         database_max_connections: 8,
+        claim_batch: 64,
         redis_timeout: Duration::from_secs(2),
         database_timeout: Duration::from_secs(5),
         read_cache_ttl: Duration::from_millis(200),
