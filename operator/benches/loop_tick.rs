@@ -228,11 +228,11 @@ async fn main() {
             .collect();
         let target = tiketi_shared::redis::RedisArgs::new(redis_url.as_str());
         let mut reader = SignalReader::connect(&target, Duration::from_secs(10)).unwrap();
-        let _ = reader.read(&ids).await;
+        let _ = reader.read_in_order(&ids).await;
         let mut reads = Vec::new();
         for _ in 0..10 {
             let t = Instant::now();
-            let _ = reader.read(&ids).await;
+            let _ = reader.read_in_order(&ids).await;
             reads.push(t.elapsed());
         }
         reads.sort();

@@ -143,6 +143,20 @@ impl SignalReader {
     /// Reads every event's signals: one pipeline (per hash slot in cluster mode), bounded by the
     /// timeout.
     pub async fn read<S: AsRef<str>>(&mut self, event_ids: &[S]) -> Tick {
+        let readings = self.read_in_order(event_ids).await;
+        event_ids
+            .iter()
+            .map(|e| e.as_ref().to_owned())
+            .zip(readings)
+            .collect()
+    }
+
+    /// [`SignalReader::read`] without the ids: a reading or an error for every event asked
+    /// about, in the order asked (the autoscaler's tick, which knows its events).
+    pub async fn read_in_order<S: AsRef<str>>(
+        &mut self,
+        event_ids: &[S],
+    ) -> Vec<Result<EventSignals, SignalError>> {
         let now = Utc::now();
         if event_ids.is_empty() {
             return Vec::new();
@@ -156,18 +170,21 @@ impl SignalReader {
                     Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
                     Ok(Ok(values)) => Ok(values),
                 };
-                decode_all(event_ids.iter().map(AsRef::as_ref), reply, now)
+                decode_all(event_ids.len(), reply, now)
             }
             conn @ RedisConn::Cluster(_) => {
-                let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-                for e in event_ids.iter().map(AsRef::as_ref) {
-                    groups.entry(slot_of(e)).or_default().push(e.to_owned());
+                // Per slot: the events' ids and their places in the answer.
+                let mut groups: BTreeMap<u16, (Vec<String>, Vec<usize>)> = BTreeMap::new();
+                for (i, e) in event_ids.iter().map(AsRef::as_ref).enumerate() {
+                    let (ids, at) = groups.entry(slot_of(e)).or_default();
+                    ids.push(e.to_owned());
+                    at.push(i);
                 }
                 // Futures built eagerly and owning their data: a lazy stream closure that borrows
                 // would make the caller's future not Send.
                 let jobs: Vec<_> = groups
                     .into_values()
-                    .map(|events| {
+                    .map(|(events, at)| {
                         let mut conn = conn.clone();
                         async move {
                             let pipe = pipeline(events.iter().map(String::as_str), now);
@@ -181,7 +198,7 @@ impl SignalReader {
                                 Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
                                 Ok(Ok(values)) => Ok(values),
                             };
-                            decode_all(events.iter().map(String::as_str), reply, now)
+                            (at, decode_all(events.len(), reply, now))
                         }
                     })
                     .collect();
@@ -189,19 +206,20 @@ impl SignalReader {
                     .buffer_unordered(CLUSTER_CONCURRENCY)
                     .collect::<Vec<_>>()
                     .await;
-                let mut results: BTreeMap<String, Result<EventSignals, SignalError>> =
-                    replies.into_iter().flatten().collect();
-                event_ids
-                    .iter()
-                    .map(AsRef::as_ref)
-                    .map(|e: &str| {
-                        let r = results.remove(e).unwrap_or_else(|| {
+                let mut out: Vec<Option<Result<EventSignals, SignalError>>> = vec![None; event_ids.len()];
+                for (at, readings) in replies {
+                    for (i, r) in at.into_iter().zip(readings) {
+                        out[i] = Some(r);
+                    }
+                }
+                out.into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| {
                             Err(SignalError::Decode {
                                 command: "pipeline",
                                 reply: "no reply for event".into(),
                             })
-                        });
-                        (e.to_owned(), r)
+                        })
                     })
                     .collect()
             }
@@ -221,40 +239,54 @@ impl SignalReader {
 
 pub use tiketi_shared::redis::slot_of;
 
-fn pipeline<'a>(events: impl Iterator<Item = &'a str>, now: DateTime<Utc>) -> Pipeline {
-    let now_ms = now.timestamp_millis();
-    let mut pipe = redis::pipe();
+fn pipeline<'a>(events: impl ExactSizeIterator<Item = &'a str>, now: DateTime<Utc>) -> Pipeline {
+    let now_ms = now.timestamp_millis().to_string();
+    let mut pipe = Pipeline::with_capacity(events.len() * COMMANDS_PER_EVENT);
     pipe.ignore_errors();
     for e in events {
         let k = EventKeys::new(e);
-        pipe.zcard(k.queue())
-            .zcard(k.prequeue())
-            .zcount(k.active(), now_ms, "+inf")
-            .exists(k.sold_out())
-            .hmget(k.counts(), &["sold", "held", "available", "total"]);
+        pipe.add_command(command("ZCARD", &k.queue(), &[]))
+            .add_command(command("ZCARD", &k.prequeue(), &[]))
+            .add_command(command("ZCOUNT", &k.active(), &[&now_ms, "+inf"]))
+            .add_command(command("EXISTS", &k.sold_out(), &[]))
+            .add_command(command(
+                "HMGET",
+                &k.counts(),
+                &["sold", "held", "available", "total"],
+            ));
     }
     pipe
 }
 
-fn decode_all<'a>(
-    events: impl Iterator<Item = &'a str>,
+/// `name key rest…` with its buffers sized up front: at 10,000 events a tick's pipeline is
+/// 50,000 commands, and growing each command's buffers arg by arg cost more than writing them.
+fn command(name: &str, key: &str, rest: &[&str]) -> redis::Cmd {
+    let bytes = name.len() + key.len() + rest.iter().map(|a| a.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(2 + rest.len(), bytes);
+    cmd.arg(name).arg(key);
+    for a in rest {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+/// The readings of `events` events from one pipeline's replies, in order.
+fn decode_all(
+    events: usize,
     reply: Result<Vec<Value>, SignalError>,
     now: DateTime<Utc>,
-) -> Tick {
+) -> Vec<Result<EventSignals, SignalError>> {
     match reply {
-        Err(e) => events.map(|ev| (ev.to_owned(), Err(e.clone()))).collect(),
+        Err(e) => vec![Err(e); events],
         Ok(values) => {
             let mut chunks = values.chunks(COMMANDS_PER_EVENT);
-            events
-                .map(|ev| {
-                    let r = match chunks.next() {
-                        Some(chunk) => decode_event(chunk, now),
-                        None => Err(SignalError::Decode {
-                            command: "pipeline",
-                            reply: "missing replies".into(),
-                        }),
-                    };
-                    (ev.to_owned(), r)
+            (0..events)
+                .map(|_| match chunks.next() {
+                    Some(chunk) => decode_event(chunk, now),
+                    None => Err(SignalError::Decode {
+                        command: "pipeline",
+                        reply: "missing replies".into(),
+                    }),
                 })
                 .collect()
         }
@@ -454,26 +486,22 @@ mod tests {
             Value::Array(vec![Value::Nil; 4]),
         ];
         let values: Vec<Value> = ok.iter().chain(bad.iter()).cloned().collect();
-        let tick = decode_all(["a", "b"].into_iter(), Ok(values), now);
-        assert!(tick[0].1.is_ok());
-        let err = tick[1].1.clone().unwrap_err();
+        let tick = decode_all(2, Ok(values), now);
+        assert!(tick[0].is_ok());
+        let err = tick[1].clone().unwrap_err();
         assert_eq!(err.reason(), "RedisError");
         assert!(err.to_string().contains("ZCARD"), "{err}");
     }
 
     #[test]
     fn a_tick_failure_is_reported_for_every_event() {
-        let tick = decode_all(
-            ["a", "b"].into_iter(),
-            Err(SignalError::Timeout(Duration::from_secs(1))),
-            Utc::now(),
-        );
+        let tick = decode_all(2, Err(SignalError::Timeout(Duration::from_secs(1))), Utc::now());
         assert_eq!(tick.len(), 2);
         assert!(
             tick.iter()
-                .all(|(_, r)| r == &Err(SignalError::Timeout(Duration::from_secs(1))))
+                .all(|r| r == &Err(SignalError::Timeout(Duration::from_secs(1))))
         );
-        let s = samples(&tick[0].1);
+        let s = samples(&tick[0]);
         assert!(matches!(s.get(&Signal::QueueDepth), Some(Err(f)) if f.reason == "Timeout"));
     }
 }

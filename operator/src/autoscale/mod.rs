@@ -625,13 +625,8 @@ impl Autoscaler {
                 };
                 match reader {
                     Ok(mut r) => {
-                        let tick = r.read(&ids).await;
-                        (
-                            ep,
-                            Some(r),
-                            idx,
-                            tick.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-                        )
+                        let readings = r.read_in_order(&ids).await;
+                        (ep, Some(r), idx, readings)
                     }
                     Err(e) => {
                         let n = idx.len();
