@@ -89,14 +89,19 @@ pub fn plan_component(
         .current
         .or_else(|| component_status.and_then(|c| c.desired_replicas))
         .map_or(floor, non_negative);
+    // Borrowed unless the pre-warm records a reading in it: `decide` copies it anyway.
     let mut memory = match known.memory {
-        Some(m) => m.clone(),
-        None => Memory::from_status(component_status, status.and_then(|s| s.signals_observed_at), now),
+        Some(m) => std::borrow::Cow::Borrowed(m),
+        None => std::borrow::Cow::Owned(Memory::from_status(
+            component_status,
+            status.and_then(|s| s.signals_observed_at),
+            now,
+        )),
     };
     let crowd = match schedule.phase {
         Phase::PreWarming => {
             let growing = schedule.growth_from.is_none_or(|from| now >= from);
-            let rise = pre_queue_rise(&policy, samples, &mut memory, now);
+            let rise = pre_queue_rise(&policy, samples, memory.to_mut(), now);
             crowd_prewarm(tev, &policy, samples, growing, rise, now).map(|(n, why)| (n.min(max), why))
         }
         _ => None,
