@@ -860,11 +860,7 @@ fn in_schedule<'a>(
     tev: &'a TicketingEvent,
     st: &mut EventState,
     now: DateTime<Utc>,
-) -> Option<(
-    std::borrow::Cow<'a, crate::crd::TicketingEventStatus>,
-    Option<DateTime<Utc>>,
-    Arc<schedule::Schedule>,
-)> {
+) -> Option<InSchedule<'a>> {
     let status = tev.status.as_ref().map_or_else(
         || std::borrow::Cow::Owned(Default::default()),
         std::borrow::Cow::Borrowed,
@@ -889,11 +885,21 @@ fn in_schedule<'a>(
     Some((status, sold_out_at, sched))
 }
 
+/// The event's status (empty before its first write), when its sale ends early, its schedule now.
+type InSchedule<'a> = (
+    std::borrow::Cow<'a, crate::crd::TicketingEventStatus>,
+    Option<DateTime<Utc>>,
+    Arc<schedule::Schedule>,
+);
+
+/// What a kept schedule was evaluated for: the spec in force ([`Prepared::source`]) and soldOutAt.
+type ScheduleKey = (Option<(Option<i64>, bool)>, Option<DateTime<Utc>>);
+
 /// A schedule evaluated at `at`: the same for every instant before its next boundary, for the
 /// same spec in force and soldOutAt (`key`).
 #[derive(Debug, Clone)]
 struct KeptSchedule {
-    key: (Option<(Option<i64>, bool)>, Option<DateTime<Utc>>),
+    key: ScheduleKey,
     at: DateTime<Utc>,
     schedule: Arc<schedule::Schedule>,
 }
