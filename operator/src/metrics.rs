@@ -522,15 +522,8 @@ impl EventSeries {
     pub fn refresh(&mut self, m: &Metrics) {
         let now = m.gauges_dropped.load(std::sync::atomic::Ordering::Acquire);
         if now != self.generation {
-            let labels = std::mem::replace(
-                &mut self.labels,
-                EventLabels {
-                    namespace: String::new(),
-                    event: String::new(),
-                },
-            );
             let decisions = std::mem::take(&mut self.decisions);
-            *self = m.event_series(labels.namespace, labels.event);
+            *self = m.event_series(self.labels.namespace.clone(), self.labels.event.clone());
             // Counters are never dropped with the gauges: their handles stay good.
             self.decisions = decisions;
         }
@@ -583,33 +576,34 @@ impl EventSeries {
 
     /// The capacity need of a component; `None` removes the series (as [`Metrics::set_need`]).
     pub fn set_need(&mut self, m: &Metrics, c: Component, need: Option<u32>) {
-        // An entry: what this handle set last (Some: the series' gauge; None: removed).
+        // An entry: what this handle did last (Some: the series' gauge; None: removed it).
         let at = self.need.iter().position(|(k, _)| *k == c);
-        match (need, at) {
-            (Some(n), Some(i)) if self.need[i].1.is_some() => {
-                if let Some(g) = &self.need[i].1 {
-                    g.set(i64::from(n));
-                }
-            }
-            (Some(n), _) => {
-                let gauge = m
-                    .needed_replicas
-                    .get_or_create(&ComponentLabels {
-                        namespace: self.labels.namespace.clone(),
-                        event: self.labels.event.clone(),
-                        component: c.as_str(),
-                    })
-                    .clone();
+        match (need, at.map(|i| &self.need[i].1)) {
+            (Some(n), Some(Some(gauge))) => {
                 gauge.set(i64::from(n));
-                self.need.retain(|(k, _)| *k != c);
-                self.need.push((c, Some(gauge)));
+                return;
             }
-            (None, Some(i)) if self.need[i].1.is_none() => {}
-            (None, _) => {
-                m.set_need(&self.labels.namespace, &self.labels.event, c, None);
-                self.need.retain(|(k, _)| *k != c);
-                self.need.push((c, None));
-            }
+            (None, Some(None)) => return,
+            _ => {}
+        }
+        let gauge = need.map(|n| {
+            let gauge = m
+                .needed_replicas
+                .get_or_create(&ComponentLabels {
+                    namespace: self.labels.namespace.clone(),
+                    event: self.labels.event.clone(),
+                    component: c.as_str(),
+                })
+                .clone();
+            gauge.set(i64::from(n));
+            gauge
+        });
+        if gauge.is_none() {
+            m.set_need(&self.labels.namespace, &self.labels.event, c, None);
+        }
+        match at {
+            Some(i) => self.need[i].1 = gauge,
+            None => self.need.push((c, gauge)),
         }
     }
 }

@@ -219,7 +219,8 @@ struct Done {
 pub struct Autoscaler {
     ctx: Arc<Context>,
     store: Store<TicketingEvent>,
-    opts: AutoscalerOptions,
+    /// Shared with the events' tasks (not copied per tick).
+    opts: Arc<AutoscalerOptions>,
     epoch: Instant,
     /// By uid (foldhash: probed once per event per tick).
     /// Boxed: a due event's state moves out of the map and back every poll.
@@ -277,7 +278,7 @@ impl Autoscaler {
         Self {
             ctx,
             store,
-            opts,
+            opts: Arc::new(opts),
             epoch: Instant::now(),
             events: Default::default(),
             readers: HashMap::new(),
@@ -497,7 +498,7 @@ impl Autoscaler {
         // ticks come on time.
         let tick = self.ticks;
         let mut started = 0;
-        let opts = Arc::new(self.opts.clone());
+        let opts = self.opts.clone();
         for ((((tev, mut st), uid), reading), prom) in due.into_iter().zip(due_uids).zip(readings).zip(prom) {
             if settle_in_place(&self.ctx, &opts, &tev, &reading, &prom, &mut st, now) {
                 self.events.insert(uid, st);

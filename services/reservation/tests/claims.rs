@@ -490,21 +490,32 @@ async fn live_claims(pool: &sqlx::PgPool, holds: &[uuid::Uuid]) -> Vec<(String, 
     .unwrap()
 }
 
-#[tokio::test]
-async fn claims_decided_together_refuse_only_the_conflicting_holds() {
-    use tiketi_reservation::db::{ClaimRefused, Db};
-    use tiketi_reservation::model::Hold;
-
-    let event = unique("batch");
-    let db = TestDb::create("resv_batch").await;
-    let path = write_config(&event, 1, 100, 300, 4);
+/// A database with the service's schema and one event of one row of `per_row` seats (hold TTL
+/// 300 s, 4 seats per user), reached through the service's own `Db` (claim batches up to 64).
+async fn migrated_store(
+    prefix: &str,
+    db_name: &str,
+    per_row: u32,
+) -> (String, TestDb, tiketi_reservation::db::Db) {
+    let event = unique(prefix);
+    let db = TestDb::create(db_name).await;
+    let path = write_config(&event, 1, per_row, 300, 4);
     let cfg = tiketi_shared::config::load(&path)
         .unwrap()
         .remove(&event)
         .unwrap();
-    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
+    let store = tiketi_reservation::db::Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
     store.migrate().await.unwrap();
     store.load_inventory(&cfg).await.unwrap();
+    (event, db, store)
+}
+
+#[tokio::test]
+async fn claims_decided_together_refuse_only_the_conflicting_holds() {
+    use tiketi_reservation::db::ClaimRefused;
+    use tiketi_reservation::model::Hold;
+
+    let (event, db, store) = migrated_store("batch", "resv_batch", 100).await;
     let pool = db.pool().await;
 
     // What PostgreSQL knows and Redis may have lost: A-1-1 claimed by another live hold, A-1-2
@@ -704,19 +715,9 @@ async fn concurrent_http_holds_one_of_them_over_a_seat_only_postgres_knows_is_he
 async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
     // One claim statement runs at a time, but one stuck on a lock for over 10 ms lets another
     // start beside it: the claims queued behind it are decided meanwhile.
-    use tiketi_reservation::db::Db;
     use tiketi_reservation::model::Hold;
 
-    let event = unique("stall");
-    let db = TestDb::create("resv_stall").await;
-    let path = write_config(&event, 1, 10, 300, 4);
-    let cfg = tiketi_shared::config::load(&path)
-        .unwrap()
-        .remove(&event)
-        .unwrap();
-    let store = Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
-    store.migrate().await.unwrap();
-    store.load_inventory(&cfg).await.unwrap();
+    let (event, db, store) = migrated_store("stall", "resv_stall", 10).await;
     let pool = db.pool().await;
     // A lapsed claim on A-1-1, its row locked by an open transaction.
     sqlx::query(&format!(
