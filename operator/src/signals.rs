@@ -1,9 +1,17 @@
 //! Reads every event's scaling signals from Redis in one pipelined round trip per tick.
 //!
-//! Per event the pipeline holds `ZCARD queue`, `ZCARD prequeue`, `ZCOUNT active <now-ms> +inf`, `EXISTS sold-out`
-//! and `HMGET counts sold held available total` — keys from [`tiketi_shared::keys::EventKeys`]
-//! only. On a single Redis (or a replication group behind one endpoint) that is one pipeline for
-//! all events; in cluster mode a pipeline may only touch one hash slot, so commands are grouped per
+//! Per event the pipeline holds one `EVALSHA` of [`SIGNALS_LUA`], which runs `ZCARD queue`,
+//! `ZCARD prequeue`, `ZCOUNT active <now-ms> +inf`, `EXISTS sold-out` and
+//! `HMGET counts sold held available total` on keys from [`tiketi_shared::keys::EventKeys`] only,
+//! and answers with one short string. One command and one reply per event instead of five
+//! commands and nine replies: at 10,000 events, building the commands and parsing the replies
+//! in the client was the largest part of the operator's tick (perf: ≈ 21 % parsing, ≈ 15 %
+//! building), while Redis runs the same five reads either way. A Redis that does not know the
+//! script (a restart, a failover, a new cluster node) answers NOSCRIPT; the reader loads it and
+//! sends the pipeline again within the same timeout.
+//!
+//! On a single Redis (or a replication group behind one endpoint) that is one pipeline for all
+//! events; in cluster mode a pipeline may only touch one hash slot, so commands are grouped per
 //! slot (every key of an event shares its hash tag, hence its slot) and the groups are sent
 //! concurrently. Each tick is bounded by a timeout; a failure is reported per event, never as a
 //! silent zero.
@@ -24,8 +32,35 @@ use tiketi_shared::redis::{RedisArgs, RedisConn};
 
 use crate::autoscaler::{Samples, Signal, SignalFailure};
 
-/// Commands the pipeline sends per event.
-pub const COMMANDS_PER_EVENT: usize = 5;
+/// Commands the pipeline sends per event (one `EVALSHA` of [`SIGNALS_LUA`]).
+pub const COMMANDS_PER_EVENT: usize = 1;
+
+/// One event's signals in one reply. KEYS: queue, prequeue, active, sold-out, counts;
+/// ARGV[1]: now in unix ms. Answers `queue,prequeue,active,soldOut,sold,held,available,total`
+/// (a missing counts field is empty), or the first failing read's error with the command and
+/// key appended, its code kept (e.g. `WRONGTYPE … (ZCARD tiketi:{e}:queue)`).
+pub const SIGNALS_LUA: &str = r"
+local function failed(r, command, key)
+  if type(r) == 'table' and r.err then
+    return redis.error_reply(r.err .. ' (' .. command .. ' ' .. key .. ')')
+  end
+end
+local q = redis.pcall('ZCARD', KEYS[1])
+local e = failed(q, 'ZCARD', KEYS[1]) if e then return e end
+local p = redis.pcall('ZCARD', KEYS[2])
+e = failed(p, 'ZCARD', KEYS[2]) if e then return e end
+local a = redis.pcall('ZCOUNT', KEYS[3], ARGV[1], '+inf')
+e = failed(a, 'ZCOUNT', KEYS[3]) if e then return e end
+local s = redis.pcall('EXISTS', KEYS[4])
+e = failed(s, 'EXISTS', KEYS[4]) if e then return e end
+local c = redis.pcall('HMGET', KEYS[5], 'sold', 'held', 'available', 'total')
+e = failed(c, 'HMGET', KEYS[5]) if e then return e end
+return q .. ',' .. p .. ',' .. a .. ',' .. s .. ',' .. (c[1] or '') .. ',' .. (c[2] or '') .. ','
+  .. (c[3] or '') .. ',' .. (c[4] or '')
+";
+
+static SIGNALS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SIGNALS_LUA));
 
 /// Cluster slot groups sent at once.
 const CLUSTER_CONCURRENCY: usize = 64;
@@ -165,11 +200,7 @@ impl SignalReader {
         match &mut self.conn {
             conn @ RedisConn::Single(_) => {
                 let pipe = pipeline(event_ids.iter().map(AsRef::as_ref), now);
-                let reply = match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
-                    Err(_) => Err(SignalError::Timeout(timeout)),
-                    Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
-                    Ok(Ok(values)) => Ok(values),
-                };
+                let reply = query(&pipe, conn, timeout).await;
                 decode_all(event_ids.len(), reply, now)
             }
             conn @ RedisConn::Cluster(_) => {
@@ -188,16 +219,7 @@ impl SignalReader {
                         let mut conn = conn.clone();
                         async move {
                             let pipe = pipeline(events.iter().map(String::as_str), now);
-                            let reply = match tokio::time::timeout(
-                                timeout,
-                                pipe.query_async::<Vec<Value>>(&mut conn),
-                            )
-                            .await
-                            {
-                                Err(_) => Err(SignalError::Timeout(timeout)),
-                                Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
-                                Ok(Ok(values)) => Ok(values),
-                            };
+                            let reply = query(&pipe, &mut conn, timeout).await;
                             (at, decode_all(events.len(), reply, now))
                         }
                     })
@@ -239,35 +261,50 @@ impl SignalReader {
 
 pub use tiketi_shared::redis::slot_of;
 
+/// Sends `pipe` and returns its replies, all within `timeout`. Replies that say NOSCRIPT (a
+/// Redis that restarted, failed over or joined the cluster since the script was loaded) load
+/// the script, on every node in cluster mode, and the pipeline is sent once more.
+async fn query(pipe: &Pipeline, conn: &mut RedisConn, timeout: Duration) -> Result<Vec<Value>, SignalError> {
+    let attempt = async {
+        let values = pipe.query_async::<Vec<Value>>(conn).await?;
+        let forgotten = values
+            .iter()
+            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+        if !forgotten {
+            return Ok(values);
+        }
+        tracing::info!("Redis does not know the signals script (restarted or failed over): loading it");
+        SIGNALS_SCRIPT.prepare_invoke().load_async(conn).await?;
+        pipe.query_async::<Vec<Value>>(conn).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(SignalError::Timeout(timeout)),
+        Ok(Err(e)) => Err(SignalError::from_redis(&e, timeout)),
+        Ok(Ok(values)) => Ok(values),
+    }
+}
+
 fn pipeline<'a>(events: impl ExactSizeIterator<Item = &'a str>, now: DateTime<Utc>) -> Pipeline {
     let now_ms = now.timestamp_millis().to_string();
+    let hash = SIGNALS_SCRIPT.get_hash();
     let mut pipe = Pipeline::with_capacity(events.len() * COMMANDS_PER_EVENT);
     pipe.ignore_errors();
     for e in events {
         let k = EventKeys::new(e);
-        pipe.add_command(command("ZCARD", &k.queue(), &[]))
-            .add_command(command("ZCARD", &k.prequeue(), &[]))
-            .add_command(command("ZCOUNT", &k.active(), &[&now_ms, "+inf"]))
-            .add_command(command("EXISTS", &k.sold_out(), &[]))
-            .add_command(command(
-                "HMGET",
-                &k.counts(),
-                &["sold", "held", "available", "total"],
-            ));
+        let keys = [k.queue(), k.prequeue(), k.active(), k.sold_out(), k.counts()];
+        // Buffers sized up front: at 10,000 events growing each command's buffers arg by arg
+        // cost more than writing them.
+        let bytes =
+            "EVALSHA".len() + hash.len() + 1 + keys.iter().map(String::len).sum::<usize>() + now_ms.len();
+        let mut cmd = redis::Cmd::with_capacity(4 + keys.len(), bytes);
+        cmd.arg("EVALSHA").arg(hash).arg(keys.len());
+        for key in &keys {
+            cmd.arg(key.as_str());
+        }
+        cmd.arg(now_ms.as_str());
+        pipe.add_command(cmd);
     }
     pipe
-}
-
-/// `name key rest…` with its buffers sized up front: at 10,000 events a tick's pipeline is
-/// 50,000 commands, and growing each command's buffers arg by arg cost more than writing them.
-fn command(name: &str, key: &str, rest: &[&str]) -> redis::Cmd {
-    let bytes = name.len() + key.len() + rest.iter().map(|a| a.len()).sum::<usize>();
-    let mut cmd = redis::Cmd::with_capacity(2 + rest.len(), bytes);
-    cmd.arg(name).arg(key);
-    for a in rest {
-        cmd.arg(*a);
-    }
-    cmd
 }
 
 /// The readings of `events` events from one pipeline's replies, in order.
@@ -294,61 +331,53 @@ fn decode_all(
 }
 
 fn decode_event(chunk: &[Value], now: DateTime<Utc>) -> Result<EventSignals, SignalError> {
-    let [zcard, zcard_pre, zcount, exists, counts] = chunk else {
+    const COMMAND: &str = "EVALSHA signals";
+    let [reply] = chunk else {
         return Err(SignalError::Decode {
             command: "pipeline",
             reply: format!("{} replies", chunk.len()),
         });
     };
-    let int = |command: &'static str, v: &Value| -> Result<u64, SignalError> {
-        match v {
-            Value::Int(n) if *n >= 0 => Ok(*n as u64),
-            Value::ServerError(e) => Err(SignalError::Redis(format!("{command}: {e}"))),
-            other => Err(SignalError::Decode {
-                command,
-                reply: short(other),
-            }),
-        }
-    };
-    let queue_depth = int("ZCARD", zcard)?;
-    let pre_queue_depth = int("ZCARD prequeue", zcard_pre)?;
-    let active_users = int("ZCOUNT", zcount)?;
-    let sold_out = int("EXISTS", exists)? > 0;
-    let counts = match counts {
-        Value::Array(fields) if fields.len() == 4 => {
-            let field = |v: &Value| -> Result<Option<u64>, SignalError> {
-                match v {
-                    Value::Nil => Ok(None),
-                    Value::BulkString(b) => std::str::from_utf8(b)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .map(Some)
-                        .ok_or_else(|| SignalError::Decode {
-                            command: "HMGET counts",
-                            reply: short(v),
-                        }),
-                    Value::Int(n) if *n >= 0 => Ok(Some(*n as u64)),
-                    other => Err(SignalError::Decode {
-                        command: "HMGET counts",
-                        reply: short(other),
-                    }),
-                }
-            };
-            Counts {
-                sold: field(&fields[0])?,
-                held: field(&fields[1])?,
-                available: field(&fields[2])?,
-                total: field(&fields[3])?,
-            }
-        }
-        Value::ServerError(e) => return Err(SignalError::Redis(format!("HMGET counts: {e}"))),
+    let text = match reply {
+        Value::BulkString(b) => b.as_slice(),
+        Value::SimpleString(s) => s.as_bytes(),
+        Value::ServerError(e) => return Err(SignalError::Redis(e.to_string())),
         other => {
             return Err(SignalError::Decode {
-                command: "HMGET counts",
+                command: COMMAND,
                 reply: short(other),
             });
         }
     };
+    let bad = || SignalError::Decode {
+        command: COMMAND,
+        reply: short(reply),
+    };
+    let mut fields = text.split(|b| *b == b',').map(|f| {
+        if f.is_empty() {
+            return Ok(None);
+        }
+        std::str::from_utf8(f)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(bad)
+    });
+    let mut next = || fields.next().ok_or_else(bad)?;
+    let mut required = || next()?.ok_or_else(bad);
+    let queue_depth = required()?;
+    let pre_queue_depth = required()?;
+    let active_users = required()?;
+    let sold_out = required()? > 0;
+    let counts = Counts {
+        sold: next()?,
+        held: next()?,
+        available: next()?,
+        total: next()?,
+    };
+    if fields.next().is_some() {
+        return Err(bad());
+    }
     Ok(EventSignals {
         queue_depth,
         pre_queue_depth,
@@ -436,18 +465,7 @@ mod tests {
     #[test]
     fn decodes_a_full_event_reply() {
         let now = Utc::now();
-        let chunk = [
-            Value::Int(8_000),
-            Value::Int(300),
-            Value::Int(1_500),
-            Value::Int(1),
-            Value::Array(vec![
-                Value::BulkString(b"590".to_vec()),
-                Value::BulkString(b"10".to_vec()),
-                Value::BulkString(b"0".to_vec()),
-                Value::Nil,
-            ]),
-        ];
+        let chunk = [Value::BulkString(b"8000,300,1500,1,590,10,0,".to_vec())];
         let s = decode_event(&chunk, now).unwrap();
         assert_eq!(
             (s.queue_depth, s.pre_queue_depth, s.active_users, s.sold_out),
@@ -466,26 +484,32 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_reply_is_a_decode_error_never_a_zero() {
+        for bad in [
+            &b"8000,300,1500,1,590,10,0"[..], // a field short
+            b"8000,300,1500,1,590,10,0,,9",   // one too many
+            b",300,1500,1,,,,",               // a required signal missing
+            b"8000,300,-1,0,,,,",             // negative
+            b"8000,300,15x,0,,,,",            // not a number
+            b"8000,300,1500,0,lots,,,",       // a count that is not a number
+        ] {
+            let err = decode_event(&[Value::BulkString(bad.to_vec())], Utc::now()).unwrap_err();
+            assert_eq!(err.reason(), "DecodeError", "{}", String::from_utf8_lossy(bad));
+        }
+        let err = decode_event(&[Value::Int(3)], Utc::now()).unwrap_err();
+        assert_eq!(err.reason(), "DecodeError");
+    }
+
+    #[test]
     fn a_server_error_fails_only_that_event() {
         let now = Utc::now();
-        let ok = [
-            Value::Int(1),
-            Value::Int(0),
-            Value::Int(0),
-            Value::Int(0),
-            Value::Array(vec![Value::Nil; 4]),
-        ];
-        let bad = [
+        let values = vec![
+            Value::BulkString(b"1,0,0,0,,,,".to_vec()),
             redis::parse_redis_value(
-                b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+                b"-WRONGTYPE Operation against a key holding the wrong kind of value (ZCARD tiketi:{e}:queue)\r\n",
             )
             .unwrap(),
-            Value::Int(0),
-            Value::Int(0),
-            Value::Int(0),
-            Value::Array(vec![Value::Nil; 4]),
         ];
-        let values: Vec<Value> = ok.iter().chain(bad.iter()).cloned().collect();
         let tick = decode_all(2, Ok(values), now);
         assert!(tick[0].is_ok());
         let err = tick[1].clone().unwrap_err();

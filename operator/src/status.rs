@@ -66,6 +66,19 @@ pub fn to_time(t: DateTime<Utc>) -> Time {
     Time(ts)
 }
 
+/// A condition message as [`condition`] stores it: at most 1,024 bytes, a longer one cut at a
+/// character boundary and ended with "..." (the second part; empty when nothing was cut).
+pub fn bounded_message(message: &str) -> (&str, &'static str) {
+    if message.len() <= 1024 {
+        return (message, "");
+    }
+    let mut cut = 1021;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (&message[..cut], "...")
+}
+
 /// Builds a condition, keeping `lastTransitionTime` from `existing` when the status did not flip
 /// (API conventions: the time of the last *transition*, not of the last write).
 pub fn condition(
@@ -84,13 +97,11 @@ pub fn condition(
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| to_time(now));
     let mut message: String = message.into();
-    if message.len() > 1024 {
-        let mut cut = 1021;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
+    let (kept, cut) = bounded_message(&message);
+    if !cut.is_empty() {
+        let kept = kept.len();
+        message.truncate(kept);
+        message.push_str(cut);
     }
     Condition {
         type_: type_.into(),

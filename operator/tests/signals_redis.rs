@@ -130,6 +130,47 @@ async fn a_broken_key_fails_only_its_event() {
     cleanup(&mut conn, &events).await;
 }
 
+/// The reader sends EVALSHA of its script: a Redis that forgot it (SCRIPT FLUSH here; a
+/// restart or a failover in production) answers NOSCRIPT, and the same tick loads the script
+/// and reads every event anyway.
+#[tokio::test]
+async fn a_redis_that_forgot_the_script_is_read_in_the_same_tick() {
+    let redis = PrivateRedis::start(&[]).unwrap();
+    let mut conn = plain(&redis.url()).await;
+    let events: Vec<String> = (0..50).map(|i| unique(&format!("flush{i}"))).collect();
+    for (i, e) in events.iter().enumerate() {
+        let k = EventKeys::new(e);
+        let _: () = conn.zadd(k.queue(), "u", 1).await.unwrap();
+        let _: () = conn.hset(k.counts(), "available", i).await.unwrap();
+    }
+    let mut reader =
+        SignalReader::connect(&RedisArgs::new(redis.url().as_str()), Duration::from_secs(2)).unwrap();
+    for round in 0..3 {
+        // Round 0: never loaded; rounds 1 and 2: flushed after a good read.
+        if round > 0 {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let tick = reader.read(&events).await;
+        for (i, (e, r)) in tick.iter().enumerate() {
+            let s = r
+                .as_ref()
+                .unwrap_or_else(|err| panic!("round {round}, {e}: {err}"));
+            assert_eq!((s.queue_depth, s.counts.available), (1, Some(i as u64)), "{e}");
+        }
+    }
+    let known: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(redis::Script::new(signals::SIGNALS_LUA).get_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(known, vec![true]);
+}
+
 #[tokio::test]
 async fn a_paused_redis_times_out_per_tick_and_recovers() {
     let redis = PrivateRedis::start(&[]).unwrap();

@@ -847,7 +847,7 @@ async fn handle_event(
         };
         Box::pin(
             ctx.events
-                .publish(tev, type_, ev_reason, "Autoscale", report.message.clone()),
+                .publish(tev, type_, ev_reason, "Autoscale", report.message.to_string()),
         )
         .await;
     }
@@ -1000,14 +1000,19 @@ fn count_decision(ctx: &Context, series: &mut EventSeries, c: Component, d: &cra
     series.set_need(&ctx.metrics, c, d.need);
 }
 
+/// Scale-in evidence is shown and carried across a leader change only where it can lead to a
+/// scale-in: at the lowest replicas (a far-future event at its minimum) it stays in this
+/// process's memory, so a settled event's status never changes for it (a new leader would
+/// restart it anyway: nothing refreshes `signalsObservedAt` while nothing changes).
+fn outcome_below_since(planned: &plan::Planned) -> Option<DateTime<Utc>> {
+    let d = &planned.decision;
+    d.memory.below_since.filter(|_| d.desired > planned.lowest)
+}
+
 /// What a component's decision leaves for the status (and its signal health).
 fn outcome_of(planned: &plan::Planned, scaled: bool) -> (ComponentOutcome, SignalHealth) {
     let d = &planned.decision;
-    // Scale-in evidence is shown and carried across a leader change only where it can lead to
-    // a scale-in: at the lowest replicas (a far-future event at its minimum) it stays in this
-    // process's memory, so a settled event's status never changes for it (a new leader would
-    // restart it anyway: nothing refreshes `signalsObservedAt` while nothing changes).
-    let below_since = d.memory.below_since.filter(|_| d.desired > planned.lowest);
+    let below_since = outcome_below_since(planned);
     let outcome = ComponentOutcome {
         sizing: component_sizing(planned),
         below_since,
@@ -1100,47 +1105,52 @@ fn settle_in_place(
     // is a fifth of the settled tick's cost. What changes replicas is decided again, with its
     // text, by the event's task.
     let quiet = !tracing::enabled!(tracing::Level::DEBUG);
-    // (index into `entries`, component, plan); a component without a plan (Closed) is left out.
-    let mut planned = Vec::with_capacity(entries.len());
-    for (i, (c, entry)) in entries.iter().enumerate() {
+    // Per entry its plan; a component without one (Closed) is left out.
+    let mut planned: [Option<plan::Planned>; 2] = [None, None];
+    for ((c, entry), slot) in entries.iter().zip(&mut planned) {
         let policy = st.prepared.as_deref().and_then(|p| p.policy(*c).ok());
         if let Some(p) = plan_locked(tev, &sched, *c, policy, &samples, entry, now, quiet) {
             if p.changes() {
                 return false;
             }
-            planned.push((i, *c, p));
+            *slot = Some(p);
         }
     }
     let mut gate = st.health_gate;
     let mut check = None;
-    if !planned.is_empty() {
-        let health: Vec<(Component, SignalHealth)> = planned
-            .iter()
-            .map(|(_, c, p)| (*c, p.decision.health.clone()))
-            .collect();
-        let report = report::health_report(&health, &mut gate);
+    let mut health = [
+        (Component::Queue, SignalHealth::Healthy),
+        (Component::Reservation, SignalHealth::Healthy),
+    ];
+    let mut reported = 0;
+    for p in planned.iter_mut().flatten() {
+        health[reported] = (
+            p.component,
+            std::mem::replace(&mut p.decision.health, SignalHealth::Healthy),
+        );
+        reported += 1;
+    }
+    if reported > 0 {
+        let report = report::health_report(&health[..reported], &mut gate);
         if report.flipped {
             return false;
         }
-        let outcomes: BTreeMap<Component, ComponentOutcome> = planned
-            .iter()
-            .map(|(_, c, p)| (*c, outcome_of(p, false).0))
-            .collect();
         let last_ok = reading.as_ref().ok().or(st.last_ok.as_ref());
-        let plan = status_plan(opts, tev, st, last_ok, status, &report, &outcomes, now);
-        if plan.due {
+        let (due, from_cache) = settled_status_due(opts, st, last_ok, status, &report, &planned, now);
+        if due {
             return false;
         }
-        check = Some((report.healthy, plan.from_cache));
+        check = Some((report.healthy, from_cache));
     }
 
     // Nothing needs the API: commit as the full path would.
     let series = series_of(&mut st.series, ctx, tev);
     record_signals(ctx, series, reading, prom, &mut st.last_ok);
-    for (i, c, p) in planned {
-        count_decision(ctx, series, c, &p.decision);
+    for ((c, entry), p) in entries.iter_mut().zip(planned) {
+        let Some(p) = p else { continue };
+        count_decision(ctx, series, *c, &p.decision);
         tracing::debug!(component = %c, replicas = p.decision.desired, reason = %p.decision.reason, message = %p.decision.message, "hold");
-        entries[i].1.memory = Some(p.decision.memory);
+        entry.memory = Some(p.decision.memory);
     }
     if let Some((healthy, from_cache)) = check {
         st.health_gate = gate;
@@ -1187,23 +1197,7 @@ fn status_plan(
     );
     let body = report::status_body(last_ok, status, st.sold_out_at, outcomes);
     let shapes = report::Shapes::of(report.healthy, report.reason, &cond.message, &body);
-    let mut from_cache = None;
-    let last = match &st.written {
-        Some(w) => Some(report::LastWrite {
-            elapsed: w.at.elapsed(),
-            shapes: w.shapes,
-        }),
-        // First tick of this process (or of this leadership): what status already holds counts
-        // as written, so a new leader does not rewrite every settled event.
-        None => report::Shapes::in_status(status, outcomes.keys().copied(), now).map(|(held, age)| {
-            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-            from_cache = Some(Written { at, shapes: held });
-            report::LastWrite {
-                elapsed: age,
-                shapes: held,
-            }
-        }),
-    };
+    let (last, from_cache) = last_write(st, status, outcomes.keys().copied(), now);
     // A change of replicas shows the readings that made it at once, whatever the throttle says.
     let scaled = outcomes.values().any(|o| o.scaled);
     let due = scaled
@@ -1220,6 +1214,95 @@ fn status_plan(
         shapes,
         from_cache,
     }
+}
+
+/// The last status write the throttle compares with: this process's, else what status already
+/// holds, counted as written (the first tick of this process or of this leadership: a new leader
+/// does not rewrite every settled event); the second is then what to remember as written.
+fn last_write(
+    st: &EventState,
+    status: &crate::crd::TicketingEventStatus,
+    components: impl Iterator<Item = Component>,
+    now: DateTime<Utc>,
+) -> (Option<report::LastWrite>, Option<Written>) {
+    match &st.written {
+        Some(w) => (
+            Some(report::LastWrite {
+                elapsed: w.at.elapsed(),
+                shapes: w.shapes,
+            }),
+            None,
+        ),
+        None => match report::Shapes::in_status(status, components, now) {
+            None => (None, None),
+            Some((held, age)) => {
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                (
+                    Some(report::LastWrite {
+                        elapsed: age,
+                        shapes: held,
+                    }),
+                    Some(Written { at, shapes: held }),
+                )
+            }
+        },
+    }
+}
+
+/// [`status_plan`]'s verdict for a settled tick (nothing scaled), without building the body
+/// and condition it would write. Returns (due, what to remember as written).
+fn settled_status_due(
+    opts: &AutoscalerOptions,
+    st: &EventState,
+    last_ok: Option<&EventSignals>,
+    status: &crate::crd::TicketingEventStatus,
+    report: &report::HealthReport,
+    planned: &[Option<plan::Planned>; 2],
+    now: DateTime<Utc>,
+) -> (bool, Option<Written>) {
+    let (shapes, heartbeat) = settled_shapes(st.sold_out_at, last_ok, status, report, planned);
+    let (last, from_cache) = last_write(st, status, planned.iter().flatten().map(|p| p.component), now);
+    let due = report::write_due(last, shapes, opts.status_interval, heartbeat);
+    (due, from_cache)
+}
+
+/// The shapes of the status [`status_plan`] would build from these plans (through
+/// [`outcome_of`] and [`report::status_body`]) and its evidence heartbeat, read from the plans
+/// themselves.
+fn settled_shapes(
+    sold_out_at: Option<DateTime<Utc>>,
+    last_ok: Option<&EventSignals>,
+    status: &crate::crd::TicketingEventStatus,
+    report: &report::HealthReport,
+    planned: &[Option<plan::Planned>; 2],
+) -> (report::Shapes, Option<Duration>) {
+    let mut shapes = report::ShapesOf::new(
+        report.healthy,
+        report.reason,
+        &report.message,
+        sold_out_at.or(status.sold_out_at),
+        report::readings(last_ok, status),
+    );
+    let mut heartbeat: Option<Duration> = None;
+    for c in Component::ALL {
+        let p = planned.iter().flatten().find(|p| p.component == c);
+        shapes.component(p.map(|p| {
+            let d = &p.decision;
+            let below_since = outcome_below_since(p);
+            if below_since.is_some() {
+                let beat = report::heartbeat_of(p.evidence_gap);
+                heartbeat = Some(heartbeat.map_or(beat, |h| h.min(beat)));
+            }
+            report::ComponentShape {
+                below_since,
+                need: d.need,
+                prewarm_replicas: p.prewarm,
+                needs: (!d.memory.need_marks.is_empty())
+                    .then(|| d.memory.need_marks.iter().map(|m| m.to_status().replicas)),
+            }
+        }));
+    }
+    (shapes.finish(), heartbeat)
 }
 
 /// The autoscaler's status fields with its own field manager, throttled by [`report::write_due`].
@@ -1265,5 +1348,133 @@ async fn write_status(
         Err(e) => {
             tracing::warn!(error = %e, "writing the autoscaler's status failed");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod settled_tests {
+    use super::*;
+    use crate::autoscaler::{Decision, Direction, Reason};
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn planned(
+        component: Component,
+        need: u32,
+        marks: &[(i64, u32)],
+        below: Option<i64>,
+        lowest: u32,
+    ) -> plan::Planned {
+        let mut memory = Memory::default();
+        for (at, n) in marks {
+            memory
+                .need_marks
+                .push(crate::autoscaler::NeedMark { at: t(*at), need: *n });
+        }
+        memory.below_since = below.map(t);
+        plan::Planned {
+            component,
+            current: 4,
+            decision: Decision {
+                desired: 4,
+                direction: Direction::Hold,
+                reason: Reason::WithinThresholds,
+                message: String::new(),
+                health: SignalHealth::Healthy,
+                memory,
+                need: Some(need),
+            },
+            prewarm: (need > 3).then_some(need - 1),
+            evidence_gap: Duration::from_secs(40),
+            lowest,
+        }
+    }
+
+    /// The settled path judges the status by [`settled_shapes`]; a write is built by
+    /// [`status_plan`] from [`outcome_of`] and [`report::status_body`]. Both must see the same
+    /// shapes, or a settled tick would miss a change (or rewrite an unchanged status).
+    #[test]
+    fn the_settled_shapes_are_the_shapes_of_the_body_a_write_would_carry() {
+        let status = crate::crd::TicketingEventStatus {
+            queue_depth: Some(40),
+            active_users: Some(7),
+            sold_out_at: Some(t(5)),
+            ..Default::default()
+        };
+        let reading = EventSignals {
+            queue_depth: 900,
+            pre_queue_depth: 30,
+            active_users: 12,
+            sold_out: false,
+            counts: Default::default(),
+            observed_at: t(9),
+        };
+        let long = "x".repeat(1500);
+        let reports = [
+            report::HealthReport {
+                healthy: true,
+                flipped: false,
+                reason: "SignalsFresh",
+                message: "every signal is fresh".into(),
+            },
+            report::HealthReport {
+                healthy: false,
+                flipped: false,
+                reason: "Timeout",
+                message: long.into(),
+            },
+        ];
+        let cases: Vec<[Option<plan::Planned>; 2]> = vec![
+            [None, None],
+            [
+                Some(planned(Component::Queue, 6, &[(1, 8), (3, 6)], Some(2), 2)),
+                None,
+            ],
+            [
+                Some(planned(Component::Queue, 6, &[], Some(2), 4)),
+                Some(planned(Component::Reservation, 2, &[(4, 3)], None, 1)),
+            ],
+            [
+                None,
+                Some(planned(Component::Reservation, 9, &[(4, 9)], Some(1), 1)),
+            ],
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for report in &reports {
+            for last_ok in [None, Some(&reading)] {
+                for sold_out_at in [None, Some(t(7))] {
+                    for planned in &cases {
+                        let (shapes, heartbeat) =
+                            settled_shapes(sold_out_at, last_ok, &status, report, planned);
+                        let outcomes: BTreeMap<Component, ComponentOutcome> = planned
+                            .iter()
+                            .flatten()
+                            .map(|p| (p.component, outcome_of(p, false).0))
+                            .collect();
+                        let cond = condition(
+                            &[],
+                            types::SIGNALS_HEALTHY,
+                            report.healthy,
+                            report.reason,
+                            report.message.clone(),
+                            None,
+                            t(10),
+                        );
+                        let body = report::status_body(last_ok, &status, sold_out_at, &outcomes);
+                        assert_eq!(
+                            shapes,
+                            report::Shapes::of(report.healthy, report.reason, &cond.message, &body)
+                        );
+                        assert_eq!(heartbeat, report::evidence_heartbeat(&outcomes));
+                        seen.insert(shapes);
+                    }
+                }
+            }
+        }
+        // The cases differ, and so do their shapes: the comparison above is not between constants.
+        assert!(seen.len() > 20, "only {} distinct shapes", seen.len());
     }
 }

@@ -80,7 +80,7 @@ pub struct HealthReport {
     /// The reported health flipped on this tick (one Event).
     pub flipped: bool,
     pub reason: &'static str,
-    pub message: String,
+    pub message: std::borrow::Cow<'static, str>,
 }
 
 /// Summarises the components' signal health through `gate`. Both components usually read the
@@ -113,11 +113,12 @@ pub fn health_report(health: &[(Component, SignalHealth)], gate: &mut HealthGate
                 "signals fresh again ({} of {} readings before reporting healthy)",
                 gate.against,
                 HealthGate::TICKS
-            ),
+            )
+            .into(),
         ),
         None => (
             reasons::SIGNALS_FRESH,
-            "every signal the scaling policies use is fresh".to_owned(),
+            "every signal the scaling policies use is fresh".into(),
         ),
         Some((reason, since, _)) => (
             *reason,
@@ -129,7 +130,8 @@ pub fn health_report(health: &[(Component, SignalHealth)], gate: &mut HealthGate
                     .collect::<Vec<_>>()
                     .join("; "),
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            )
+            .into(),
         ),
     };
     HealthReport {
@@ -164,8 +166,27 @@ pub fn evidence_heartbeat(outcomes: &BTreeMap<Component, ComponentOutcome>) -> O
     outcomes
         .values()
         .filter_map(|o| o.evidence_gap)
-        .map(|gap| (gap / 2).max(Duration::from_secs(1)))
+        .map(heartbeat_of)
         .min()
+}
+
+/// The heartbeat one evidence gap asks for: half of it, at least a second.
+pub fn heartbeat_of(gap: Duration) -> Duration {
+    (gap / 2).max(Duration::from_secs(1))
+}
+
+/// The readings a status body shows, `[queueDepth, activeUsers, preQueueDepth]`: the last good
+/// reading, else what status already holds (no pre-queue depth without a reading).
+pub fn readings(last_ok: Option<&EventSignals>, status: &TicketingEventStatus) -> [Option<u64>; 3] {
+    [
+        last_ok
+            .map(|s| s.queue_depth)
+            .or(status.queue_depth.and_then(|v| u64::try_from(v).ok())),
+        last_ok
+            .map(|s| s.active_users)
+            .or(status.active_users.and_then(|v| u64::try_from(v).ok())),
+        last_ok.map(|s| s.pre_queue_depth),
+    ]
 }
 
 /// The autoscaler's status body (without conditions and `signalsObservedAt`): the last good
@@ -176,14 +197,11 @@ pub fn status_body(
     sold_out_at: Option<DateTime<Utc>>,
     outcomes: &BTreeMap<Component, ComponentOutcome>,
 ) -> AutoscalerStatus {
+    let [queue_depth, active_users, pre_queue_depth] = readings(last_ok, status);
     let mut body = AutoscalerStatus {
-        queue_depth: last_ok
-            .map(|s| s.queue_depth)
-            .or(status.queue_depth.and_then(|v| u64::try_from(v).ok())),
-        active_users: last_ok
-            .map(|s| s.active_users)
-            .or(status.active_users.and_then(|v| u64::try_from(v).ok())),
-        pre_queue_depth: last_ok.map(|s| s.pre_queue_depth),
+        queue_depth,
+        active_users,
+        pre_queue_depth,
         sold_out_at: sold_out_at.or(status.sold_out_at),
         ..Default::default()
     };
@@ -201,7 +219,7 @@ pub fn status_body(
 /// message) except the times of the need marks — the newest mark's time moves on every tick
 /// while its need holds, and a new leader takes the newest mark as current (see
 /// `Memory::from_status`), so rewriting it would carry nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shapes {
     pub urgent: u64,
     pub snapshot: u64,
@@ -209,37 +227,41 @@ pub struct Shapes {
 
 impl Shapes {
     pub fn of(healthy: bool, reason: &str, message: &str, body: &AutoscalerStatus) -> Self {
-        use std::hash::{Hash, Hasher};
-        let components = [&body.queue, &body.reservation];
-        let mut u = std::hash::DefaultHasher::new();
-        (healthy, reason, body.sold_out_at).hash(&mut u);
-        for c in components {
-            let c = c.as_ref();
-            c.map(|c| c.below_since).hash(&mut u);
-            let needs = c.and_then(|c| c.need_history.as_ref());
-            needs
-                .map(|h| h.iter().map(|m| m.replicas).collect::<Vec<_>>())
-                .hash(&mut u);
-        }
-        let mut s = std::hash::DefaultHasher::new();
+        // Every field named: a new one must be placed in a shape or left out on purpose.
         let AutoscalerStatus {
             queue_depth,
             active_users,
             pre_queue_depth,
-            sold_out_at: _,
+            sold_out_at,
             signals_observed_at: _,
             conditions: _,
-            queue: _,
-            reservation: _,
+            queue,
+            reservation,
         } = body;
-        (message, queue_depth, active_users, pre_queue_depth).hash(&mut s);
-        for c in components {
-            c.as_ref().map(|c| (c.need, c.prewarm_replicas)).hash(&mut s);
+        let mut shapes = ShapesOf::new(
+            healthy,
+            reason,
+            message,
+            *sold_out_at,
+            [*queue_depth, *active_users, *pre_queue_depth],
+        );
+        for c in [queue, reservation] {
+            shapes.component(c.as_ref().map(|c| {
+                let AutoscalerComponentStatus {
+                    below_since,
+                    need,
+                    prewarm_replicas,
+                    need_history,
+                } = c;
+                ComponentShape {
+                    below_since: *below_since,
+                    need: *need,
+                    prewarm_replicas: *prewarm_replicas,
+                    needs: need_history.as_ref().map(|h| h.iter().map(|m| m.replicas)),
+                }
+            }));
         }
-        Self {
-            urgent: u.finish(),
-            snapshot: s.finish(),
-        }
+        shapes.finish()
     }
 
     /// The shapes of what status already holds of the autoscaler's fields for `components`, with
@@ -279,6 +301,82 @@ impl Shapes {
             Self::of(cond.status == "True", &cond.reason, &cond.message, &body),
             age,
         ))
+    }
+}
+
+/// One component's part of [`Shapes`]: what [`Shapes::of`] reads from its status fields.
+pub struct ComponentShape<N> {
+    pub below_since: Option<DateTime<Utc>>,
+    pub need: Option<u32>,
+    pub prewarm_replicas: Option<u32>,
+    /// The replicas of `needHistory`'s marks (None: no history).
+    pub needs: Option<N>,
+}
+
+/// [`Shapes`] fed field by field, so a settled tick is judged without building the body it
+/// would write (and [`Shapes::of`], which builds from the body, cannot disagree with it).
+pub struct ShapesOf {
+    urgent: std::hash::DefaultHasher,
+    snapshot: std::hash::DefaultHasher,
+}
+
+impl ShapesOf {
+    /// The condition's health, reason and message (bounded as [`crate::status::condition`]
+    /// stores it), `soldOutAt`, and the readings `[queueDepth, activeUsers, preQueueDepth]`.
+    pub fn new(
+        healthy: bool,
+        reason: &str,
+        message: &str,
+        sold_out_at: Option<DateTime<Utc>>,
+        readings: [Option<u64>; 3],
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut urgent = std::hash::DefaultHasher::new();
+        (healthy, reason, sold_out_at).hash(&mut urgent);
+        let mut snapshot = std::hash::DefaultHasher::new();
+        let (kept, cut) = crate::status::bounded_message(message);
+        snapshot.write(kept.as_bytes());
+        snapshot.write(cut.as_bytes());
+        snapshot.write_u8(0xff);
+        readings.hash(&mut snapshot);
+        Self { urgent, snapshot }
+    }
+
+    /// The next component, queue first (None: the autoscaler does not size it now).
+    pub fn component<N: Iterator<Item = i32>>(&mut self, c: Option<ComponentShape<N>>) {
+        use std::hash::{Hash, Hasher};
+        match c {
+            None => {
+                self.urgent.write_u8(0);
+                self.snapshot.write_u8(0);
+            }
+            Some(c) => {
+                self.urgent.write_u8(1);
+                c.below_since.hash(&mut self.urgent);
+                match c.needs {
+                    None => self.urgent.write_u8(0),
+                    Some(needs) => {
+                        self.urgent.write_u8(1);
+                        let mut n = 0usize;
+                        for r in needs {
+                            self.urgent.write_i32(r);
+                            n += 1;
+                        }
+                        self.urgent.write_usize(n);
+                    }
+                }
+                self.snapshot.write_u8(1);
+                (c.need, c.prewarm_replicas).hash(&mut self.snapshot);
+            }
+        }
+    }
+
+    pub fn finish(self) -> Shapes {
+        use std::hash::Hasher;
+        Shapes {
+            urgent: self.urgent.finish(),
+            snapshot: self.snapshot.finish(),
+        }
     }
 }
 
