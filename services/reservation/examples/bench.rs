@@ -53,7 +53,12 @@ impl Http1 {
     }
 
     /// POSTs `body` (JSON, may be empty) to `path` with `headers`; the status and the body.
-    async fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let r = self.exchange(path, headers, body).await;
         if r.is_err() {
             self.stream = None;
@@ -61,7 +66,12 @@ impl Http1 {
         r
     }
 
-    async fn exchange(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    async fn exchange(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         use std::io::Write as _;
         if self.stream.is_none() {
             let s = TcpStream::connect(&self.addr).await?;
@@ -69,7 +79,12 @@ impl Http1 {
             self.stream = Some(s);
         }
         let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-        let Self { addr, stream, out, buf } = self;
+        let Self {
+            addr,
+            stream,
+            out,
+            buf,
+        } = self;
         let stream = stream.as_mut().ok_or_else(|| bad("not connected"))?;
         out.clear();
         write!(out, "POST {path} HTTP/1.1\r\nhost: {addr}\r\n")?;
@@ -98,7 +113,9 @@ impl Http1 {
             .ok_or_else(|| bad("no status"))?;
         let (mut length, mut close) = (None, false);
         for line in head.split("\r\n").skip(1) {
-            let Some((name, value)) = line.split_once(':') else { continue };
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.parse::<usize>().ok();
@@ -174,11 +191,7 @@ async fn main() {
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
             let mut http = Http1::new(base);
-            let (event, seats, samples) = (
-                event.clone(),
-                seats.clone(),
-                samples.clone(),
-            );
+            let (event, seats, samples) = (event.clone(), seats.clone(), samples.clone());
             let (jwt, adm, ev) = (jwt.clone(), adm.clone(), event.clone());
             // Each purchase is a new buyer (the purchase limit counts held and bought seats per
             // buyer, so one buyer looping would stop at maxSeatsPerUser).
