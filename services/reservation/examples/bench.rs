@@ -8,6 +8,11 @@
 //!   two holds ever ask for one seat and every hold is a full Redis hold plus a PostgreSQL claim;
 //!   a buyer makes `maxSeatsPerUser` (4) holds, then the next buyer takes over.
 //!
+//! Each client is one HTTP/1.1 keep-alive connection, as a browser or app would hold, with a
+//! minimal client of its own ([`Http1`]): the driver shares the machine's cores with the service,
+//! Redis and PostgreSQL, and a general-purpose client (connection pool, header maps, JSON values)
+//! spent about twice the CPU per request. The requests are the same full HTTP requests.
+//!
 //! Usage: `bench [--holds-only] <base-url> <event> <rows> <seats-per-row> <clients> <seconds>`
 //! (or `bench --hold-script`: print the hold script for the EVALSHA baseline); reads
 //! TIKETI_JWT_SECRET and TIKETI_ADMISSION_SECRET to play the platform and the queue.
@@ -19,7 +24,121 @@ use std::time::{Duration, Instant};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use tiketi_shared::token::{AdmissionKeys, sign_user_token};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+/// One HTTP/1.1 keep-alive connection: writes a request, reads one response (status line,
+/// headers, a `content-length` body). Reconnects after an error or a `connection: close`.
+struct Http1 {
+    addr: String,
+    stream: Option<TcpStream>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Http1 {
+    fn new(base: &str) -> Self {
+        let addr = base
+            .strip_prefix("http://")
+            .expect("an http:// base URL")
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            addr,
+            stream: None,
+            out: Vec::with_capacity(1024),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// POSTs `body` (JSON, may be empty) to `path` with `headers`; the status and the body.
+    async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let r = self.exchange(path, headers, body).await;
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    async fn exchange(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        use std::io::Write as _;
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+        }
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let Self {
+            addr,
+            stream,
+            out,
+            buf,
+        } = self;
+        let stream = stream.as_mut().ok_or_else(|| bad("not connected"))?;
+        out.clear();
+        write!(out, "POST {path} HTTP/1.1\r\nhost: {addr}\r\n")?;
+        for (name, value) in headers {
+            write!(out, "{name}: {value}\r\n")?;
+        }
+        if !body.is_empty() {
+            out.extend_from_slice(b"content-type: application/json\r\n");
+        }
+        write!(out, "content-length: {}\r\n\r\n", body.len())?;
+        out.extend_from_slice(body);
+        stream.write_all(out).await?;
+        buf.clear();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if stream.read_buf(buf).await? == 0 {
+                return Err(bad("connection closed before the response"));
+            }
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("response head is not UTF-8"))?;
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status"))?;
+        let (mut length, mut close) = (None, false);
+        for line in head.split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(bad("chunked responses are not read by this driver"));
+            }
+        }
+        let length = length.ok_or_else(|| bad("no content-length"))?;
+        while buf.len() < head_end + length {
+            if stream.read_buf(buf).await? == 0 {
+                return Err(bad("connection closed inside the body"));
+            }
+        }
+        let body = buf[head_end..head_end + length].to_vec();
+        if close || buf.len() > head_end + length {
+            // Closed by the server, or bytes nobody asked for: start afresh.
+            self.stream = None;
+        }
+        Ok((status, body))
+    }
+}
 
 #[derive(Default)]
 struct Samples {
@@ -66,22 +185,13 @@ async fn main() {
             .flat_map(|r| (1..=per_row).map(move |s| format!("A-{r}-{s}")))
             .collect(),
     );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
     let samples = Arc::new(Mutex::new(Samples::default()));
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
-            let (http, base, event, seats, samples) = (
-                http.clone(),
-                base.clone(),
-                event.clone(),
-                seats.clone(),
-                samples.clone(),
-            );
+            let mut http = Http1::new(base);
+            let (event, seats, samples) = (event.clone(), seats.clone(), samples.clone());
             let (jwt, adm, ev) = (jwt.clone(), adm.clone(), event.clone());
             // Each purchase is a new buyer (the purchase limit counts held and bought seats per
             // buyer, so one buyer looping would stop at maxSeatsPerUser).
@@ -97,8 +207,8 @@ async fn main() {
             tokio::spawn(async move {
                 if holds_only {
                     let local = hold_only(
-                        &http,
-                        &format!("{base}/v1/events/{event}/holds"),
+                        &mut http,
+                        &format!("/v1/events/{event}/holds"),
                         &seats,
                         i,
                         clients,
@@ -113,6 +223,7 @@ async fn main() {
                     s.other += local.other;
                     return;
                 }
+                let hold_path = format!("/v1/events/{event}/holds");
                 let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                 let mut local = Samples::default();
                 let mut n = 0u64;
@@ -123,18 +234,16 @@ async fn main() {
                     let pick: Vec<&String> = seats.choose_multiple(&mut rng, k).collect();
                     let t = Instant::now();
                     let r = http
-                        .post(format!("{base}/v1/events/{event}/holds"))
-                        .header("authorization", &bearer)
-                        .header("x-admission-token", &admission)
-                        .json(&serde_json::json!({ "seats": pick }))
-                        .send()
+                        .post(
+                            &hold_path,
+                            &[("authorization", &bearer), ("x-admission-token", &admission)],
+                            &serde_json::to_vec(&serde_json::json!({ "seats": pick })).unwrap(),
+                        )
                         .await;
-                    let Ok(r) = r else {
+                    let Ok((status, body)) = r else {
                         local.other += 1;
                         continue;
                     };
-                    let status = r.status().as_u16();
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
                     let dt = t.elapsed().as_secs_f64();
                     match status {
                         201 => local.hold_ok.push(dt),
@@ -153,17 +262,20 @@ async fn main() {
                         }
                     }
                     conflicts_in_a_row = 0;
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let hold = body["holdId"].as_str().unwrap_or_default().to_owned();
                     n += 1;
                     let t = Instant::now();
+                    let key = format!("{i}-{n}");
                     let r = http
-                        .post(format!("{base}/v1/holds/{hold}/confirm"))
-                        .header("authorization", &bearer)
-                        .header("idempotency-key", format!("{i}-{n}"))
-                        .send()
+                        .post(
+                            &format!("/v1/holds/{hold}/confirm"),
+                            &[("authorization", &bearer), ("idempotency-key", &key)],
+                            b"",
+                        )
                         .await;
                     let dt = t.elapsed().as_secs_f64();
-                    match r.map(|r| r.status().as_u16()) {
+                    match r.map(|(status, _)| status) {
                         Ok(201) => {
                             local.confirm_ok.push(dt);
                             (bearer, admission) = buyer(n);
@@ -213,8 +325,8 @@ async fn main() {
 /// One client of the holds-only mode: single-seat holds over its own seats (i, i + clients, …),
 /// four per buyer (the purchase limit), until the time or its seats run out.
 async fn hold_only(
-    http: &reqwest::Client,
-    url: &str,
+    http: &mut Http1,
+    path: &str,
     seats: &[String],
     i: usize,
     clients: usize,
@@ -228,22 +340,16 @@ async fn hold_only(
     let mut held_by_buyer = 0;
     while Instant::now() < end {
         let Some(seat) = mine.next() else { break };
+        let body = format!(r#"{{"seats":["{seat}"]}}"#);
         let t = Instant::now();
         let r = http
-            .post(url)
-            .header("authorization", &bearer)
-            .header("x-admission-token", &admission)
-            .json(&serde_json::json!({ "seats": [seat] }))
-            .send()
+            .post(
+                path,
+                &[("authorization", &bearer), ("x-admission-token", &admission)],
+                body.as_bytes(),
+            )
             .await;
-        let status = match r {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let _ = r.bytes().await;
-                status
-            }
-            Err(_) => 0,
-        };
+        let status = r.map_or(0, |(status, _)| status);
         let dt = t.elapsed().as_secs_f64();
         match status {
             201 => {

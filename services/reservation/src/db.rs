@@ -451,8 +451,18 @@ impl Db {
         let seats: Vec<SeatSpec> = cfg.inventory.seats().collect();
         let config_json = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
         let event = cfg.event_id.clone();
+        // Loading a large inventory may take longer than one request's budget: the connection's
+        // statement_timeout (the request bound) is raised to the load's bound for this
+        // transaction only, or a 200,000-seat event on a busy server never finished loading.
+        let load_bound = self.timeout * 10;
         let fut = async {
             let mut tx = self.writer.begin().await?;
+            sqlx::query(&format!(
+                "SET LOCAL statement_timeout = {}",
+                load_bound.as_millis().max(1)
+            ))
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tiketi-inventory:' || $1))")
                 .bind(&event)
                 .execute(&mut *tx)
@@ -518,10 +528,9 @@ impl Db {
             tx.commit().await?;
             Ok(Ok(()))
         };
-        // Loading a large inventory may take longer than one request's budget.
-        let applied = match tokio::time::timeout(self.timeout * 10, fut).await {
+        let applied = match tokio::time::timeout(load_bound, fut).await {
             Ok(r) => r.map_err(DbError::Sqlx)?,
-            Err(_) => return Err(DbError::Timeout(self.timeout * 10)),
+            Err(_) => return Err(DbError::Timeout(load_bound)),
         };
         let seats = self.stored_seats(&event).await?;
         Ok(InventoryLoad {

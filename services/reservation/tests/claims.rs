@@ -768,3 +768,41 @@ async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn an_inventory_load_may_run_past_the_request_bound() {
+    // The load waits on the per-event inventory lock another loader holds for twice the request
+    // bound (300 ms): the connection's statement_timeout is that bound, so the wait would be
+    // cancelled if the load's own, ten times longer bound did not apply to its statements.
+    let (event, db, _) = migrated_store("bigload", "resv_bigload", 10).await;
+    let path = write_config(&event, 2, 10, 300, 4);
+    let cfg = tiketi_shared::config::load(&path)
+        .unwrap()
+        .remove(&event)
+        .unwrap();
+    let bound = Duration::from_millis(300);
+    let store = tiketi_reservation::db::Db::new(&db.url, None, 4, bound, 64).unwrap();
+    let pool = db.pool().await;
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tiketi-inventory:' || $1))")
+        .bind(&event)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let release = async {
+        tokio::time::sleep(bound * 2).await;
+        other.commit().await.unwrap();
+    };
+    let started = std::time::Instant::now();
+    let (loaded, ()) = tokio::join!(store.load_inventory(&cfg), release);
+    let loaded = loaded.expect("the load outlasts the request bound");
+    assert!(started.elapsed() >= bound * 2, "the load waited for the lock");
+    assert!(loaded.refused.is_empty());
+    assert_eq!(
+        loaded.seats.len(),
+        20,
+        "the new inventory (2 rows of 10) is stored"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
