@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tiketi_operator::signals::{COMMANDS_PER_EVENT, SignalReader};
+use tiketi_operator::signals::{EVENTS_PER_COMMAND, SignalReader};
 use tiketi_shared::keys::EventKeys;
 use tiketi_shared::redis::RedisConn;
 
@@ -130,7 +130,7 @@ async fn main() {
         println!(
             "{:>7}  {:>9}  {:>12.0}  {:>12.0}  {:>12.1}×  {:>14.2}",
             n,
-            n * COMMANDS_PER_EVENT,
+            n.div_ceil(EVENTS_PER_COMMAND),
             us(p50),
             us(percentile(&ticks, 0.99)),
             p50.as_secs_f64() / ping_p50.as_secs_f64(),

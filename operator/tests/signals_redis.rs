@@ -137,7 +137,7 @@ async fn a_broken_key_fails_only_its_event() {
 async fn a_redis_that_forgot_the_script_is_read_in_the_same_tick() {
     let redis = PrivateRedis::start(&[]).unwrap();
     let mut conn = plain(&redis.url()).await;
-    let events: Vec<String> = (0..50).map(|i| unique(&format!("flush{i}"))).collect();
+    let events: Vec<String> = (0..150).map(|i| unique(&format!("flush{i}"))).collect();
     for (i, e) in events.iter().enumerate() {
         let k = EventKeys::new(e);
         let _: () = conn.zadd(k.queue(), "u", 1).await.unwrap();
