@@ -256,12 +256,13 @@ async fn children_are_owned_secured_ready_and_cleaned_up() {
     );
 
     // Deletion removes every child, also with the operator scaled to zero: no finalizer waits
-    // for it, the garbage collector follows the owner references.
+    // for it, the garbage collector follows the owner references. The collector is the
+    // controller-manager's, shared with every other test's namespace teardown, hence the margin.
     op.stop().await.unwrap();
     api.delete("concert", &DeleteParams::default()).await.unwrap();
     wait_until(
         "the event and all its children to be gone",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || async {
             let lp = label("concert");
             Ok(api.get_opt("concert").await?.is_none()
