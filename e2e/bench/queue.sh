@@ -24,10 +24,10 @@ done
 
 if [[ "${TIKETI_BENCH_PROFILE:-release}" == dev ]]; then
   cargo build -q -p tiketi-queue
-  bin=target/debug/tiketi-queue
+  bin=${CARGO_TARGET_DIR:-target}/debug/tiketi-queue
 else
   cargo build -q --release -p tiketi-queue
-  bin=target/release/tiketi-queue
+  bin=${CARGO_TARGET_DIR:-target}/release/tiketi-queue
 fi
 
 work=$(mktemp -d /tmp/tiketi-queue-bench.XXXXXX)

@@ -77,14 +77,20 @@ SQL
 grep -E "^tps|latency average" "$work/pgbench.out"
 cat "$work"/pgb.* | awk '{print $3}' | sort -n > "$work/pg-lat.txt"
 
-echo "== baseline 3: redis-benchmark EVALSHA of the hold script, one seat (clients=$CLIENTS)"
+# The EVALSHA baseline runs twice, before the service runs and right after the holds-only run
+# it is compared with, and that comparison uses their mean: on this shared machine one
+# redis-benchmark run moves by up to a quarter from one minute to the next.
 sha=$(redis-cli -h "$rhost" -p "$rport" SCRIPT LOAD "$("$DRIVER" --hold-script)")
-b="bench:{hold-$suffix}"
-redis-benchmark -h "$rhost" -p "$rport" -c "$CLIENTS" -n 200000 -r 100000000 --csv \
-  EVALSHA "$sha" 6 "$b:hold:__rand_int__" "$b:user:__rand_int__" "$b:held" "$b:active" "$b:admitted" \
-  "$b:seat:__rand_int__" h 300000 1 4 '{}' u s > "$work/evalsha.csv"
-cat "$work/evalsha.csv"
-redis-cli -h "$rhost" -p "$rport" --scan --pattern "bench:{hold-$suffix}:*" | xargs -r -n 500 redis-cli -h "$rhost" -p "$rport" DEL >/dev/null
+evalsha_baseline() {
+  local out=$1 b="bench:{hold-$suffix}"
+  redis-benchmark -h "$rhost" -p "$rport" -c "$CLIENTS" -n 200000 -r 100000000 --csv \
+    EVALSHA "$sha" 6 "$b:hold:__rand_int__" "$b:user:__rand_int__" "$b:held" "$b:active" "$b:admitted" \
+    "$b:seat:__rand_int__" h 300000 1 4 '{}' u s > "$out"
+  cat "$out"
+  redis-cli -h "$rhost" -p "$rport" --scan --pattern "bench:{hold-$suffix}:*" | xargs -r -n 500 redis-cli -h "$rhost" -p "$rport" DEL >/dev/null
+}
+echo "== baseline 3: redis-benchmark EVALSHA of the hold script, one seat (clients=$CLIENTS)"
+evalsha_baseline "$work/evalsha.csv"
 
 echo "== baseline 4: pgbench running the confirm's own SQL on the service's schema (clients=$PG_CLIENTS, ${DURATION}s)"
 confirm_db="${pg_db}_confirm"
@@ -147,6 +153,8 @@ JSON
 run_service contended "$ROWS" "$PER_ROW"
 run_service spread "$((ROWS * 20))" "$PER_ROW"
 run_service holds "$((HOLD_SEATS / PER_ROW))" "$PER_ROW" --holds-only
+echo "== baseline 3 again, right after the holds-only run"
+evalsha_baseline "$work/evalsha-after.csv"
 
 python3 - "$work" <<'PY'
 import csv, json, sys
@@ -161,15 +169,20 @@ def tps(path):
     raise SystemExit(f"no tps in {path}")
 pg_tps = tps(f"{work}/pgbench.out")
 confirm_tps = tps(f"{work}/pgbench-confirm.out")
-rows = list(csv.reader(open(f"{work}/evalsha.csv")))
-e = dict(zip(rows[0], rows[1]))
+def csv_row(path):
+    rows = list(csv.reader(open(path)))
+    return dict(zip(rows[0], rows[1]))
+e = csv_row(f"{work}/evalsha.csv")
+e_after = csv_row(f"{work}/evalsha-after.csv")
 evalsha_rps = float(e["rps"])
+evalsha_mean = (evalsha_rps + float(e_after["rps"])) / 2
 lat = [int(x) / 1000.0 for x in open(f"{work}/pg-lat.txt").read().split()]
 pct = lambda v, p: v[round((len(v) - 1) * p)] if v else 0.0
 print()
 print(f"{'operation':52} {'per second':>11} {'p50 ms':>8} {'p99 ms':>8}")
 print(f"{'redis SET NX PX (baseline)':52} {redis_rps:11.0f} {redis_p50:8.2f} {redis_p99:8.2f}")
 print(f"{'redis EVALSHA hold script, 1 seat (baseline)':52} {evalsha_rps:11.0f} {float(e['p50_latency_ms']):8.2f} {float(e['p99_latency_ms']):8.2f}")
+print(f"{'  the same, right after the holds-only run':52} {float(e_after['rps']):11.0f} {float(e_after['p50_latency_ms']):8.2f} {float(e_after['p99_latency_ms']):8.2f}")
 print(f"{'pgbench INSERT, unique constraint (baseline)':52} {pg_tps:11.0f} {pct(lat, .5):8.2f} {pct(lat, .99):8.2f}")
 print(f"{'pgbench the confirm SQL, 2 seats (baseline)':52} {confirm_tps:11.0f}")
 print("hold -> confirm mix (buyers loop hold 1-4 seats -> confirm; holds bounded by confirms):")
@@ -191,8 +204,8 @@ pg_holds = int(open(f"{work}/pg-holds-holds.txt").read().strip())
 ok = round(s['holdsPerSec'] * s['seconds'])
 print(f"holds only ({s['seats']} seats, {s['clients']} buyers, one seat per hold, no two holds on one seat, {s['seconds']:.1f}s):")
 print(f"{'  POST holds, 201':52} {s['holdsPerSec']:11.0f} {s['holdP50Ms']:8.2f} {s['holdP99Ms']:8.2f}")
-h = s['holdsPerSec'] / evalsha_rps
-print(f"  holds/s = {h:.3f} x redis EVALSHA hold script (bar 0.3: {'met' if h >= 0.3 else 'NOT met'}), "
+h = s['holdsPerSec'] / evalsha_mean
+print(f"  holds/s = {h:.3f} x redis EVALSHA hold script, mean of the two runs {evalsha_mean:.0f}/s (bar 0.3: {'met' if h >= 0.3 else 'NOT met'}), "
       f"{s['holdsPerSec'] / redis_rps:.3f} x redis SET NX")
 print(f"  {ok} x 201, {s['holdConflicts']} x 409, {s['unavailable']} x 503, {s['otherErrors']} other errors; "
       f"holds in PostgreSQL: {pg_holds} ({'every 201 is backed by a claim' if pg_holds >= ok else 'FEWER than the 201s'})")
