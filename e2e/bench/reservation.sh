@@ -105,13 +105,8 @@ INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at)
   SELECT lpad(to_hex(g), 32, '0')::uuid, 'bench', 'u' || g, ARRAY['s' || (2 * g - 1), 's' || (2 * g)], now() + interval '1 hour'
   FROM generate_series(1, $HOLDS) g;
 INSERT INTO seat_claims SELECT 'bench', s, h.hold_id, h.user_id, h.expires_at FROM holds h, unnest(h.seat_ids) s;
+ANALYZE;
 SQL
-# Steady state, not the bulk load's aftermath: on the freshly loaded tables (pages full, so every
-# confirm's UPDATEs move rows) this baseline fell from ~1,800 to ~800/s within 15 s and recovered
-# to 2,200-2,550/s only after autovacuum had run, so one run measured 886/s and the next 2,355/s.
-# A discarded 10 s warm-up, then VACUUM ANALYZE, then the measured run.
-psql -q -v ON_ERROR_STOP=1 "$(db_url "$confirm_db")" -c "VACUUM ANALYZE"
-
 cat > "$work/confirm.sql" <<SQL
 \set n random(1, $HOLDS)
 SELECT i.fingerprint, i.status_code, i.response, h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status
@@ -121,6 +116,10 @@ SELECT i.fingerprint, i.status_code, i.response, h.hold_id, h.event_id, h.user_i
 SELECT * FROM tiketi_confirm(lpad(to_hex(:n), 32, '0')::uuid, 'u' || :n, 'k' || :n, 'fp', '{}'::jsonb,
   gen_random_uuid(), now(), 4, NULL, 600);
 SQL
+# Steady state, not the bulk load's aftermath: on the freshly loaded tables (pages full, so every
+# confirm's UPDATEs move rows) this baseline fell from ~1,800 to ~800/s within 15 s and recovered
+# to 2,200-2,550/s only after autovacuum had run, so one run measured 886/s and the next 2,355/s.
+# A discarded 10 s warm-up, then VACUUM ANALYZE, then the measured run.
 (cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T 10 -f confirm.sql "$(db_url "$confirm_db")" > pgbench-confirm-warmup.out 2>&1)
 psql -q -v ON_ERROR_STOP=1 "$(db_url "$confirm_db")" -c "VACUUM ANALYZE"
 (cd "$work" && pgbench -n -c "$PG_CLIENTS" -j 2 -T "$DURATION" -f confirm.sql "$(db_url "$confirm_db")" > pgbench-confirm.out 2>&1)
