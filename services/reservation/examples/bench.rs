@@ -21,12 +21,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
+use tiketi_reservation::domain::SeatStatus;
+use tiketi_reservation::model::SeatMap;
 use tiketi_shared::token::{AdmissionKeys, sign_user_token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// One HTTP/1.1 keep-alive connection: writes a request, reads one response (status line,
 /// headers, a `content-length` body). Reconnects after an error or a `connection: close`.
@@ -59,7 +63,16 @@ impl Http1 {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
-        let r = self.exchange(path, headers, body).await;
+        let r = self.exchange("POST", path, headers, body).await;
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    /// GETs `path`; the status and the body.
+    async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let r = self.exchange("GET", path, &[], b"").await;
         if r.is_err() {
             self.stream = None;
         }
@@ -68,6 +81,7 @@ impl Http1 {
 
     async fn exchange(
         &mut self,
+        method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
@@ -87,7 +101,7 @@ impl Http1 {
         } = self;
         let stream = stream.as_mut().ok_or_else(|| bad("not connected"))?;
         out.clear();
-        write!(out, "POST {path} HTTP/1.1\r\nhost: {addr}\r\n")?;
+        write!(out, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n")?;
         for (name, value) in headers {
             write!(out, "{name}: {value}\r\n")?;
         }
@@ -152,6 +166,61 @@ struct Samples {
     other: usize,
 }
 
+/// What the buyers see of the seat map (`--seat-map`): the seats it showed available when it was
+/// last read, as indices into the event's seats.
+#[derive(Default)]
+struct SeatView {
+    free: Vec<u32>,
+    /// The map showed no seat available: nothing is left to pick.
+    over: bool,
+}
+
+/// Reads the service's seat map (`GET /v1/events/{event}/seats`, which the service caches for
+/// about a second) once a second and shows it to every buyer, as every buyer's browser would,
+/// until the map shows no seat available, the run's time is up or no buyer is left.
+async fn watch_seat_map(
+    mut http: Http1,
+    path: String,
+    index: Arc<HashMap<String, u32>>,
+    tx: watch::Sender<Arc<SeatView>>,
+    end: Instant,
+) {
+    while Instant::now() < end && !tx.is_closed() {
+        if let Ok((200, body)) = http.get(&path).await
+            && let Ok(map) = serde_json::from_slice::<SeatMap>(&body)
+        {
+            let free = map
+                .seats
+                .iter()
+                .filter(|s| s.status == SeatStatus::Available)
+                .filter_map(|s| index.get(&s.id).copied())
+                .collect();
+            let over = map.counts.available == 0;
+            tx.send_replace(Arc::new(SeatView { free, over }));
+            if over {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Up to `k` distinct seats among those the map shows available, none of them `learned` (seats a
+/// 409 of this buyer named since the map was read).
+fn pick_from_map(view: &SeatView, learned: &HashSet<u32>, k: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let mut pick = Vec::with_capacity(k);
+    for _ in 0..8 * k {
+        if pick.len() == k {
+            break;
+        }
+        let Some(&s) = view.free.choose(rng) else { break };
+        if !learned.contains(&s) && !pick.contains(&s) {
+            pick.push(s);
+        }
+    }
+    pick
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -170,9 +239,16 @@ async fn main() {
         return;
     }
     let holds_only = args.first().map(String::as_str) == Some("--holds-only");
-    let args = if holds_only { &args[1..] } else { &args[..] };
+    let follow_map = args.first().map(String::as_str) == Some("--seat-map");
+    let args = if holds_only || follow_map {
+        &args[1..]
+    } else {
+        &args[..]
+    };
     let [base, event, rows, per_row, clients, seconds] = args else {
-        panic!("usage: bench [--holds-only] <base-url> <event> <rows> <seats-per-row> <clients> <seconds>");
+        panic!(
+            "usage: bench [--holds-only|--seat-map] <base-url> <event> <rows> <seats-per-row> <clients> <seconds>"
+        );
     };
     let (rows, per_row): (u32, u32) = (rows.parse().unwrap(), per_row.parse().unwrap());
     let (clients, seconds): (usize, u64) = (clients.parse().unwrap(), seconds.parse().unwrap());
@@ -190,11 +266,35 @@ async fn main() {
     let samples = Arc::new(Mutex::new(Samples::default()));
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
+    let (map_tx, map_rx) = watch::channel(Arc::new(SeatView {
+        free: (0..seats.len() as u32).collect(),
+        over: false,
+    }));
+    let index: Arc<HashMap<String, u32>> = Arc::new(if follow_map {
+        seats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect()
+    } else {
+        HashMap::new()
+    });
+    let watcher = follow_map.then(|| {
+        tokio::spawn(watch_seat_map(
+            Http1::new(base),
+            format!("/v1/events/{event}/seats"),
+            index.clone(),
+            map_tx,
+            end,
+        ))
+    });
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
             let mut http = Http1::new(base);
             let (event, seats, samples) = (event.clone(), seats.clone(), samples.clone());
             let (jwt, adm, ev) = (jwt.clone(), adm.clone(), event.clone());
+            let mut map = follow_map.then(|| map_rx.clone());
+            let index = index.clone();
             // Each purchase is a new buyer (the purchase limit counts held and bought seats per
             // buyer, so one buyer looping would stop at maxSeatsPerUser).
             let buyer = move |n: u64| {
@@ -231,9 +331,32 @@ async fn main() {
                 let mut n = 0u64;
                 let mut conflicts_in_a_row = 0;
                 let (mut bearer, mut admission) = buyer(0);
-                while Instant::now() < end && conflicts_in_a_row < 50 {
+                // Seats this buyer's 409s named since the map was last read.
+                let mut learned: HashSet<u32> = HashSet::new();
+                // Blind buyers give up after 50 conflicts in a row; buyers following the map stop
+                // when it shows nothing available.
+                while Instant::now() < end && (map.is_some() || conflicts_in_a_row < 50) {
                     let k = rng.random_range(1..=4usize);
-                    let pick: Vec<&String> = seats.choose_multiple(&mut rng, k).collect();
+                    let pick: Vec<&String> = match map.as_mut() {
+                        None => seats.choose_multiple(&mut rng, k).collect(),
+                        Some(rx) => {
+                            if rx.has_changed().unwrap_or(false) {
+                                learned.clear();
+                            }
+                            let view = rx.borrow_and_update().clone();
+                            if view.over {
+                                break;
+                            }
+                            let pick = pick_from_map(&view, &learned, k, &mut rng);
+                            if pick.is_empty() {
+                                // Everything the map shows was taken meanwhile: wait for the next.
+                                let _ = tokio::time::timeout_at(end.into(), rx.changed()).await;
+                                learned.clear();
+                                continue;
+                            }
+                            pick.into_iter().map(|s| &seats[s as usize]).collect()
+                        }
+                    };
                     let t = Instant::now();
                     let r = http
                         .post(
@@ -252,6 +375,14 @@ async fn main() {
                         409 => {
                             local.hold_conflict.push(dt);
                             conflicts_in_a_row += 1;
+                            if map.is_some() {
+                                // The answer names the seats someone else has; a browser greys
+                                // them out.
+                                let body: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let named = body["seats"].as_array().into_iter().flatten();
+                                learned.extend(named.filter_map(|s| index.get(s.as_str()?).copied()));
+                            }
                             continue;
                         }
                         503 => {
@@ -302,6 +433,9 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let mut s = Arc::try_unwrap(samples).ok().unwrap().into_inner();
     let mut all_holds: Vec<f64> = s.hold_ok.iter().chain(s.hold_conflict.iter()).copied().collect();
@@ -311,6 +445,7 @@ async fn main() {
     s.confirmed_at.sort_by(f64::total_cmp);
     let n90 = s.confirmed_at.len() * 9 / 10;
     let t90 = if n90 > 0 { s.confirmed_at[n90 - 1] } else { 0.0 };
+    let sale = s.confirmed_at.last().copied().unwrap_or(0.0);
     let out = serde_json::json!({
         "mode": if holds_only { "holds-only" } else { "hold-confirm" },
         "seconds": elapsed,
@@ -321,7 +456,10 @@ async fn main() {
         "holdConflicts": s.hold_conflict.len(),
         "holdP50Ms": pct(&mut all_holds, 0.50),
         "holdP99Ms": pct(&mut all_holds, 0.99),
-        "confirmsPerSec": s.confirm_ok.len() as f64 / elapsed,
+        // Over the sale: from the start to the last order (buyers notice a sellout only on
+        // their next answer or map, which is the driver's time, not the service's).
+        "confirmsPerSec": if sale > 0.0 { s.confirm_ok.len() as f64 / sale } else { 0.0 },
+        "saleSeconds": sale,
         "confirms": s.confirm_ok.len(),
         "confirmsTo90PctSeconds": t90,
         "confirmsPerSecTo90Pct": if t90 > 0.0 { n90 as f64 / t90 } else { 0.0 },
