@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -55,6 +55,13 @@ pub struct EventState {
     pub seats: Vec<SeatRow>,
     pub seat_ids: Vec<String>,
     pub index: HashMap<String, usize>,
+    /// The seats this replica knows are sold, one bit per seat of `seat_ids`: a hold naming one
+    /// is refused here, without asking Redis — in a rush most hold requests name seats sold a
+    /// moment ago, and all of an event's keys live on one Redis shard. Sold is final (no order is
+    /// ever cancelled and a sold seat cannot leave the inventory), so the set only grows. It
+    /// learns from this replica's confirms, from PostgreSQL refusing a hold over a sold seat and
+    /// from every seat-map read; what it does not know yet, Redis and PostgreSQL refuse as before.
+    sold: Vec<AtomicU64>,
     snapshot: Mutex<SnapshotSlot>,
     counts: Mutex<Option<(Instant, DateTime<Utc>, Counts)>>,
 }
@@ -69,12 +76,41 @@ impl EventState {
             rules: cfg.reservation.clone(),
             sale_ends_at: cfg.sale_ends_at,
             admission_ttl_seconds: cfg.queue.token_ttl_seconds,
+            sold: (0..seat_ids.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             seats,
             seat_ids,
             index,
             snapshot: Mutex::new(SnapshotSlot::default()),
             counts: Mutex::new(None),
         }
+    }
+
+    /// Remembers `seats` as sold (names this event does not have are ignored).
+    pub fn mark_sold<'a>(&self, seats: impl IntoIterator<Item = &'a str>) {
+        for seat in seats {
+            if let Some(&i) = self.index.get(seat)
+                && let Some(word) = self.sold.get(i / 64)
+            {
+                word.fetch_or(1 << (i % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The seats of `seats` this replica knows are sold, in the order asked.
+    pub fn known_sold(&self, seats: &[String]) -> Vec<String> {
+        seats
+            .iter()
+            .filter(|seat| {
+                self.index.get(seat.as_str()).is_some_and(|&i| {
+                    self.sold
+                        .get(i / 64)
+                        .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
+                })
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -297,6 +333,11 @@ impl AppState {
                     _ => p,
                 }
             })?;
+        let sold = ev.known_sold(&seats);
+        if !sold.is_empty() {
+            self.count_conflict("hold");
+            return Err(seats_taken(sold, "some of the requested seats are sold"));
+        }
         let ttl = Duration::from_secs(ev.rules.hold_ttl_seconds);
         let hold = Hold {
             hold_id: Uuid::new_v4(),
@@ -365,6 +406,7 @@ impl AppState {
                 over_limit(u64::from(current), ev.rules.max_seats_per_user)
             }
             ClaimRefused::Sold(sold) => {
+                ev.mark_sold(sold.iter().map(String::as_str));
                 if let Err(e) = self.redis.restore_sold_markers(&ev.keys, &sold).await {
                     tracing::warn!(error = %e, "could not restore sold markers");
                 }
@@ -553,6 +595,7 @@ impl AppState {
             .map_err(|e| self.db_down(e))?
         {
             ConfirmOutcome::Created(order) => {
+                ev.mark_sold(hold.seats.iter().map(String::as_str));
                 if let Err(e) = self
                     .redis
                     .mark_sold(&ev.keys, &hold.hold_id.to_string(), &user, &hold.seats)
@@ -751,6 +794,7 @@ impl AppState {
             self.redis.seat_values(&ev.keys, &ev.seat_ids)
         );
         let sold: HashSet<String> = sold.map_err(|e| self.db_down(e))?.into_iter().collect();
+        ev.mark_sold(sold.iter().map(String::as_str));
         let values = values.map_err(|e| self.redis_down(e))?;
         let statuses: Vec<SeatStatus> = ev
             .seat_ids

@@ -1,7 +1,8 @@
 //! PostgreSQL arbitrates holds (issue: "a live hold can be sold to someone whose hold lapsed"):
 //! the stolen-hold sequence with the lock deleted, with FLUSHALL and with Redis frozen; two
 //! confirms of one hold under different keys; the purchase limit over holds and orders; the end
-//! of admission at reservation; confirms after `saleEndsAt`. Real PostgreSQL, a private Redis.
+//! of admission at reservation; confirms after `saleEndsAt`; seats known sold refused without
+//! Redis. Real PostgreSQL, a private Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,6 +20,8 @@ struct Env {
     redis: PrivateRedis,
     server: InProcess,
     http: reqwest::Client,
+    /// What the server was started with (another replica starts with the same).
+    settings: tiketi_reservation::settings::Settings,
 }
 
 impl Env {
@@ -41,13 +44,14 @@ impl Env {
         let mut s = settings(&db.url, &redis.url, &path);
         // A frozen Redis must cost a request well under a second, not the default 2 s.
         s.redis_timeout = Duration::from_millis(300);
-        let server = InProcess::start(s).await;
+        let server = InProcess::start(s.clone()).await;
         Self {
             event,
             db,
             redis,
             server,
             http: client(),
+            settings: s,
         }
     }
 
@@ -170,6 +174,70 @@ async fn a_lapsed_hold_never_beats_a_live_one_after_flushall() {
 #[tokio::test]
 async fn a_lapsed_hold_never_beats_a_live_one_while_redis_is_frozen() {
     stolen_hold(Loss::Frozen).await;
+}
+
+/// In a rush most hold requests name seats sold a moment ago. A replica refuses a hold naming a
+/// seat it knows is sold without asking Redis (all of an event's keys are on one shard): such a
+/// 409 costs Redis nothing and comes even while Redis is frozen, when a hold of a free seat waits
+/// for Redis and gets its 503. The replica that sold the seat knows it from the confirm; another
+/// knows it once it has read the seat map.
+#[tokio::test]
+async fn a_seat_known_sold_is_refused_without_asking_redis() {
+    let env = Env::start("known-sold", 4, 60, 4, None).await;
+    let other = InProcess::start(env.settings.clone()).await;
+    let a = User::new(&env.event, "a");
+    let b = User::new(&env.event, "b");
+    let (s, held) = env.hold(&a, &["A-1-1"]).await;
+    assert_eq!(s, StatusCode::CREATED, "{held}");
+    let (s, order) = env.confirm(&a, &id(&held), "a-key").await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    // The other replica has not read the map yet: it does not know the seat is sold.
+    let seats = vec!["A-1-1".to_owned(), "A-1-2".to_owned()];
+    env.redis.signal("-STOP");
+    let (s_other, unknown) = b.hold(&env.http, &other.base, &env.event, &seats).await.unwrap();
+    let (s, refused) = env.hold(&b, &["A-1-1", "A-1-2"]).await;
+    let (s_free, waited) = env.hold(&b, &["A-1-3"]).await;
+    env.redis.signal("-CONT");
+    assert_eq!(
+        s_other,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a replica that does not know the seat is sold asks Redis: {unknown}"
+    );
+    assert_eq!(s, StatusCode::CONFLICT, "refused without Redis: {refused}");
+    assert_eq!(
+        refused["type"], "https://tiketi.gg/problems/seats-taken",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["seats"],
+        json!(["A-1-1"]),
+        "only the sold seat is named: {refused}"
+    );
+    assert_eq!(
+        s_free,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a free seat needs Redis, which was frozen: {waited}"
+    );
+    // The other replica learns it from the seat map (PostgreSQL's sold seats).
+    assert_eq!(
+        seat_status(&env.http, &other.base, &env.event, "A-1-1").await,
+        "sold"
+    );
+    env.redis.signal("-STOP");
+    let (s_other, refused) = b.hold(&env.http, &other.base, &env.event, &seats).await.unwrap();
+    env.redis.signal("-CONT");
+    assert_eq!(
+        s_other,
+        StatusCode::CONFLICT,
+        "the other replica read the map: {refused}"
+    );
+    assert_eq!(refused["seats"], json!(["A-1-1"]), "{refused}");
+    // With Redis back, free seats are held as usual (not A-1-3: the frozen Redis ran that timed
+    // out hold's script once it was thawed, so its lock stands until the hold's TTL).
+    let (s, held) = env.hold(&b, &["A-1-2", "A-1-4"]).await;
+    assert_eq!(s, StatusCode::CREATED, "{held}");
+    other.stop().await;
+    env.finish().await;
 }
 
 #[tokio::test]
