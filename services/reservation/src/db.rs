@@ -11,15 +11,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Connection, Row};
 use tiketi_shared::config::{EventConfig, SeatSpec};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::domain;
 use crate::model::{Hold, Order};
+
+mod hot;
+use hot::{Hot, HotSet};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -147,7 +149,7 @@ pub struct ConfirmContext {
     pub stored: Option<StoredResponse>,
     /// The hold, if it exists.
     pub hold: Option<HoldRow>,
-    conn: PoolConnection<Postgres>,
+    conn: Hot,
 }
 
 /// The event's rules a confirm applies in PostgreSQL.
@@ -195,6 +197,8 @@ pub struct Db {
     has_reader: bool,
     timeout: Duration,
     claims: Arc<ClaimQueue>,
+    /// Confirms' and claim batches' connections (see [`hot`]).
+    hot: Arc<HotSet>,
 }
 
 /// Group commit of hold claims. A hold's claim is queued; a drainer task takes the queued
@@ -325,6 +329,8 @@ fn claim_outcome(rows: Vec<ClaimRow>) -> Result<(), ClaimRefused> {
 
 /// A pooled connection idle this long is pinged before it is handed out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+/// Aurora moves its endpoints' DNS on failover; recycling connections follows it.
+const MAX_LIFETIME: Duration = Duration::from_secs(300);
 
 fn pool(url: &str, max: u32, timeout: Duration, writer: bool) -> Result<PgPool, DbError> {
     let opts = PgConnectOptions::from_str(url)?
@@ -335,8 +341,7 @@ fn pool(url: &str, max: u32, timeout: Duration, writer: bool) -> Result<PgPool, 
         .min_connections(0)
         .acquire_timeout(timeout)
         .idle_timeout(Duration::from_secs(60))
-        // Aurora moves its endpoints' DNS on failover; recycling connections follows it.
-        .max_lifetime(Duration::from_secs(300))
+        .max_lifetime(MAX_LIFETIME)
         // No ping per checkout (a round trip on every call): only a connection idle for a while
         // is pinged before use, which weeds out connections a failover or restart killed while
         // the pool was quiet. One that dies under load fails its call (a 503 to retry) and is
@@ -379,7 +384,12 @@ impl Db {
         timeout: Duration,
         claim_batch: usize,
     ) -> Result<Self, DbError> {
-        let writer = pool(writer_url, max_connections, timeout, true)?;
+        // Three quarters of the writer's connections serve confirms and claim batches, kept out
+        // of the pool (see [`hot`]); the pool keeps the rest for everything else, and opens the
+        // set's connections (each leaves the pool's count once the set takes it).
+        let max_connections = max_connections.max(2);
+        let hot_size = (max_connections * 3 / 4).max(1);
+        let writer = pool(writer_url, max_connections - hot_size, timeout, true)?;
         let (reader, has_reader) = match reader_url {
             Some(url) => (pool(url, max_connections, timeout, false)?, true),
             None => (writer.clone(), false),
@@ -398,6 +408,7 @@ impl Db {
                 hasher: RandomState::new(),
                 stats: Mutex::new(ClaimStats::default()),
             }),
+            hot: HotSet::new(hot_size, MAX_LIFETIME, IDLE_BEFORE_PING),
         })
     }
 
@@ -405,13 +416,41 @@ impl Db {
         &self.writer
     }
 
-    /// (pool name, size, idle) for the pool-usage gauges.
-    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32)> {
-        let mut v = vec![("writer", self.writer.size(), self.writer.num_idle() as u32)];
+    /// (pool name, open, idle, max) for the pool-usage gauges: `writer`, `hot` (confirms' and
+    /// claim batches' connections) and `reader` when configured.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32, u32)> {
+        let (hot_max, hot_open, hot_idle) = self.hot.usage();
+        let pool = |p: &PgPool| (p.size(), p.num_idle() as u32, p.options().get_max_connections());
+        let (open, idle, max) = pool(&self.writer);
+        let mut v = vec![("writer", open, idle, max), ("hot", hot_open, hot_idle, hot_max)];
         if self.has_reader {
-            v.push(("reader", self.reader.size(), self.reader.num_idle() as u32));
+            let (open, idle, max) = pool(&self.reader);
+            v.push(("reader", open, idle, max));
         }
         v
+    }
+
+    /// Ends a statement's use of a hot connection: kept when PostgreSQL answered (an error it
+    /// reports leaves the connection usable, unless it is one that condemns the connection),
+    /// closed when the statement timed out or the connection broke.
+    fn settle<T>(
+        &self,
+        conn: &mut Hot,
+        result: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, DbError> {
+        match result {
+            Ok(Ok(v)) => {
+                conn.answered();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if !poisons_connection(&e) {
+                    conn.answered();
+                }
+                Err(DbError::Sqlx(e))
+            }
+            Err(_) => Err(DbError::Timeout(self.timeout)),
+        }
     }
 
     async fn bounded<T>(&self, fut: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, DbError> {
@@ -419,10 +458,6 @@ impl Db {
             Ok(r) => Ok(r?),
             Err(_) => Err(DbError::Timeout(self.timeout)),
         }
-    }
-
-    async fn acquire(&self) -> Result<PoolConnection<Postgres>, DbError> {
-        self.bounded(self.writer.acquire()).await
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -731,19 +766,17 @@ impl Db {
             Option<DateTime<Utc>>,
             Option<i32>,
         );
-        let rows: Vec<Row> = self
-            .bounded(
-                sqlx::query_as("SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(&ids)
-                    .bind(&events)
-                    .bind(&users)
-                    .bind(&expires)
-                    .bind(&caps)
-                    .bind(&seat_hold)
-                    .bind(&seat_ids)
-                    .fetch_all(&self.writer),
-            )
-            .await?;
+        let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
+        let query = sqlx::query_as("SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&ids)
+            .bind(&events)
+            .bind(&users)
+            .bind(&expires)
+            .bind(&caps)
+            .bind(&seat_hold)
+            .bind(&seat_ids);
+        let result = tokio::time::timeout(self.timeout, query.fetch_all(conn.conn()?)).await;
+        let rows: Vec<Row> = self.settle(&mut conn, result)?;
         let mut out: Vec<Vec<ClaimRow>> = vec![Vec::new(); n];
         for (i, kind, seat, owner, until, count) in rows {
             if let Some(hold) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
@@ -755,18 +788,16 @@ impl Db {
 
     /// One hold's claim on its own (`tiketi_claim_hold`).
     async fn claim_one(&self, hold: &Hold, cap: u32) -> ClaimResult {
-        let rows: Vec<ClaimRow> = self
-            .bounded(
-                sqlx::query_as("SELECT * FROM tiketi_claim_hold($1, $2, $3, $4, $5, $6)")
-                    .bind(hold.hold_id)
-                    .bind(&hold.event_id)
-                    .bind(&hold.user_id)
-                    .bind(&hold.seats)
-                    .bind(hold.expires_at)
-                    .bind(i32::try_from(cap).unwrap_or(i32::MAX))
-                    .fetch_all(&self.writer),
-            )
-            .await?;
+        let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
+        let query = sqlx::query_as("SELECT * FROM tiketi_claim_hold($1, $2, $3, $4, $5, $6)")
+            .bind(hold.hold_id)
+            .bind(&hold.event_id)
+            .bind(&hold.user_id)
+            .bind(&hold.seats)
+            .bind(hold.expires_at)
+            .bind(i32::try_from(cap).unwrap_or(i32::MAX));
+        let result = tokio::time::timeout(self.timeout, query.fetch_all(conn.conn()?)).await;
+        let rows: Vec<ClaimRow> = self.settle(&mut conn, result)?;
         Ok(claim_outcome(rows))
     }
 
@@ -853,7 +884,7 @@ impl Db {
         key: &str,
         hold: Uuid,
     ) -> Result<ConfirmContext, DbError> {
-        let mut conn = self.acquire().await?;
+        let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
         let query = sqlx::query(
             "SELECT i.fingerprint, i.status_code, i.response, \
                     h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
@@ -864,19 +895,8 @@ impl Db {
         .bind(user)
         .bind(key)
         .bind(hold);
-        let r = match tokio::time::timeout(self.timeout, query.fetch_one(&mut *conn)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                if poisons_connection(&e) {
-                    conn.close_on_drop();
-                }
-                return Err(DbError::Sqlx(e));
-            }
-            Err(_) => {
-                conn.close_on_drop();
-                return Err(DbError::Timeout(self.timeout));
-            }
-        };
+        let result = tokio::time::timeout(self.timeout, query.fetch_one(conn.conn()?)).await;
+        let r = self.settle(&mut conn, result)?;
         let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
             let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
                 Some(fingerprint) => Some(StoredResponse {
@@ -987,50 +1007,46 @@ impl Db {
         .bind(i32::try_from(cap).unwrap_or(i32::MAX))
         .bind(sale_ends)
         .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
-        let result = tokio::time::timeout(self.timeout, statement.fetch_one(&mut *conn)).await;
+        let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
         match result {
-            Err(_) => {
-                conn.close_on_drop();
-                Err(DbError::Timeout(self.timeout))
-            }
+            Err(_) => Err(DbError::Timeout(self.timeout)),
             Ok(Err(e)) => {
-                if poisons_connection(&e) {
-                    conn.close_on_drop();
+                if !poisons_connection(&e) {
+                    conn.answered();
                 }
+                drop(conn);
                 if is_foreign_key_violation(&e) {
                     // A seat of the hold left the inventory (a configuration change) after it was
                     // held: final, not an outage to retry.
-                    drop(conn);
                     let gone = self.missing_seats(&hold.event_id, &hold.seats).await?;
                     return Ok(ConfirmOutcome::SeatsRemoved(gone));
                 }
                 match constraint_violated(&e).as_deref() {
                     Some(ONE_BOOKING_PER_SEAT) => {
-                        drop(conn);
                         let sold = self.sold_among(&hold.event_id, &hold.seats).await?;
                         Ok(ConfirmOutcome::SeatsTaken(sold))
                     }
-                    Some(ONE_ORDER_PER_HOLD) => {
-                        drop(conn);
-                        Ok(ConfirmOutcome::AlreadyConfirmed(
-                            self.order_of_hold(hold.hold_id).await?,
-                        ))
-                    }
+                    Some(ONE_ORDER_PER_HOLD) => Ok(ConfirmOutcome::AlreadyConfirmed(
+                        self.order_of_hold(hold.hold_id).await?,
+                    )),
                     _ => Err(DbError::Sqlx(e)),
                 }
             }
-            Ok(Ok((outcome, seats, order_id, count))) => Ok(match outcome.as_str() {
-                "created" => ConfirmOutcome::Created(order),
-                "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
-                "sale-ended" => ConfirmOutcome::SaleEnded,
-                "admission-ended" => ConfirmOutcome::AdmissionEnded,
-                "limit" => ConfirmOutcome::OverLimit {
-                    current: count.unwrap_or(0).max(0) as u32,
-                },
-                "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
-                "key-in-use" => ConfirmOutcome::KeyInUse,
-                other => ConfirmOutcome::NotHeld(other.to_owned()),
-            }),
+            Ok(Ok((outcome, seats, order_id, count))) => {
+                conn.answered();
+                Ok(match outcome.as_str() {
+                    "created" => ConfirmOutcome::Created(order),
+                    "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
+                    "sale-ended" => ConfirmOutcome::SaleEnded,
+                    "admission-ended" => ConfirmOutcome::AdmissionEnded,
+                    "limit" => ConfirmOutcome::OverLimit {
+                        current: count.unwrap_or(0).max(0) as u32,
+                    },
+                    "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
+                    "key-in-use" => ConfirmOutcome::KeyInUse,
+                    other => ConfirmOutcome::NotHeld(other.to_owned()),
+                })
+            }
         }
     }
 

@@ -143,7 +143,6 @@ pub struct AppState {
     pub initialized: AtomicBool,
     pub draining: AtomicBool,
     pub cache_ttl: Duration,
-    pub max_connections: u32,
     /// Admission to the API routes (see `TIKETI_MAX_INFLIGHT`).
     pub inflight: tokio::sync::Semaphore,
     pub inflight_wait: Duration,
@@ -265,14 +264,14 @@ impl AppState {
     }
 
     pub fn refresh_pool_gauges(&self) {
-        for (pool, size, idle) in self.db.pool_usage() {
+        for (pool, open, idle, max) in self.db.pool_usage() {
             let g = &self.metrics.pool_connections;
             g.get_or_create(&PoolLabels { pool, state: "open" })
-                .set(i64::from(size));
+                .set(i64::from(open));
             g.get_or_create(&PoolLabels { pool, state: "idle" })
                 .set(i64::from(idle));
             g.get_or_create(&PoolLabels { pool, state: "max" })
-                .set(i64::from(self.max_connections));
+                .set(i64::from(max));
         }
     }
 

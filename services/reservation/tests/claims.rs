@@ -837,6 +837,77 @@ async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
     db.drop_db().await;
 }
 
+/// Confirms and claim batches run on connections kept out of sqlx's pool, which would ping each
+/// one given back (a round trip per checkout). One that answered is used again as it is; one
+/// dropped in the middle of a statement (here a confirm waiting on a locked hold row, its request
+/// gone) is closed — handed to the next caller, that caller would wait behind the abandoned
+/// statement — and the next statements get their own answers on a new connection.
+#[tokio::test]
+async fn a_connection_left_mid_statement_is_never_used_again() {
+    use tiketi_reservation::db::ConfirmRules;
+    use tiketi_reservation::model::Hold;
+
+    let (event, db, store) = migrated_store("hot", "resv_hot", 10).await;
+    let hot = |store: &tiketi_reservation::db::Db| {
+        let usage = store.pool_usage();
+        let (_, open, idle, _) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
+        (open, idle)
+    };
+    let hold = |user: &str, seat: &str| Hold {
+        hold_id: uuid::Uuid::new_v4(),
+        event_id: event.clone(),
+        user_id: user.to_owned(),
+        seats: vec![seat.to_owned()],
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    };
+    let (a, b) = (hold("a", "A-1-1"), hold("b", "A-1-2"));
+    for h in [&a, &b] {
+        assert_eq!(store.claim_hold(h, 4).await.unwrap(), Ok(()));
+    }
+    // Sequential use keeps one connection, given back as it is.
+    for _ in 0..3 {
+        let ctx = store.confirm_context("b", "k-b", b.hold_id).await.unwrap();
+        assert_eq!(ctx.hold.as_ref().map(|h| h.hold.hold_id), Some(b.hold_id));
+    }
+    assert_eq!(hot(&store), (1, 1), "one connection, used again");
+
+    // A's confirm waits on A's hold row, which another transaction holds; its caller gives up.
+    let pool = db.pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM holds WHERE hold_id = $1 FOR UPDATE")
+        .bind(a.hold_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let rules = ConfirmRules {
+        cap: 4,
+        sale_ends: None,
+        admission_ttl_seconds: None,
+    };
+    let ctx = store.confirm_context("a", "k-a", a.hold_id).await.unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.confirm(ctx, &a, "a", "k-a", "fp-a", rules),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the confirm waits on the locked hold row");
+    assert_eq!(hot(&store), (0, 0), "the connection left mid-statement is closed");
+    tx.rollback().await.unwrap();
+
+    // The next statements get their own answers, on a new connection.
+    let ctx = store.confirm_context("b", "k-b", b.hold_id).await.unwrap();
+    assert_eq!(ctx.hold.as_ref().map(|h| h.hold.hold_id), Some(b.hold_id));
+    let order = store.confirm(ctx, &b, "b", "k-b", "fp-b", rules).await.unwrap();
+    assert!(
+        matches!(order, tiketi_reservation::db::ConfirmOutcome::Created(ref o) if o.hold_id == b.hold_id),
+        "{order:?}"
+    );
+    assert_eq!(hot(&store), (1, 1));
+
+    pool.close().await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn an_inventory_load_may_run_past_the_request_bound() {
     // The load waits on the per-event inventory lock another loader holds for twice the request
