@@ -125,12 +125,15 @@ impl HotSet {
         })
     }
 
-    /// Closes `conn` politely in the background (Terminate, then the socket).
+    /// Closes `conn` politely in the background (Terminate, then the socket); outside a runtime
+    /// (one shutting down) the socket just closes.
     fn close(&self, conn: PgConnection) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
-        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+            });
+        }
     }
 }
 
