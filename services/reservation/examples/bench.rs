@@ -63,16 +63,23 @@ impl Http1 {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
-        let r = self.exchange("POST", path, headers, body).await;
-        if r.is_err() {
-            self.stream = None;
-        }
-        r
+        self.request("POST", path, headers, body).await
     }
 
     /// GETs `path`; the status and the body.
     async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        let r = self.exchange("GET", path, &[], b"").await;
+        self.request("GET", path, &[], b"").await
+    }
+
+    /// One exchange; after an error the connection is dropped (the next request reconnects).
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let r = self.exchange(method, path, headers, body).await;
         if r.is_err() {
             self.stream = None;
         }

@@ -1008,13 +1008,11 @@ impl Db {
         .bind(sale_ends)
         .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
         let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
+        let result = self.settle(&mut conn, result);
+        // Given back (or closed) before the follow-up reads below take a pooled connection.
+        drop(conn);
         match result {
-            Err(_) => Err(DbError::Timeout(self.timeout)),
-            Ok(Err(e)) => {
-                if !poisons_connection(&e) {
-                    conn.answered();
-                }
-                drop(conn);
+            Err(DbError::Sqlx(e)) => {
                 if is_foreign_key_violation(&e) {
                     // A seat of the hold left the inventory (a configuration change) after it was
                     // held: final, not an outage to retry.
@@ -1032,21 +1030,19 @@ impl Db {
                     _ => Err(DbError::Sqlx(e)),
                 }
             }
-            Ok(Ok((outcome, seats, order_id, count))) => {
-                conn.answered();
-                Ok(match outcome.as_str() {
-                    "created" => ConfirmOutcome::Created(order),
-                    "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
-                    "sale-ended" => ConfirmOutcome::SaleEnded,
-                    "admission-ended" => ConfirmOutcome::AdmissionEnded,
-                    "limit" => ConfirmOutcome::OverLimit {
-                        current: count.unwrap_or(0).max(0) as u32,
-                    },
-                    "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
-                    "key-in-use" => ConfirmOutcome::KeyInUse,
-                    other => ConfirmOutcome::NotHeld(other.to_owned()),
-                })
-            }
+            Err(e) => Err(e),
+            Ok((outcome, seats, order_id, count)) => Ok(match outcome.as_str() {
+                "created" => ConfirmOutcome::Created(order),
+                "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
+                "sale-ended" => ConfirmOutcome::SaleEnded,
+                "admission-ended" => ConfirmOutcome::AdmissionEnded,
+                "limit" => ConfirmOutcome::OverLimit {
+                    current: count.unwrap_or(0).max(0) as u32,
+                },
+                "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
+                "key-in-use" => ConfirmOutcome::KeyInUse,
+                other => ConfirmOutcome::NotHeld(other.to_owned()),
+            }),
         }
     }
 

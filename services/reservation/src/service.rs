@@ -87,14 +87,16 @@ impl EventState {
         }
     }
 
+    /// The word of `sold` holding `seat`'s bit, and the bit (None for a seat this event lacks).
+    fn sold_bit(&self, seat: &str) -> Option<(&AtomicU64, u64)> {
+        let i = *self.index.get(seat)?;
+        Some((self.sold.get(i / 64)?, 1 << (i % 64)))
+    }
+
     /// Remembers `seats` as sold (names this event does not have are ignored).
     pub fn mark_sold<'a>(&self, seats: impl IntoIterator<Item = &'a str>) {
-        for seat in seats {
-            if let Some(&i) = self.index.get(seat)
-                && let Some(word) = self.sold.get(i / 64)
-            {
-                word.fetch_or(1 << (i % 64), Ordering::Relaxed);
-            }
+        for (word, bit) in seats.into_iter().filter_map(|s| self.sold_bit(s)) {
+            word.fetch_or(bit, Ordering::Relaxed);
         }
     }
 
@@ -103,11 +105,8 @@ impl EventState {
         seats
             .iter()
             .filter(|seat| {
-                self.index.get(seat.as_str()).is_some_and(|&i| {
-                    self.sold
-                        .get(i / 64)
-                        .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (i % 64)) != 0)
-                })
+                self.sold_bit(seat)
+                    .is_some_and(|(word, bit)| word.load(Ordering::Relaxed) & bit != 0)
             })
             .cloned()
             .collect()

@@ -558,6 +558,17 @@ async fn live_claims(pool: &sqlx::PgPool, holds: &[uuid::Uuid]) -> Vec<(String, 
     .unwrap()
 }
 
+/// A new hold of `user` over `seats` that lapses in five minutes.
+fn live_hold(event: &str, user: &str, seats: Vec<String>) -> tiketi_reservation::model::Hold {
+    tiketi_reservation::model::Hold {
+        hold_id: uuid::Uuid::new_v4(),
+        event_id: event.to_owned(),
+        user_id: user.to_owned(),
+        seats,
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    }
+}
+
 /// A database with the service's schema and one event of one row of `per_row` seats (hold TTL
 /// 300 s, 4 seats per user), reached through the service's own `Db` (claim batches up to 64).
 async fn migrated_store(
@@ -581,7 +592,6 @@ async fn migrated_store(
 #[tokio::test]
 async fn claims_decided_together_refuse_only_the_conflicting_holds() {
     use tiketi_reservation::db::ClaimRefused;
-    use tiketi_reservation::model::Hold;
 
     let (event, db, store) = migrated_store("batch", "resv_batch", 100).await;
     let pool = db.pool().await;
@@ -613,13 +623,7 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
         sqlx::query(&stmt).execute(&pool).await.unwrap();
     }
 
-    let hold = |user: &str, seats: Vec<String>| Hold {
-        hold_id: uuid::Uuid::new_v4(),
-        event_id: event.clone(),
-        user_id: user.to_owned(),
-        seats,
-        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
-    };
+    let hold = |user: &str, seats: Vec<String>| live_hold(&event, user, seats);
     let mut holds = vec![
         // 0: one seat claimed by a live hold: refused, and its free seat A-1-3 not taken.
         hold("u-held", a(&["3", "1"])),
@@ -801,13 +805,7 @@ async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
         .await
         .unwrap();
 
-    let hold = |user: &str, seat: &str| Hold {
-        hold_id: uuid::Uuid::new_v4(),
-        event_id: event.clone(),
-        user_id: user.to_owned(),
-        seats: vec![seat.to_owned()],
-        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
-    };
+    let hold = |user: &str, seat: &str| live_hold(&event, user, vec![seat.to_owned()]);
     let stuck = {
         let (store, h) = (store.clone(), hold("first", "A-1-1"));
         tokio::spawn(async move { store.claim_hold(&h, 4).await })
@@ -845,7 +843,6 @@ async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
 #[tokio::test]
 async fn a_connection_left_mid_statement_is_never_used_again() {
     use tiketi_reservation::db::ConfirmRules;
-    use tiketi_reservation::model::Hold;
 
     let (event, db, store) = migrated_store("hot", "resv_hot", 10).await;
     let hot = |store: &tiketi_reservation::db::Db| {
@@ -853,13 +850,7 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
         let (_, open, idle, _) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
         (open, idle)
     };
-    let hold = |user: &str, seat: &str| Hold {
-        hold_id: uuid::Uuid::new_v4(),
-        event_id: event.clone(),
-        user_id: user.to_owned(),
-        seats: vec![seat.to_owned()],
-        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
-    };
+    let hold = |user: &str, seat: &str| live_hold(&event, user, vec![seat.to_owned()]);
     let (a, b) = (hold("a", "A-1-1"), hold("b", "A-1-2"));
     for h in [&a, &b] {
         assert_eq!(store.claim_hold(h, 4).await.unwrap(), Ok(()));
