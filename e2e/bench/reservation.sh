@@ -31,7 +31,8 @@
 # Knobs: BENCH_CLIENTS (64), BENCH_SECONDS (15), BENCH_ROWS x BENCH_PER_ROW seats (100 x 50; the
 # "spread" run uses 20x the rows), BENCH_HOLD_SEATS (200000, a multiple of BENCH_PER_ROW: enough
 # that a holds-only run does not run out), BENCH_HOLD_ROUNDS (3), BENCH_HOLD_SECONDS (10),
-# BENCH_PG_CLIENTS (16 = the service's pool size).
+# BENCH_PG_CLIENTS (16 = the service's pool size), BENCH_WARMUP_SECONDS (3: each service run warms up
+# on an event of its own first; 0 = none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${REDIS_URL:?run eval \"\$(e2e/stack env)\" first}"
@@ -44,6 +45,8 @@ PG_CLIENTS=${BENCH_PG_CLIENTS:-16}
 HOLD_SEATS=${BENCH_HOLD_SEATS:-200000}
 HOLD_ROUNDS=${BENCH_HOLD_ROUNDS:-3}
 HOLD_SECONDS=${BENCH_HOLD_SECONDS:-10}
+WARMUP=${BENCH_WARMUP_SECONDS:-3}
+WARMUP_ROWS=$((ROWS * 4))
 
 cargo build --release -q -p tiketi-reservation --bin tiketi-reservation --example bench
 BIN=${CARGO_TARGET_DIR:-target}/release/tiketi-reservation
@@ -63,7 +66,9 @@ cleanup() {
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${pg_db}_confirm WITH (FORCE)" 2>/dev/null || true
   for l in contended contended-blind spread $(seq -f 'holds-%g' 1 "$HOLD_ROUNDS"); do
     psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${svc_db}_${l//-/_} WITH (FORCE)" 2>/dev/null || true
-    redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$event-$l}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    for e in "$event-$l" "$event-$l-warm"; do
+      redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$e}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+    done
   done
   rm -rf "$work"
 }
@@ -143,12 +148,19 @@ run_service() {
   local label=$1 rows=$2 per_row=$3 mode=${4:-} seconds=${5:-$DURATION} db="${svc_db}_${1//-/_}" ev="$event-$1"
   echo "== tiketi-reservation ($label): $CLIENTS buyers${mode:+ ($mode)}, $((rows * per_row)) seats, up to ${seconds}s"
   psql -q "$DATABASE_URL" -c "CREATE DATABASE $db"
-  cat > "$work/event-$label.json" <<JSON
-{"eventId": "$ev", "onSaleAt": "2026-01-01T00:00:00Z",
+  # The measured event and a warm-up one (WARMUP_ROWS x per_row seats) the service is run on
+  # first, in the same mode, for WARMUP seconds: pgbench gets its warm-up run too, and a
+  # replica in a real on-sale has been up since it was pre-scaled, not started a moment ago
+  # (without it a sale of two seconds pays a new process's heap growth and its first calls).
+  mkdir -p "$work/events-$label"
+  for e in "$ev:$rows" "$ev-warm:$WARMUP_ROWS"; do
+    cat > "$work/events-$label/${e%%:*}.json" <<JSON
+{"eventId": "${e%%:*}", "onSaleAt": "2026-01-01T00:00:00Z",
  "reservation": {"holdTtlSeconds": 300, "maxSeatsPerUser": 4},
- "inventory": {"sections": [{"name": "A", "rows": $rows, "seatsPerRow": $per_row}]}}
+ "inventory": {"sections": [{"name": "A", "rows": ${e##*:}, "seatsPerRow": $per_row}]}}
 JSON
-  TIKETI_LISTEN="127.0.0.1:$port" TIKETI_REDIS_URL="$REDIS_URL" TIKETI_EVENT_CONFIG="$work/event-$label.json" \
+  done
+  TIKETI_LISTEN="127.0.0.1:$port" TIKETI_REDIS_URL="$REDIS_URL" TIKETI_EVENT_CONFIG="$work/events-$label" \
     TIKETI_DATABASE_URL="$(db_url "$db")" TIKETI_DATABASE_MAX_CONNECTIONS="$PG_CLIENTS" \
     TIKETI_MAX_INFLIGHT=1024 TIKETI_DRAIN_DELAY=0s RUST_LOG=warn "$BIN" > "$work/service-$label.log" 2>&1 &
   svc_pid=$!
@@ -157,6 +169,9 @@ JSON
     sleep 0.1
   done
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "service did not become ready"; cat "$work/service-$label.log"; exit 1; }
+  if [ "$WARMUP" -gt 0 ]; then
+    "$DRIVER" $mode "http://127.0.0.1:$port" "$ev-warm" "$WARMUP_ROWS" "$per_row" "$CLIENTS" "$WARMUP" > "$work/warmup-$label.json"
+  fi
   "$DRIVER" $mode "http://127.0.0.1:$port" "$ev" "$rows" "$per_row" "$CLIENTS" "$seconds" > "$work/service-$label.json"
   cat "$work/service-$label.json"
   psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM (SELECT seat_id FROM order_lines WHERE live GROUP BY seat_id HAVING count(*) > 1) d" > "$work/double-$label.txt"
@@ -164,7 +179,9 @@ JSON
   psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM holds" > "$work/pg-holds-$label.txt"
   kill "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=""
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
-  redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$ev}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+  for e in "$ev" "$ev-warm"; do
+    redis-cli -u "$REDIS_URL" --scan --pattern "tiketi:{$e}:*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$REDIS_URL" DEL >/dev/null 2>&1 || true
+  done
 }
 run_service contended "$ROWS" "$PER_ROW" --seat-map
 run_service contended-blind "$ROWS" "$PER_ROW"

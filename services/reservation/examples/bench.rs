@@ -228,6 +228,18 @@ fn pick_from_map(view: &SeatView, learned: &HashSet<u32>, k: usize, rng: &mut im
     pick
 }
 
+fn orders_per_tenth(at: &[f64]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for t in at {
+        let b = (t * 10.0) as usize;
+        if out.len() <= b {
+            out.resize(b + 1, 0);
+        }
+        out[b] += 1;
+    }
+    out
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -307,9 +319,11 @@ async fn main() {
             let index = index.clone();
             // Each purchase is a new buyer (the purchase limit counts held and bought seats per
             // buyer, so one buyer looping would stop at maxSeatsPerUser).
+            // Buyers of different events are different people (a warm-up event's buyers would
+            // otherwise replay their Idempotency-Keys, which belong to the user, in the next).
             let buyer = move |n: u64| {
                 let now = chrono::Utc::now().timestamp_millis();
-                let user = format!("bench-{i}-{n}");
+                let user = format!("{ev}-{i}-{n}");
                 let bearer = format!(
                     "Bearer {}",
                     sign_user_token(jwt.as_bytes(), &user, now / 1000 + 3600).unwrap()
@@ -474,6 +488,8 @@ async fn main() {
         "confirmsTo90PctSeconds": t90,
         "confirmsPerSecTo90Pct": if t90 > 0.0 { n90 as f64 / t90 } else { 0.0 },
         "confirmConflicts": s.confirm_conflict,
+        // Orders per tenth of a second since the start: where a sale spends its time.
+        "ordersPerTenth": orders_per_tenth(&s.confirmed_at),
         "confirmP50Ms": pct(&mut s.confirm_ok, 0.50),
         "confirmP99Ms": pct(&mut s.confirm_ok, 0.99),
         "unavailable": s.unavailable,

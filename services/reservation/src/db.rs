@@ -5,13 +5,15 @@
 //! reconnects to the new writer by itself.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use tiketi_shared::config::{EventConfig, SeatSpec};
 use tokio::sync::oneshot;
@@ -327,6 +329,58 @@ fn claim_outcome(rows: Vec<ClaimRow>) -> Result<(), ClaimRefused> {
     })
 }
 
+/// The hot statements (run on [`hot`] connections; [`warm`] runs each once on a new one).
+const CONTEXT_SQL: &str = "SELECT i.fingerprint, i.status_code, i.response, \
+        h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
+    FROM (SELECT 1) AS one \
+    LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
+    LEFT JOIN holds h ON h.hold_id = $3";
+const CONFIRM_SQL: &str = "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const CLAIMS_SQL: &str = "SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)";
+type ConfirmRow = (String, Option<Vec<String>>, Option<Uuid>, Option<i32>);
+
+/// Runs each hot statement once, with the argument types of the real calls, on arguments that
+/// change nothing: the context of a hold that does not exist, the confirm of it (`missing`), a
+/// claim batch of no holds. The connection then has the statements prepared, and its backend
+/// has compiled the functions and loaded the tables' catalog entries.
+fn warm(conn: &mut PgConnection) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        let nothing = Uuid::nil();
+        sqlx::query(CONTEXT_SQL)
+            .bind("")
+            .bind("")
+            .bind(nothing)
+            .fetch_one(&mut *conn)
+            .await?;
+        let none: Option<i32> = None;
+        sqlx::query_as::<_, ConfirmRow>(CONFIRM_SQL)
+            .bind(nothing)
+            .bind("")
+            .bind("")
+            .bind("")
+            .bind(serde_json::Value::Null)
+            .bind(nothing)
+            .bind(Utc::now())
+            .bind(0i32)
+            .bind(None::<DateTime<Utc>>)
+            .bind(none)
+            .fetch_all(&mut *conn)
+            .await?;
+        let (ids, texts, ints) = (Vec::<Uuid>::new(), Vec::<&str>::new(), Vec::<i32>::new());
+        sqlx::query(CLAIMS_SQL)
+            .bind(&ids)
+            .bind(&texts)
+            .bind(&texts)
+            .bind(Vec::<DateTime<Utc>>::new())
+            .bind(&ints)
+            .bind(&ints)
+            .bind(&texts)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(())
+    })
+}
+
 /// A pooled connection idle this long is pinged before it is handed out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// Aurora moves its endpoints' DNS on failover; recycling connections follows it.
@@ -429,6 +483,17 @@ impl Db {
         }
         v
     }
+
+    /// One pass of the hot connections' keeper: opens and warms them until all exist, pings the
+    /// quiet ones, renews the old ones (see [`hot`]). Run once before the replica reports ready,
+    /// then every quarter of the ping period ([`Db::TEND_EVERY`]). Returns how many it opened.
+    pub async fn tend_hot(&self) -> Result<u32, DbError> {
+        self.hot.tend(&self.writer, self.timeout, warm).await
+    }
+
+    /// How often the hot connections' keeper runs: a quiet connection is pinged by it (at half
+    /// the ping period) before a checkout would have to.
+    pub const TEND_EVERY: Duration = Duration::from_millis(IDLE_BEFORE_PING.as_millis() as u64 / 4);
 
     /// Ends a statement's use of a hot connection: kept when PostgreSQL answered (an error it
     /// reports leaves the connection usable, unless it is one that condemns the connection),
@@ -767,7 +832,7 @@ impl Db {
             Option<i32>,
         );
         let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
-        let query = sqlx::query_as("SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)")
+        let query = sqlx::query_as(CLAIMS_SQL)
             .bind(&ids)
             .bind(&events)
             .bind(&users)
@@ -885,16 +950,7 @@ impl Db {
         hold: Uuid,
     ) -> Result<ConfirmContext, DbError> {
         let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
-        let query = sqlx::query(
-            "SELECT i.fingerprint, i.status_code, i.response, \
-                    h.hold_id, h.event_id, h.user_id, h.seat_ids, h.expires_at, h.status \
-             FROM (SELECT 1) AS one \
-             LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
-             LEFT JOIN holds h ON h.hold_id = $3",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(hold);
+        let query = sqlx::query(CONTEXT_SQL).bind(user).bind(key).bind(hold);
         let result = tokio::time::timeout(self.timeout, query.fetch_one(conn.conn()?)).await;
         let r = self.settle(&mut conn, result)?;
         let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
@@ -994,19 +1050,17 @@ impl Db {
         let mut conn = ctx.conn;
         let order = new_order(hold, user);
         let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
-        let statement = sqlx::query_as::<_, (String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(
-            "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(hold.hold_id)
-        .bind(user)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(&body)
-        .bind(order.order_id)
-        .bind(order.created_at)
-        .bind(i32::try_from(cap).unwrap_or(i32::MAX))
-        .bind(sale_ends)
-        .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
+        let statement = sqlx::query_as::<_, ConfirmRow>(CONFIRM_SQL)
+            .bind(hold.hold_id)
+            .bind(user)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(&body)
+            .bind(order.order_id)
+            .bind(order.created_at)
+            .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+            .bind(sale_ends)
+            .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
         let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
         let result = self.settle(&mut conn, result);
         // Given back (or closed) before the follow-up reads below take a pooled connection.

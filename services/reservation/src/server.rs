@@ -109,6 +109,22 @@ async fn publish_counts_forever(state: Arc<AppState>) {
     }
 }
 
+/// Keeps the hot database connections open, warm and tested while the replica is quiet (see
+/// `db::hot`). A failure (PostgreSQL unreachable) is retried on the next tick; requests report
+/// the outage themselves.
+async fn keep_hot_connections(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Db::TEND_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.initialized.load(Ordering::Acquire)
+            && let Err(e) = state.db.tend_hot().await
+        {
+            tracing::debug!(error = %e, "keeping the hot database connections");
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     settings: Settings,
@@ -118,6 +134,7 @@ pub async fn serve(
     let state = build_state(&settings)?;
     let init = tokio::spawn(initialize_until_done(state.clone()));
     let publisher = tokio::spawn(publish_counts_forever(state.clone()));
+    let keeper = tokio::spawn(keep_hot_connections(state.clone()));
     let request_timeout = (settings.database_timeout * 3).max(Duration::from_secs(5));
     let app = crate::api::router(state.clone(), request_timeout);
     let drain = Drain {
@@ -136,6 +153,7 @@ pub async fn serve(
     .context("http server");
     init.abort();
     publisher.abort();
+    keeper.abort();
     result.map(drop)
 }
 

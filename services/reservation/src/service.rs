@@ -938,6 +938,14 @@ impl AppState {
             loaded.insert(cfg.event_id.clone(), Arc::new(EventState::new(cfg, load.seats)));
         }
         *self.events.write().await = loaded;
+        // Ready with the hot connections open and warm (see `db::hot`): the first buyers do not
+        // pay for them. What cannot be opened now is left to the keeper, not a reason to wait.
+        match self.db.tend_hot().await {
+            Ok(n) => tracing::info!(opened = n, "hot database connections open and warm"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open every hot database connection; the keeper retries")
+            }
+        }
         self.initialized.store(true, Ordering::Release);
         Ok(())
     }

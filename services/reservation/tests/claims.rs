@@ -900,6 +900,66 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
 }
 
 #[tokio::test]
+async fn the_keeper_keeps_the_hot_connections_open_and_replaces_dead_ones() {
+    // 16 connections: 12 hot ones.
+    let (event, db, store) = migrated_store("keeper", "resv_keeper", 10).await;
+    let hot = |store: &tiketi_reservation::db::Db| {
+        let usage = store.pool_usage();
+        let (_, open, idle, max) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
+        (open, idle, max)
+    };
+    let pool = db.pool().await;
+    let backends = || async {
+        let mut pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'tiketi-reservation'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pids.sort_unstable();
+        pids
+    };
+    assert_eq!(hot(&store), (0, 0, 12), "nothing open before the first pass");
+
+    // The first pass opens (and warms: each hot statement once) every hot connection.
+    assert_eq!(store.tend_hot().await.unwrap(), 12);
+    assert_eq!(hot(&store), (12, 12, 12));
+    // (The pool's own connections, used for the migrations, carry the same name.)
+    let before = backends().await;
+    assert!(before.len() >= 12, "{before:?}");
+    assert_eq!(store.tend_hot().await.unwrap(), 0, "a full set opens nothing");
+
+    // PostgreSQL ends them while the set is quiet (a restart, a failover): the next pass after
+    // half the ping period finds them dead and opens new ones.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'tiketi-reservation'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.tend_hot().await.unwrap(), 12);
+    assert_eq!(hot(&store), (12, 12, 12));
+    let after = backends().await;
+    assert_eq!(after.len(), 12, "{after:?}");
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+
+    // The statements run on them at once.
+    let h = live_hold(&event, "k", vec!["A-1-1".to_owned()]);
+    assert_eq!(store.claim_hold(&h, 4).await.unwrap(), Ok(()));
+    let ctx = store.confirm_context("k", "k-1", h.hold_id).await.unwrap();
+    assert_eq!(ctx.hold.as_ref().map(|r| r.hold.hold_id), Some(h.hold_id));
+
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn an_inventory_load_may_run_past_the_request_bound() {
     // The load waits on the per-event inventory lock another loader holds for twice the request
     // bound (300 ms): the connection's statement_timeout is that bound, so the wait would be

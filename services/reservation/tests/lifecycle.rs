@@ -538,6 +538,31 @@ async fn the_pool_recovers_when_postgres_drops_every_connection() {
 }
 
 #[tokio::test]
+async fn a_ready_replica_has_its_hot_connections_open() {
+    // Ready means the first buyers find the hot connections open and warm (`db::hot`).
+    let env = Env::start("warm", 1, 2, 60, 2).await;
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |state: &str| -> Option<u64> {
+        let name = format!("tiketi_reservation_db_pool_connections{{pool=\"hot\",state=\"{state}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+    };
+    let (open, max) = (gauge("open"), gauge("max"));
+    assert!(max.is_some_and(|m| m > 0), "{metrics}");
+    assert_eq!(open, max, "{metrics}");
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn made_up_methods_get_problems_and_leave_metrics_bounded() {
     let env = Env::start("methods", 1, 2, 60, 2).await;
     let (http, base) = (&env.http, env.base());

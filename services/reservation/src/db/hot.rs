@@ -10,7 +10,18 @@
 //! the connection is closed instead of kept; one idle for a while is pinged before use, as the
 //! pool does; one older than the pool's lifetime is closed (Aurora moves its endpoints' DNS on
 //! failover). At most `size` exist at once.
+//!
+//! A keeper ([`HotSet::tend`], run before the replica reports ready and then every quarter of the
+//! ping period) keeps the set full and warm while it is quiet, so the first buyers of a rush —
+//! on replicas the operator pre-scaled minutes before — pay neither a connection's start-up
+//! (authentication, a new backend) nor a backend's first run of each hot statement (parsing,
+//! planning, compiling the PL/pgSQL functions) nor a ping: it opens and warms connections until
+//! `size` exist, pings those idle for half the ping period (a dead one is dropped and replaced),
+//! and replaces those near the end of their lifetime. It only works with permits free: a busy
+//! set needs none of this, and a checkout never waits for the keeper.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,6 +31,13 @@ use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::DbError;
+
+/// Runs each hot statement once on a connection new to the set, doing nothing (see [`HotSet::tend`]).
+pub(super) type Warm =
+    for<'c> fn(&'c mut PgConnection) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
+
+/// The keeper replaces an idle connection this long before its lifetime ends.
+const RENEW_BEFORE_END: Duration = Duration::from_secs(30);
 
 pub(super) struct HotSet {
     idle: Mutex<Vec<Idle>>,
@@ -123,6 +141,94 @@ impl HotSet {
             between: true,
             _permit: permit,
         })
+    }
+
+    /// One pass of the keeper (see the module's documentation): renews and pings idle
+    /// connections, then opens and warms connections with `warm` until `size` exist. Returns how
+    /// many it opened; an error is the first connection it could not open or warm (the next pass
+    /// tries again).
+    pub(super) async fn tend(
+        self: &Arc<Self>,
+        pool: &PgPool,
+        timeout: Duration,
+        warm: Warm,
+    ) -> Result<u32, DbError> {
+        let ping_every = self.ping_after / 2;
+        let renew_at = self.max_lifetime.saturating_sub(RENEW_BEFORE_END);
+        // Each idle connection at most once per pass.
+        for _ in 0..self.size {
+            let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+                return Ok(0);
+            };
+            let due = {
+                let mut idle = self.lock();
+                let due = idle
+                    .iter()
+                    .position(|c| c.born.elapsed() >= renew_at || c.used.elapsed() >= ping_every);
+                due.map(|i| idle.remove(i))
+            };
+            let Some(mut c) = due else { break };
+            if c.born.elapsed() >= renew_at {
+                self.close(c.conn);
+                continue;
+            }
+            match tokio::time::timeout(timeout, c.conn.ping()).await {
+                Ok(Ok(())) => {
+                    // Back at the bottom of the stack: checkouts take the most recently used.
+                    c.used = Instant::now();
+                    self.lock().insert(0, c);
+                }
+                // Dead (a restart or failover while the set was quiet) or not answering: dropped,
+                // and replaced below.
+                _ => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut opened = 0;
+        loop {
+            let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let size = self.size;
+            if self
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                    (o < size).then_some(o + 1)
+                })
+                .is_err()
+            {
+                break;
+            }
+            let fresh = async {
+                let mut conn = pool.acquire().await?.detach();
+                warm(&mut conn).await?;
+                Ok::<_, sqlx::Error>(conn)
+            };
+            match tokio::time::timeout(timeout, fresh).await {
+                Ok(Ok(conn)) => {
+                    let now = Instant::now();
+                    self.lock().insert(
+                        0,
+                        Idle {
+                            conn,
+                            born: now,
+                            used: now,
+                        },
+                    );
+                    opened += 1;
+                }
+                Ok(Err(e)) => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                Err(_) => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    return Err(DbError::Timeout(timeout));
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Closes `conn` politely in the background (Terminate, then the socket); outside a runtime
