@@ -174,9 +174,9 @@ JSON
   fi
   "$DRIVER" $mode "http://127.0.0.1:$port" "$ev" "$rows" "$per_row" "$CLIENTS" "$seconds" > "$work/service-$label.json"
   cat "$work/service-$label.json"
-  psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM (SELECT seat_id FROM order_lines WHERE live GROUP BY seat_id HAVING count(*) > 1) d" > "$work/double-$label.txt"
+  psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM (SELECT 1 FROM order_lines WHERE live GROUP BY event_id, seat_id HAVING count(*) > 1) d" > "$work/double-$label.txt"
   # Holds PostgreSQL has (the holds-only run compares them with its 201s).
-  psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM holds" > "$work/pg-holds-$label.txt"
+  psql -tA "$(db_url "$db")" -c "SELECT count(*) FROM holds WHERE event_id = '$ev'" > "$work/pg-holds-$label.txt"
   kill "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; svc_pid=""
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
   for e in "$ev" "$ev-warm"; do

@@ -2,6 +2,9 @@
 //! reservation). Both are HS256 JWTs; they use different secrets and different audiences so one can
 //! never stand in for the other.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
@@ -91,22 +94,68 @@ pub struct AdmissionClaims {
     pub exp_ms: i64,
 }
 
+/// Tokens that verified, by their exact text, with what they said. A buyer's browser sends the
+/// same two tokens with every hold it tries in a rush (most of them refused: the seat was just
+/// taken), and checking a signature (base64, HMAC-SHA256, JSON) costs far more than a lookup.
+/// Only tokens whose signature verified enter, keyed by the whole token (so a changed byte is a
+/// miss); every use re-checks what depends on time or on the request (expiry; for admission the
+/// event and user), so a hit answers exactly as a fresh check would. Bounded: when full it
+/// starts over.
+#[derive(Clone)]
+struct Verified<T>(Arc<Mutex<HashMap<Box<str>, T>>>);
+
+/// At most this many tokens per cache (a few hundred bytes each).
+const VERIFIED_CAP: usize = 16_384;
+
+impl<T: Clone> Verified<T> {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(HashMap::new())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, T>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, token: &str) -> Option<T> {
+        self.lock().get(token).cloned()
+    }
+
+    fn put(&self, token: &str, value: T) {
+        let mut map = self.lock();
+        if map.len() >= VERIFIED_CAP {
+            map.clear();
+        }
+        map.insert(token.into(), value);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Leeway on a user token's expiry (seconds), as the platform's clocks may differ from ours.
+const USER_LEEWAY_SECONDS: u64 = 5;
+
 /// Verifies user tokens with the platform's shared secret.
 #[derive(Clone)]
 pub struct UserVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Verified tokens: (user, expiry in unix seconds).
+    verified: Verified<(String, i64)>,
 }
 
 impl UserVerifier {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = USER_LEEWAY_SECONDS;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: DecodingKey::from_secret(secret),
             validation,
+            verified: Verified::new(),
         }
     }
 
@@ -122,12 +171,26 @@ impl UserVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        if let Some((sub, exp)) = self.verified.get(token) {
+            // The expiry rule of `Validation` (exp no earlier than now minus the leeway).
+            let now = jsonwebtoken::get_current_timestamp();
+            return if exp >= 0 && (exp as u64).saturating_add(USER_LEEWAY_SECONDS) >= now {
+                Ok(sub)
+            } else {
+                Err(TokenError::Expired)
+            };
+        }
         let data = decode::<serde_json::Value>(token, &self.key, &self.validation).map_err(map_jwt_error)?;
         if data.claims.get("aud").and_then(|a| a.as_str()) == Some(ADMISSION_AUDIENCE) {
             return Err(TokenError::Invalid);
         }
         match data.claims.get("sub").and_then(|s| s.as_str()) {
-            Some(sub) if !sub.is_empty() && sub.len() <= 256 => Ok(sub.to_owned()),
+            Some(sub) if !sub.is_empty() && sub.len() <= 256 => {
+                if let Some(exp) = data.claims.get("exp").and_then(|e| e.as_i64()) {
+                    self.verified.put(token, (sub.to_owned(), exp));
+                }
+                Ok(sub.to_owned())
+            }
             _ => Err(TokenError::Invalid),
         }
     }
@@ -152,13 +215,21 @@ pub fn sign_user_token(secret: &[u8], user: &str, exp_unix: i64) -> Result<Strin
 pub struct AdmissionKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    validation: Validation,
+    verified: Verified<AdmissionClaims>,
 }
 
 impl AdmissionKeys {
     pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_audience(&[ADMISSION_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            validation,
+            verified: Verified::new(),
         }
     }
 
@@ -185,12 +256,15 @@ impl AdmissionKeys {
         now_ms: i64,
     ) -> Result<AdmissionClaims, TokenError> {
         let token = token.ok_or(TokenError::Missing)?.trim();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.validate_exp = false;
-        validation.set_audience(&[ADMISSION_AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        let data = decode::<AdmissionClaims>(token, &self.decoding, &validation).map_err(map_jwt_error)?;
-        let claims = data.claims;
+        let claims = match self.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let data = decode::<AdmissionClaims>(token, &self.decoding, &self.validation)
+                    .map_err(map_jwt_error)?;
+                self.verified.put(token, data.claims.clone());
+                data.claims
+            }
+        };
         if claims.exp_ms <= now_ms {
             return Err(TokenError::Expired);
         }
@@ -269,6 +343,56 @@ mod tests {
             keys.verify(Some(&tampered), "ev", "alice", NOW),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_but_every_use_checks_time_event_and_user() {
+        let keys = AdmissionKeys::new(b"admission-secret");
+        let t = keys.issue("ev", "alice", NOW, NOW + 60_000).unwrap();
+        keys.verify(Some(&t), "ev", "alice", NOW).unwrap();
+        assert_eq!(keys.verified.len(), 1, "a verified token is remembered");
+        // A remembered token still answers for its own event, user and lifetime only.
+        assert_eq!(
+            keys.verify(Some(&t), "ev", "bob", NOW),
+            Err(TokenError::WrongUser)
+        );
+        assert!(matches!(
+            keys.verify(Some(&t), "other", "alice", NOW),
+            Err(TokenError::WrongEvent { .. })
+        ));
+        assert_eq!(
+            keys.verify(Some(&t), "ev", "alice", NOW + 60_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            keys.verify(Some(&t), "ev", "alice", NOW + 1).unwrap().sub,
+            "alice"
+        );
+        // A changed byte is another token: checked in full, refused, not remembered.
+        let mut tampered = t.clone();
+        tampered.insert(tampered.len() - 3, 'x');
+        assert_eq!(
+            keys.verify(Some(&tampered), "ev", "alice", NOW),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(keys.verified.len(), 1);
+
+        let secret = b"user-secret";
+        let v = UserVerifier::new(secret);
+        let now = chrono::Utc::now().timestamp();
+        // Expires within the leeway: verified (and remembered) now...
+        let soon = sign_user_token(secret, "alice", now - 3).unwrap();
+        assert_eq!(v.verify(&soon), Ok("alice".to_owned()));
+        assert_eq!(v.verified.len(), 1);
+        assert_eq!(v.verify(&soon), Ok("alice".to_owned()));
+        // ...and refused, remembered or not, once past it.
+        std::thread::sleep(std::time::Duration::from_millis(3_100));
+        assert_eq!(v.verify(&soon), Err(TokenError::Expired));
+        assert_eq!(UserVerifier::new(secret).verify(&soon), Err(TokenError::Expired));
+        // A token that does not verify is never remembered.
+        let forged = sign_user_token(b"other-secret", "alice", now + 3600).unwrap();
+        assert_eq!(v.verify(&forged), Err(TokenError::Invalid));
+        assert_eq!(v.verified.len(), 1);
     }
 
     #[test]
