@@ -153,13 +153,10 @@ async fn queue_depth_steps_out_and_scales_in_only_after_window_and_cooldown() {
     .await
     .unwrap();
     let first_out = queue_status(&t).last_scale_out_time.unwrap();
-    let evs = events_of(&client, &ns.name, "steps").await.unwrap();
-    assert!(
-        evs.iter().any(|(ty, r, n)| ty == "Normal"
-            && r == reasons::SCALED_OUT
-            && n == "ScaledOut queue 1→3: queueDepth 100 > 50"),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "steps", |(ty, r, n)| {
+        ty == "Normal" && r == reasons::SCALED_OUT && n == "ScaledOut queue 1→3: queueDepth 100 > 50"
+    })
+    .await;
 
     // Past the second step inside the cooldown: held at 3 until 4 s after the first, then 3 → 8.
     set_queue(&mut conn, &eid, 300).await;
@@ -233,13 +230,10 @@ async fn queue_depth_steps_out_and_scales_in_only_after_window_and_cooldown() {
     .unwrap();
     let between = secs_between(first_in, queue_status(&t).last_scale_in_time.unwrap());
     assert!(between >= 4.7, "second scale-in {between} s after the first");
-    let evs = events_of(&client, &ns.name, "steps").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::SCALED_IN
-                && n.starts_with("ScaledIn queue 8→7: queueDepth 0 < 10 for")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "steps", |(_, r, n)| {
+        r == reasons::SCALED_IN && n.starts_with("ScaledIn queue 8→7: queueDepth 0 < 10 for")
+    })
+    .await;
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
@@ -302,12 +296,10 @@ async fn a_paused_redis_never_scales_in_falls_back_and_recovers() {
         "{c:?}"
     );
     assert!(c.message.contains("timed out"), "{}", c.message);
-    let evs = events_of(&client, &ns.name, "stale").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(ty, r, _)| ty == "Warning" && r == reasons::SIGNALS_UNHEALTHY),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "stale", |(ty, r, _)| {
+        ty == "Warning" && r == reasons::SIGNALS_UNHEALTHY
+    })
+    .await;
 
     // Recovery on the next good tick, then scale-in resumes from the fallback.
     private.signal("-CONT").unwrap();
@@ -326,11 +318,10 @@ async fn a_paused_redis_never_scales_in_falls_back_and_recovers() {
         resumed.elapsed().as_millis()
     );
     wait_replicas(&deployments, "stale", 5, Duration::from_secs(15)).await;
-    let evs = events_of(&client, &ns.name, "stale").await.unwrap();
-    assert!(
-        evs.iter().any(|(_, r, _)| r == reasons::SIGNALS_RECOVERED),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "stale", |(_, r, _)| {
+        r == reasons::SIGNALS_RECOVERED
+    })
+    .await;
     teardown(&client, ns, op).await.unwrap();
 }
 
@@ -525,12 +516,10 @@ async fn sold_out_with_an_empty_queue_ends_the_sale_early() {
     .await
     .unwrap();
     assert!(t.status.as_ref().unwrap().sold_out_at.is_some());
-    let evs = events_of(&client, &ns.name, "soldout").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::SOLD_OUT && n.contains("200 sold")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "soldout", |(_, r, n)| {
+        r == reasons::SOLD_OUT && n.contains("200 sold")
+    })
+    .await;
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
 }
@@ -637,12 +626,10 @@ async fn a_capacity_goes_to_the_need_in_one_decision_and_back_to_the_floor_after
         queue_status(&t).last_scale_reason.as_deref(),
         Some("queueDepth 60,000 needs 8 at 10,000/replica (+20%)")
     );
-    let evs = events_of(&client, &ns.name, "cap").await.unwrap();
-    assert!(
-        evs.iter().any(|(_, r, n)| r == "ScaledOut"
-            && n.contains("queue 1→8: queueDepth 60,000 needs 8 at 10,000/replica (+20%)")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "cap", |(_, r, n)| {
+        r == "ScaledOut" && n.contains("queue 1→8: queueDepth 60,000 needs 8 at 10,000/replica (+20%)")
+    })
+    .await;
 
     // Empty: down to the floor in one decision, once the window (4 s) has passed.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -722,12 +709,10 @@ async fn a_pre_queue_raises_the_pre_warm_floor_before_the_on_sale() {
     .await
     .unwrap();
     assert_eq!(t.status.as_ref().unwrap().pre_queue_depth, Some(30_000));
-    let evs = events_of(&client, &ns.name, "pre").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(_, _, n)| n.contains("pre-warm raised to 6: preQueueDepth 30,000 × 1.5 / 10,000 (+20%)")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "pre", |(_, _, n)| {
+        n.contains("pre-warm raised to 6: preQueueDepth 30,000 × 1.5 / 10,000 (+20%)")
+    })
+    .await;
     let _: () = conn.del(k.prequeue()).await.unwrap();
     clear_keys(&url, &eid).await;
     teardown(&client, ns, op).await.unwrap();
@@ -896,13 +881,10 @@ async fn a_live_sale_keeps_running_on_its_last_good_spec() {
     );
     set_queue(&mut conn, &eid, 60_000).await;
     wait_replicas(&deployments, "good", 8, Duration::from_secs(10)).await;
-    let evs = events_of(&client, &ns.name, "good").await.unwrap();
-    assert!(
-        evs.iter().any(|(ty, r, n)| ty == "Warning"
-            && r == reasons::INVALID_SPEC
-            && n.contains("keeping the spec")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "good", |(ty, r, n)| {
+        ty == "Warning" && r == reasons::INVALID_SPEC && n.contains("keeping the spec")
+    })
+    .await;
 
     // 2. The Secret comes back and an edit builds a Deployment the API server refuses (requests
     // above limits: only its dry run finds it): the old spec keeps scaling.

@@ -247,13 +247,11 @@ async fn children_are_owned_secured_ready_and_cleaned_up() {
     })
     .await
     .unwrap();
-    let evs = events_of(&client, &ns.name, "concert").await.unwrap();
-    assert!(evs.iter().any(|(_, r, _)| r == reasons::CREATED), "{evs:?}");
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::PHASE_CHANGED && n.contains("Scheduled")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "concert", |(_, r, _)| r == reasons::CREATED).await;
+    event_seen(&client, &ns.name, "concert", |(_, r, n)| {
+        r == reasons::PHASE_CHANGED && n.contains("Scheduled")
+    })
+    .await;
 
     // Deletion removes every child, also with the operator scaled to zero: no finalizer waits
     // for it, the garbage collector follows the owner references. The collector is the
@@ -379,17 +377,14 @@ async fn prewarm_ramps_in_steps_and_is_ready_before_on_sale() {
         && d.from == 5
         && d.to == 7
         && d.reason.contains("pre-warm step 3/3")));
-    let evs = events_of(&client, &ns.name, "flash").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::SCALED_OUT && n.starts_with("ScaledOut reservation 5→7")),
-        "{evs:?}"
-    );
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::PHASE_CHANGED && n.starts_with("PreWarming → OnSale")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "flash", |(_, r, n)| {
+        r == reasons::SCALED_OUT && n.starts_with("ScaledOut reservation 5→7")
+    })
+    .await;
+    event_seen(&client, &ns.name, "flash", |(_, r, n)| {
+        r == reasons::PHASE_CHANGED && n.starts_with("PreWarming → OnSale")
+    })
+    .await;
     teardown(&client, ns, op).await.unwrap();
 }
 
@@ -464,12 +459,10 @@ async fn edit_reschedules_and_the_end_pins_min_replicas() {
     })
     .await
     .unwrap();
-    let evs = events_of(&client, &ns.name, "moved").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == reasons::SCALED_IN && n.starts_with("ScaledIn queue 3→1")),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "moved", |(_, r, n)| {
+        r == reasons::SCALED_IN && n.starts_with("ScaledIn queue 3→1")
+    })
+    .await;
     teardown(&client, ns, op).await.unwrap();
 }
 
@@ -504,12 +497,10 @@ async fn missing_secret_is_invalid_spec_and_deploys_nothing_until_it_exists() {
         invalid.message
     );
     assert_eq!(t.status.as_ref().unwrap().phase, Some(Phase::Failed));
-    let evs = events_of(&client, &ns.name, "nosecret").await.unwrap();
-    assert!(
-        evs.iter()
-            .any(|(ty, r, _)| ty == "Warning" && r == reasons::INVALID_SPEC),
-        "{evs:?}"
-    );
+    event_seen(&client, &ns.name, "nosecret", |(ty, r, _)| {
+        ty == "Warning" && r == reasons::INVALID_SPEC
+    })
+    .await;
     // Nothing was deployed, not even the ConfigMap.
     let lp = label("nosecret");
     assert!(

@@ -215,6 +215,29 @@ pub async fn events_of(client: &Client, ns: &str, name: &str) -> Result<Vec<(Str
         .collect())
 }
 
+/// The Events about `name` once one of them satisfies `pred`, waiting up to 15 s: the operator
+/// writes an Event after the status change it reports, so a test that saw the status may not see
+/// the Event yet.
+pub async fn event_seen(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    pred: impl Fn(&(String, String, String)) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let evs = events_of(client, ns, name).await.unwrap_or_default();
+        if evs.iter().any(&pred) {
+            return evs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such Event about {name} within 15 s: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The operator binary as a child process scoped to one namespace, leader election off (so it
 /// can be SIGKILLed, and its memory read). Its log is printed if the test panics.
 pub struct OperatorProcess {

@@ -17,8 +17,8 @@
 //! (authentication, a new backend) nor a backend's first run of each hot statement (parsing,
 //! planning, compiling the PL/pgSQL functions) nor a ping: it opens and warms connections until
 //! `size` exist, pings those idle for half the ping period (a dead one is dropped and replaced),
-//! and replaces those near the end of their lifetime. It only works with permits free: a busy
-//! set needs none of this, and a checkout never waits for the keeper.
+//! and replaces those near the end of their lifetime. It takes a permit only when one is free (a
+//! busy set needs none of this) and holds it for one ping or one new connection at a time.
 
 use std::future::Future;
 use std::pin::Pin;
