@@ -433,8 +433,10 @@ mod tests {
             let (a, b) = (a.min(b), a.max(b));
             let lead = parse_duration("l", &s.prewarm.as_ref().unwrap().lead_time).unwrap().as_secs() as i64;
             let start = s.on_sale_at - TimeDelta::seconds(lead);
-            let t1 = start + TimeDelta::seconds(a.min(lead));
-            let t2 = start + TimeDelta::seconds(b.min(lead));
+            // Within the pre-warm window, which ends before the on-sale instant: from then on the
+            // floor is the sale's (with `holdFor: 0s`, already the minimum at the on-sale second).
+            let t1 = start + TimeDelta::seconds(a.min(lead - 1).max(0));
+            let t2 = start + TimeDelta::seconds(b.min(lead - 1).max(0));
             let (s1, s2) = (evaluate(&s, None, t1).unwrap(), evaluate(&s, None, t2).unwrap());
             for c in Component::ALL {
                 prop_assert!(s1.floor(c) <= s2.floor(c), "{c}: {} at {t1} > {} at {t2}", s1.floor(c), s2.floor(c));
