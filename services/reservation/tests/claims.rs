@@ -571,6 +571,13 @@ fn live_hold(event: &str, user: &str, seats: Vec<String>) -> tiketi_reservation:
 
 /// A database with the service's schema and one event of one row of `per_row` seats (hold TTL
 /// 300 s, 4 seats per user), reached through the service's own `Db` (claim batches up to 64).
+/// The hot connections of `store`: [open, idle, max].
+fn hot_usage(store: &tiketi_reservation::db::Db) -> [u32; 3] {
+    let usage = store.pool_usage();
+    let (_, open, idle, max) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
+    [open, idle, max]
+}
+
 async fn migrated_store(
     prefix: &str,
     db_name: &str,
@@ -845,11 +852,6 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
     use tiketi_reservation::db::ConfirmRules;
 
     let (event, db, store) = migrated_store("hot", "resv_hot", 10).await;
-    let hot = |store: &tiketi_reservation::db::Db| {
-        let usage = store.pool_usage();
-        let (_, open, idle, _) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
-        (open, idle)
-    };
     let hold = |user: &str, seat: &str| live_hold(&event, user, vec![seat.to_owned()]);
     let (a, b) = (hold("a", "A-1-1"), hold("b", "A-1-2"));
     for h in [&a, &b] {
@@ -860,7 +862,7 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
         let ctx = store.confirm_context("b", "k-b", b.hold_id).await.unwrap();
         assert_eq!(ctx.hold.as_ref().map(|h| h.hold.hold_id), Some(b.hold_id));
     }
-    assert_eq!(hot(&store), (1, 1), "one connection, used again");
+    assert_eq!(hot_usage(&store)[..2], [1, 1], "one connection, used again");
 
     // A's confirm waits on A's hold row, which another transaction holds; its caller gives up.
     let pool = db.pool().await;
@@ -882,7 +884,11 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
     )
     .await;
     assert!(abandoned.is_err(), "the confirm waits on the locked hold row");
-    assert_eq!(hot(&store), (0, 0), "the connection left mid-statement is closed");
+    assert_eq!(
+        hot_usage(&store)[..2],
+        [0, 0],
+        "the connection left mid-statement is closed"
+    );
     tx.rollback().await.unwrap();
 
     // The next statements get their own answers, on a new connection.
@@ -893,7 +899,7 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
         matches!(order, tiketi_reservation::db::ConfirmOutcome::Created(ref o) if o.hold_id == b.hold_id),
         "{order:?}"
     );
-    assert_eq!(hot(&store), (1, 1));
+    assert_eq!(hot_usage(&store)[..2], [1, 1]);
 
     pool.close().await;
     db.drop_db().await;
@@ -903,11 +909,6 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
 async fn the_keeper_keeps_the_hot_connections_open_and_replaces_dead_ones() {
     // 16 connections: 12 hot ones.
     let (event, db, store) = migrated_store("keeper", "resv_keeper", 10).await;
-    let hot = |store: &tiketi_reservation::db::Db| {
-        let usage = store.pool_usage();
-        let (_, open, idle, max) = usage.iter().find(|u| u.0 == "hot").copied().unwrap();
-        (open, idle, max)
-    };
     let pool = db.pool().await;
     let backends = || async {
         let mut pids: Vec<i32> = sqlx::query_scalar(
@@ -920,11 +921,15 @@ async fn the_keeper_keeps_the_hot_connections_open_and_replaces_dead_ones() {
         pids.sort_unstable();
         pids
     };
-    assert_eq!(hot(&store), (0, 0, 12), "nothing open before the first pass");
+    assert_eq!(
+        hot_usage(&store),
+        [0, 0, 12],
+        "nothing open before the first pass"
+    );
 
     // The first pass opens (and warms: each hot statement once) every hot connection.
     assert_eq!(store.tend_hot().await.unwrap(), 12);
-    assert_eq!(hot(&store), (12, 12, 12));
+    assert_eq!(hot_usage(&store), [12, 12, 12]);
     // (The pool's own connections, used for the migrations, carry the same name.)
     let before = backends().await;
     assert!(before.len() >= 12, "{before:?}");
@@ -941,7 +946,7 @@ async fn the_keeper_keeps_the_hot_connections_open_and_replaces_dead_ones() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(store.tend_hot().await.unwrap(), 12);
-    assert_eq!(hot(&store), (12, 12, 12));
+    assert_eq!(hot_usage(&store), [12, 12, 12]);
     let after = backends().await;
     assert_eq!(after.len(), 12, "{after:?}");
     assert!(

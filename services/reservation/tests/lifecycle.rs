@@ -410,14 +410,7 @@ async fn an_inventory_change_that_would_remove_a_sold_seat_is_refused() {
         (Some(6), Some(1)),
         "{a}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, &server.base).await;
     let line = format!("tiketi_reservation_inventory_refused_total{{event=\"{event}\"}} 1");
     assert!(metrics.contains(&line), "metric {line} missing:\n{metrics}");
     server.stop().await;
@@ -520,14 +513,7 @@ async fn the_pool_recovers_when_postgres_drops_every_connection() {
         .unwrap();
     assert_eq!(st, StatusCode::CREATED, "{b}");
     wait_ready(&base, Duration::from_secs(10)).await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, &base).await;
     assert!(
         metrics.contains("pool=\"reader\""),
         "reader pool gauges present:\n{metrics}"
@@ -541,15 +527,7 @@ async fn the_pool_recovers_when_postgres_drops_every_connection() {
 async fn a_ready_replica_has_its_hot_connections_open() {
     // Ready means the first buyers find the hot connections open and warm (`db::hot`).
     let env = Env::start("warm", 1, 2, 60, 2).await;
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&env.http, env.base()).await;
     let gauge = |state: &str| -> Option<u64> {
         let name = format!("tiketi_reservation_db_pool_connections{{pool=\"hot\",state=\"{state}\"}} ");
         metrics
@@ -576,14 +554,7 @@ async fn made_up_methods_get_problems_and_leave_metrics_bounded() {
     let r = http.get(format!("{base}/no/such/route")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(http, base).await;
     assert!(!metrics.contains("FROB"), "a made-up method became a label value");
     let series = metrics.lines().filter(|l| l.contains("method=\"other\"")).count();
     assert!(series > 0 && series < 50, "{series} series for made-up methods");

@@ -314,6 +314,17 @@ impl User {
     }
 }
 
+/// The service's `/metrics` text.
+pub async fn metrics_text(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn availability(c: &reqwest::Client, base: &str, event: &str) -> Value {
     let url = format!("{base}/v1/events/{event}/availability");
     let (s, v) = until_answered("availability", || async {
