@@ -316,11 +316,20 @@ fn claim_outcome(rows: Vec<ClaimRow>) -> Result<(), ClaimRefused> {
     let Some((kind, ..)) = rows.first() else {
         return Ok(());
     };
+    // A short hold's seats can be sold and held at once (see `claim_rows!`): sold is final, so
+    // it is what the buyer and the replica's known-sold set learn.
+    if rows.iter().any(|r| r.0 == "sold") {
+        return Err(ClaimRefused::Sold(
+            rows.into_iter()
+                .filter(|r| r.0 == "sold")
+                .filter_map(|r| r.1)
+                .collect(),
+        ));
+    }
     Err(match kind.as_str() {
         "limit" => ClaimRefused::OverLimit {
             current: rows[0].4.unwrap_or(0).max(0) as u32,
         },
-        "sold" => ClaimRefused::Sold(rows.into_iter().filter_map(|r| r.1).collect()),
         _ => ClaimRefused::Held(
             rows.into_iter()
                 .filter_map(|(_, seat, owner, expires, _)| seat.map(|s| (s, owner, expires)))
@@ -336,7 +345,25 @@ const CONTEXT_SQL: &str = "SELECT i.fingerprint, i.status_code, i.response, \
     LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
     LEFT JOIN holds h ON h.hold_id = $3";
 const CONFIRM_SQL: &str = "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const CLAIMS_SQL: &str = "SELECT * FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)";
+/// How the service reads the claim functions' rows. A seat whose claim never lapses
+/// (`expires_at = 'infinity'`) was sold by a confirm that committed while the claim ran (after
+/// its sold check read `order_lines`): the function reports it `held` by that hold with an
+/// infinite expiry; the service reads it as sold, with no owner or expiry. An infinite
+/// timestamp is never decoded (sqlx's chrono decoding panics on it).
+macro_rules! claim_rows {
+    ($index:literal, $call:literal) => {
+        concat!(
+            "SELECT ",
+            $index,
+            "CASE WHEN r_owner_expires = 'infinity' THEN 'sold' ELSE r_kind END, r_seat, \
+             CASE WHEN r_owner_expires = 'infinity' THEN NULL ELSE r_owner END, \
+             CASE WHEN isfinite(r_owner_expires) THEN r_owner_expires END, r_count FROM ",
+            $call
+        )
+    };
+}
+const CLAIMS_SQL: &str = claim_rows!("r_index, ", "tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7)");
+const CLAIM_SQL: &str = claim_rows!("", "tiketi_claim_hold($1, $2, $3, $4, $5, $6)");
 type ConfirmRow = (String, Option<Vec<String>>, Option<Uuid>, Option<i32>);
 
 /// Runs each hot statement once, with the argument types of the real calls, on arguments that
@@ -854,7 +881,7 @@ impl Db {
     /// One hold's claim on its own (`tiketi_claim_hold`).
     async fn claim_one(&self, hold: &Hold, cap: u32) -> ClaimResult {
         let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
-        let query = sqlx::query_as("SELECT * FROM tiketi_claim_hold($1, $2, $3, $4, $5, $6)")
+        let query = sqlx::query_as(CLAIM_SQL)
             .bind(hold.hold_id)
             .bind(&hold.event_id)
             .bind(&hold.user_id)

@@ -608,6 +608,7 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
     let other = uuid::Uuid::new_v4();
     let sold_hold = uuid::Uuid::new_v4();
     let full_hold = uuid::Uuid::new_v4();
+    let late_hold = uuid::Uuid::new_v4();
     for stmt in [
         format!(
             "INSERT INTO seat_claims VALUES ('{event}', 'A-1-1', '{other}', 'other', now() + interval '1 hour')"
@@ -625,6 +626,12 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
         format!(
             "INSERT INTO seat_claims SELECT '{event}', s, '{full_hold}', 'full', now() + interval '1 hour' \
              FROM unnest(ARRAY['A-1-12', 'A-1-13', 'A-1-14']) s"
+        ),
+        // A-1-15 as a claim sees it when a confirm committed after the claim's sold check read
+        // `order_lines`: claimed for ever, no order line visible. A-1-18 claimed by a live hold.
+        format!("INSERT INTO seat_claims VALUES ('{event}', 'A-1-15', '{late_hold}', 'late', 'infinity')"),
+        format!(
+            "INSERT INTO seat_claims VALUES ('{event}', 'A-1-18', '{other}', 'other', now() + interval '1 hour')"
         ),
     ] {
         sqlx::query(&stmt).execute(&pool).await.unwrap();
@@ -644,8 +651,10 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
         // 5, 6: one buyer, 3 + 2 seats > 4: exactly one is held.
         hold("u-twice", a(&["7", "8", "9"])),
         hold("u-twice", a(&["10", "11"])),
+        // 7: a seat sold just now, one held and one free: refused as sold, nothing taken.
+        hold("u-late", a(&["18", "15", "16"])),
     ];
-    // 7..: forty buyers of one or two free seats each.
+    // 8..: forty buyers of one or two free seats each.
     for k in 0..40 {
         let first = 20 + 2 * k;
         let seats = if k % 2 == 0 {
@@ -691,9 +700,16 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
             .any(|r| matches!(r, Err(ClaimRefused::OverLimit { current: 2 | 3 }))),
         "{twice:?}"
     );
-    for (k, r) in results.iter().enumerate().skip(7) {
+    assert_eq!(results[7], Err(ClaimRefused::Sold(a(&["15"]))));
+    for (k, r) in results.iter().enumerate().skip(8) {
         assert_eq!(r, &Ok(()), "hold {k}");
     }
+    // Alone (a batch of one, `tiketi_claim_hold`): the same answer.
+    let alone = hold("u-alone", a(&["15"]));
+    assert_eq!(
+        store.claim_hold(&alone, 4).await.unwrap(),
+        Err(ClaimRefused::Sold(a(&["15"])))
+    );
 
     // PostgreSQL holds exactly the claims and holds of the accepted requests.
     let ids: Vec<uuid::Uuid> = holds.iter().map(|h| h.hold_id).collect();
@@ -723,12 +739,13 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
         mirrored, accepted,
         "the accepted holds are mirrored, seats in the order asked"
     );
-    // The refused hold over A-1-1 left its free seat A-1-3 unclaimed.
-    let a13: i64 = sqlx::query_scalar("SELECT count(*) FROM seat_claims WHERE seat_id = 'A-1-3'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(a13, 0);
+    // The refused holds left their free seats (A-1-3, A-1-16) unclaimed.
+    let free: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM seat_claims WHERE seat_id IN ('A-1-3', 'A-1-16')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(free, 0);
 
     pool.close().await;
     db.drop_db().await;
