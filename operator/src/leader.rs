@@ -279,7 +279,8 @@ async fn try_acquire_or_renew(
     if !mine {
         spec.holder_identity = Some(cfg.identity.clone());
         spec.acquire_time = Some(now_micro());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        // Saturating: a count someone set to i32::MAX must not end leader election.
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
     }
     spec.lease_duration_seconds = Some(duration_secs);
     spec.renew_time = Some(now_micro());

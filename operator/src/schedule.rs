@@ -62,6 +62,8 @@ pub enum ScheduleError {
     Duration(#[from] crate::crd::DurationError),
     #[error("{field} is out of range")]
     OutOfRange { field: &'static str },
+    #[error("spec.prewarm.rampSteps is {0}, above {max}", max = crate::crd::MAX_RAMP_STEPS)]
+    RampSteps(u32),
 }
 
 fn delta(field: &'static str, value: &str) -> Result<TimeDelta, ScheduleError> {
@@ -78,6 +80,11 @@ pub fn evaluate(
 ) -> Result<Schedule, ScheduleError> {
     let wind_down = delta("spec.windDown", &spec.wind_down)?;
     let (lead, steps, hold, growth_lead) = match &spec.prewarm {
+        // The schema's bound, checked here too: an object stored before it (or past it) must not
+        // make the operator build millions of step boundaries.
+        Some(p) if p.ramp_steps > crate::crd::MAX_RAMP_STEPS => {
+            return Err(ScheduleError::RampSteps(p.ramp_steps));
+        }
         Some(p) => (
             delta("spec.prewarm.leadTime", &p.lead_time)?,
             i64::from(p.ramp_steps.max(1)),
@@ -377,6 +384,22 @@ mod tests {
         s.sale_ends_at = None;
         let err = evaluate(&s, None, at("2026-12-01T00:00:00Z")).unwrap_err();
         assert!(err.to_string().contains("spec.prewarm.holdFor"), "{err}");
+    }
+
+    #[test]
+    fn ramp_steps_past_the_schema_bound_are_an_error_not_millions_of_boundaries() {
+        let mut s = spec();
+        s.prewarm.as_mut().unwrap().ramp_steps = crate::crd::MAX_RAMP_STEPS;
+        evaluate(&s, None, at("2026-12-01T01:45:00Z")).unwrap();
+        for steps in [crate::crd::MAX_RAMP_STEPS + 1, u32::MAX] {
+            s.prewarm.as_mut().unwrap().ramp_steps = steps;
+            let err = evaluate(&s, None, at("2026-12-01T01:45:00Z")).unwrap_err();
+            assert!(
+                err.to_string().contains("spec.prewarm.rampSteps")
+                    && err.to_string().contains(&steps.to_string()),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -399,11 +399,7 @@ fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<EventSignals, SignalEr
     }
     let bad = || SignalError::Decode {
         command: COMMAND,
-        reply: {
-            let mut s = String::from_utf8_lossy(line).into_owned();
-            s.truncate(120);
-            s
-        },
+        reply: crate::events::bounded(&String::from_utf8_lossy(line), 120),
     };
     let mut fields = line.split(|b| *b == b',').map(|f| {
         if f.is_empty() {
@@ -440,10 +436,10 @@ fn decode_line(line: &[u8], now: DateTime<Utc>) -> Result<EventSignals, SignalEr
     })
 }
 
+/// A reply for an error message: at most 120 bytes, cut on a character boundary (a reply from
+/// a Redis the event's owner chose can hold any text).
 fn short(v: &Value) -> String {
-    let mut s = format!("{v:?}");
-    s.truncate(120);
-    s
+    crate::events::bounded(&format!("{v:?}"), 120)
 }
 
 // === Prometheus ===
@@ -551,6 +547,17 @@ mod tests {
         ] {
             let err = decode_line(bad.as_bytes(), Utc::now()).unwrap_err();
             assert_eq!(err.reason(), "DecodeError", "{bad}");
+        }
+        // Any text from a Redis the event's owner chose: the error quotes it cut on a character
+        // boundary, wherever the 120th byte falls.
+        for pad in 0..4 {
+            let line = format!("0,0,0,0,x{}{}", "y".repeat(pad), "é".repeat(80));
+            let err = decode_line(line.as_bytes(), Utc::now()).unwrap_err();
+            assert_eq!(err.reason(), "DecodeError");
+            assert!(err.to_string().contains("0,0,0,0,x"), "{err}");
+            let bulk = format!("{}{}", "y".repeat(pad), "é".repeat(90));
+            let text = Value::Array(vec![Value::BulkString(bulk.into_bytes()); 2]);
+            assert!(short(&text).len() <= 120);
         }
     }
 

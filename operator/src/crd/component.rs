@@ -5,6 +5,9 @@ use super::*;
 
 // === pre-warm ===
 
+/// The most steps a pre-warm ramp takes (`spec.prewarm.rampSteps`).
+pub const MAX_RAMP_STEPS: u32 = 20;
+
 /// Pre-warm: replicas to reach before the sale opens, ramped in steps across leadTime.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -18,7 +21,7 @@ pub struct PrewarmSpec {
     /// starts at onSaleAt - leadTime + (k-1)·leadTime/n, so the last step leaves leadTime/n for
     /// pods to become Ready before the sale opens.
     #[serde(default = "default_ramp_steps")]
-    #[schemars(range(min = 1, max = 20))]
+    #[schemars(range(min = 1, max = MAX_RAMP_STEPS))]
     #[schemars(with = "i32")]
     pub ramp_steps: u32,
     /// How long after onSaleAt the pre-warm replicas remain the floor the autoscaler may not go

@@ -115,14 +115,15 @@ pub struct SeatSpec {
 }
 
 impl Inventory {
+    /// Places in all sections and areas; saturates (never wraps) so the bound check sees a sum
+    /// past `u64::MAX` as too large.
     pub fn total(&self) -> u64 {
-        let seated: u64 = self
+        let seated = self
             .sections
             .iter()
-            .map(|s| u64::from(s.rows) * u64::from(s.seats_per_row))
-            .sum();
-        let ga: u64 = self.general_admission.iter().map(|g| u64::from(g.capacity)).sum();
-        seated + ga
+            .map(|s| u64::from(s.rows) * u64::from(s.seats_per_row));
+        let ga = self.general_admission.iter().map(|g| u64::from(g.capacity));
+        seated.chain(ga).fold(0, u64::saturating_add)
     }
 
     /// Every sellable place, in a stable order.
@@ -169,6 +170,9 @@ pub enum ConfigError {
     Invalid { path: String, problem: String },
 }
 
+/// The longest token lifetime, heartbeat timeout or hold: 30 days (the CRD's 720h).
+pub const MAX_DURATION_SECONDS: u64 = 30 * 24 * 3600;
+
 impl EventConfig {
     /// Checks what serde cannot: names, bounds and time order.
     pub fn validate(&self) -> Result<(), String> {
@@ -193,6 +197,21 @@ impl EventConfig {
         }
         if self.reservation.hold_ttl_seconds == 0 || self.reservation.max_seats_per_user == 0 {
             return Err("reservation.holdTtlSeconds and maxSeatsPerUser must be positive".into());
+        }
+        // The CRD's bound too; the services add these to clocks, where a larger one overflows.
+        for (name, secs) in [
+            ("queue.tokenTtlSeconds", self.queue.token_ttl_seconds),
+            (
+                "queue.heartbeatTimeoutSeconds",
+                self.queue.heartbeat_timeout_seconds,
+            ),
+            ("reservation.holdTtlSeconds", self.reservation.hold_ttl_seconds),
+        ] {
+            if secs > MAX_DURATION_SECONDS {
+                return Err(format!(
+                    "{name} is {secs}, above {MAX_DURATION_SECONDS} (30 days)"
+                ));
+            }
         }
         if self.inventory.total() > MAX_SEATS_PER_EVENT {
             return Err(format!(
@@ -291,7 +310,8 @@ fn parse_file(path: &Path) -> Result<Vec<EventConfig>, ConfigError> {
 /// The value parser of every duration flag of the services (`value_parser = parse_duration`):
 /// humantime, like the operator's flags and the TicketingEvent spec — `250ms`, `2s`, `1m`,
 /// `1h30m`, `1h 30m`, `1.5s`. A number without a unit is refused (is `1000` milliseconds or
-/// seconds?), except `0`, which is zero in every unit.
+/// seconds?), except `0`, which is zero in every unit. At most 30 days: the services add these
+/// to clocks, where a far larger one overflows.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s != "0" && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
@@ -299,8 +319,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "{s:?} has no unit: write a duration with one, like \"250ms\", \"2s\", \"1m\" or \"1h30m\""
         ));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like \"250ms\", \"2s\", \"1m\" or \"1h30m\" ({e})"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like \"250ms\", \"2s\", \"1m\" or \"1h30m\" ({e})"))?;
+    if d > Duration::from_secs(MAX_DURATION_SECONDS) {
+        return Err(format!("{s:?} is longer than 30 days"));
+    }
+    Ok(d)
 }
 
 /// Parses one object or an array of objects.
@@ -346,6 +370,34 @@ mod tests {
         let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
         cfg.queue.heartbeat_timeout_seconds = 0;
         assert!(cfg.validate().unwrap_err().contains("heartbeatTimeoutSeconds"));
+        let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
+        cfg.queue.heartbeat_timeout_seconds = MAX_DURATION_SECONDS;
+        cfg.reservation.hold_ttl_seconds = MAX_DURATION_SECONDS;
+        cfg.validate().unwrap();
+        cfg.queue.heartbeat_timeout_seconds = u64::MAX;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("heartbeatTimeoutSeconds is 18446744073709551615")
+        );
+        // Sizes whose sum passes u64::MAX (and would wrap to 10) are too large, not 10 places.
+        let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
+        let huge = |rows| SeatedSection {
+            name: format!("S{rows}"),
+            rows,
+            seats_per_row: u32::MAX,
+            price_tier: None,
+        };
+        cfg.inventory.sections = vec![huge(u32::MAX), huge(2)];
+        cfg.inventory.general_admission[0].capacity = 11;
+        assert_eq!(cfg.inventory.total(), u64::MAX);
+        assert!(cfg.validate().unwrap_err().contains("above the bound"));
+        let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
+        cfg.queue.token_ttl_seconds = MAX_DURATION_SECONDS + 1;
+        assert!(cfg.validate().unwrap_err().contains("tokenTtlSeconds"));
+        let mut cfg = parse_str(EXAMPLE).unwrap().remove(0);
+        cfg.reservation.hold_ttl_seconds = MAX_DURATION_SECONDS + 1;
+        assert!(cfg.validate().unwrap_err().contains("holdTtlSeconds"));
         let err = parse_str(r#"{"eventId":"x","onSaleAt":"2026-12-01T02:00:00Z","bogus":1}"#).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
@@ -359,6 +411,14 @@ mod tests {
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_duration("720h").unwrap(),
+            Duration::from_secs(MAX_DURATION_SECONDS)
+        );
+        for huge in ["721h", "10000000000000000000s"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("longer than 30 days"), "{huge}: {err}");
+        }
         for bare in ["1000", "3", "1.5"] {
             let err = parse_duration(bare).unwrap_err();
             assert!(
