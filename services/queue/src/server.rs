@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tiketi_shared::http::{Drain, serve_draining};
+use tiketi_shared::supervise::{Supervisor, shutdown_or_loop_ended};
 use tiketi_shared::token::{AdmissionKeys, UserVerifier, check_signing_key};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -81,13 +82,16 @@ pub async fn serve(
         max_streams,
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
+    // Every loop runs until shutdown; one that ends first shuts the replica down (see
+    // `tiketi_shared::supervise`).
+    let supervisor = Supervisor::new(stop_rx.clone());
+    let mut tasks = Vec::new();
     if let Some(path) = event_config {
         let watcher = events.clone().watch(path, Duration::from_secs(2));
         let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
+        tasks.push(supervisor.spawn("config-reload", async move {
             tokio::select! { _ = watcher => {}, _ = stop.changed() => {} }
-        });
+        }));
     }
     let hub_settings = HubSettings {
         tick: stream_tick.max(Duration::from_millis(50)),
@@ -95,7 +99,10 @@ pub async fn serve(
         refresh_after: Duration::from_secs(5),
         touch_every: Duration::from_secs(5),
     };
-    tasks.spawn(hub.run(store.clone(), events.clone(), hub_settings, stop_rx.clone()));
+    tasks.push(supervisor.spawn(
+        "stream-hub",
+        hub.run(store.clone(), events.clone(), hub_settings, stop_rx.clone()),
+    ));
     if admission {
         let holder = replica_id.unwrap_or_else(default_replica_id);
         tracing::info!(holder, "competing for admission leases");
@@ -105,18 +112,21 @@ pub async fn serve(
             lease_ttl: lease_ttl.max(Duration::from_millis(500)),
             sweep_every: Duration::from_secs(1),
         };
-        tasks.spawn(admission::run(
-            store.clone(),
-            events.clone(),
-            metrics.clone(),
-            settings,
-            stop_rx.clone(),
+        tasks.push(supervisor.spawn(
+            "admission",
+            admission::run(
+                store.clone(),
+                events.clone(),
+                metrics.clone(),
+                settings,
+                stop_rx.clone(),
+            ),
         ));
     }
     {
         let app = app.clone();
         let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
+        tasks.push(supervisor.spawn("limiter-cleanup", async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! { _ = every.tick() => {}, _ = stop.changed() => return }
@@ -125,7 +135,7 @@ pub async fn serve(
                 app.per_user.shrink_to_fit();
                 app.per_ip.shrink_to_fit();
             }
-        });
+        }));
     }
 
     let addr = listener.local_addr().ok();
@@ -134,7 +144,7 @@ pub async fn serve(
     serve_draining(
         listener,
         router(app),
-        shutdown,
+        shutdown_or_loop_ended(shutdown, &supervisor),
         Drain {
             delay: drain_delay,
             timeout: shutdown_timeout,
@@ -148,10 +158,10 @@ pub async fn serve(
     .await
     .context("http server")?;
     // Let the admission loop release its leases so another replica takes over at once.
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks)).await;
+    if let Some(name) = supervisor.ended() {
+        anyhow::bail!("background loop {name:?} ended before shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }

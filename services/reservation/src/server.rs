@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tiketi_shared::http::{Drain, serve_draining};
+use tiketi_shared::supervise::{Supervisor, shutdown_or_loop_ended};
 use tiketi_shared::token::{AdmissionKeys, UserVerifier};
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
@@ -133,8 +134,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = build_state(&settings)?;
     let init = tokio::spawn(initialize_until_done(state.clone()));
-    let publisher = tokio::spawn(publish_counts_forever(state.clone()));
-    let keeper = tokio::spawn(keep_hot_connections(state.clone()));
+    // The publisher and the keeper run until shutdown; one that ends first shuts the replica
+    // down (see `tiketi_shared::supervise`). They never see the stop: they are aborted.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let supervisor = Supervisor::new(stopping);
+    let publisher = supervisor.spawn("count-publisher", publish_counts_forever(state.clone()));
+    let keeper = supervisor.spawn("connection-keeper", keep_hot_connections(state.clone()));
     let request_timeout = (settings.database_timeout * 3).max(Duration::from_secs(5));
     let app = crate::api::router(state.clone(), request_timeout);
     let drain = Drain {
@@ -144,16 +149,21 @@ pub async fn serve(
     let result = serve_draining(
         listener,
         app,
-        shutdown,
+        shutdown_or_loop_ended(shutdown, &supervisor),
         drain,
         move || state.draining.store(true, Ordering::Release),
         || {},
     )
     .await
     .context("http server");
+    let ended = supervisor.ended();
+    let _ = stopping_tx.send(true);
     init.abort();
     publisher.abort();
     keeper.abort();
+    if let Some(name) = ended {
+        anyhow::bail!("background loop {name:?} ended before shutdown");
+    }
     result.map(drop)
 }
 
