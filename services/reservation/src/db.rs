@@ -564,10 +564,16 @@ impl Db {
 
     /// Applies the embedded migrations. sqlx's migrator takes a session-level PostgreSQL advisory
     /// lock (keyed on the database name) around the whole run, so replicas starting together
-    /// apply each migration exactly once; the others wait and then find nothing to do.
+    /// apply each migration exactly once; the others wait and then find nothing to do. Each
+    /// statement is bounded by the server's statement_timeout; the whole run by 20 × the call
+    /// bound on this side too, so a PostgreSQL that stopped answering (a stalled or black-holed
+    /// writer) fails it and startup retries, instead of waiting for TCP to give up.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        MIGRATOR.run(&self.writer).await?;
-        Ok(())
+        let bound = self.timeout * 20;
+        match tokio::time::timeout(bound, MIGRATOR.run(&self.writer)).await {
+            Ok(r) => r.map_err(DbError::from),
+            Err(_) => Err(DbError::Timeout(bound)),
+        }
     }
 
     /// Loads one event's inventory idempotently and returns the seats in their stable order.
