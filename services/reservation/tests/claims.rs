@@ -751,6 +751,170 @@ async fn claims_decided_together_refuse_only_the_conflicting_holds() {
     db.drop_db().await;
 }
 
+/// Rows read by sequential scans of the claim tables in this connection's open transaction.
+async fn seq_rows_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid))::bigint FROM pg_class c \
+         WHERE c.relname IN ('order_lines', 'seat_claims', 'holds', 'orders', 'seats', 'idempotency_keys') \
+           AND c.relkind = 'r'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// `tiketi_claim_holds` over (hold, user, seat) triples of `event`, one seat each: its rows
+/// (index, kind, seat).
+async fn claim_batch(
+    conn: &mut sqlx::PgConnection,
+    event: &str,
+    holds: &[(uuid::Uuid, &str, &str)],
+) -> Vec<(i32, String, Option<String>)> {
+    let n = holds.len();
+    let expires = vec![chrono::Utc::now() + chrono::Duration::minutes(5); n];
+    sqlx::query_as(
+        "SELECT r_index, r_kind, r_seat FROM tiketi_claim_holds($1, $2, $3, $4, $5, $6, $7) \
+         ORDER BY r_index, r_seat",
+    )
+    .bind(holds.iter().map(|h| h.0).collect::<Vec<_>>())
+    .bind(vec![event.to_owned(); n])
+    .bind(holds.iter().map(|h| h.1.to_owned()).collect::<Vec<_>>())
+    .bind(expires)
+    .bind(vec![4i32; n])
+    .bind((1..=n as i32).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.2.to_owned()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// `tiketi_claim_hold` of one seat: the kinds of its rows (none: claimed).
+async fn claim_one(
+    conn: &mut sqlx::PgConnection,
+    event: &str,
+    hold: uuid::Uuid,
+    user: &str,
+    seat: &str,
+) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT r_kind FROM tiketi_claim_hold($1, $2, $3, ARRAY[$4], now() + interval '5 minutes', 4)",
+    )
+    .bind(hold)
+    .bind(event)
+    .bind(user)
+    .bind(seat)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+async fn confirm_sql(conn: &mut sqlx::PgConnection, hold: uuid::Uuid, user: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT r_outcome FROM tiketi_confirm($1, $2, $3, 'fp', '{}'::jsonb, $4, now(), 4, NULL, 600)",
+    )
+    .bind(hold)
+    .bind(user)
+    .bind(format!("key-{hold}"))
+    .bind(uuid::Uuid::new_v4())
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn claims_and_confirms_probe_indexes_whatever_the_tables_held_when_planned() {
+    // A connection plans the claim and confirm statements while the tables are nearly empty (a
+    // new database, the first minutes of a first on-sale), then the tables grow: its cached
+    // plans must still read rows by key. Before, the batch claim's sold check kept a hash join
+    // over a sequential scan of every order line of every event, in every batch.
+    use sqlx::Connection;
+
+    let (event, db, _store) = migrated_store("probe", "resv_probe", 100).await;
+    let pool = db.pool().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+
+    // Planned on small tables: six single claims confirmed (plpgsql keeps a generic plan after
+    // five runs) and a batch holding A-1-30 for a live hold of "keeper".
+    for r in 0..6 {
+        let (hold, user) = (uuid::Uuid::new_v4(), format!("early-{r}"));
+        assert_eq!(
+            claim_one(&mut conn, &event, hold, &user, &format!("A-1-{}", 10 + r)).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(confirm_sql(&mut conn, hold, &user).await, "created");
+    }
+    let keeper = uuid::Uuid::new_v4();
+    assert!(
+        claim_batch(
+            &mut conn,
+            &event,
+            &[
+                (keeper, "keeper", "A-1-30"),
+                (uuid::Uuid::new_v4(), "early-b", "A-1-31")
+            ]
+        )
+        .await
+        .is_empty()
+    );
+
+    // Another event sells 30,000 seats meanwhile (through other connections).
+    for stmt in [
+        "INSERT INTO events (event_id, config, total_seats) VALUES ('big', '{}', 30000)",
+        "INSERT INTO seats SELECT 'big', 's' || g, 'A', 1, g, NULL, g FROM generate_series(1, 30000) g",
+        "INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at, status) \
+         SELECT lpad(to_hex(g), 32, '0')::uuid, 'big', 'u' || g, ARRAY['s' || g], now(), 'confirmed' \
+         FROM generate_series(1, 30000) g",
+        "INSERT INTO orders (order_id, event_id, user_id, hold_id) \
+         SELECT hold_id, event_id, user_id, hold_id FROM holds WHERE event_id = 'big'",
+        "INSERT INTO order_lines (order_id, event_id, seat_id) \
+         SELECT hold_id, event_id, seat_ids[1] FROM holds WHERE event_id = 'big'",
+        "INSERT INTO seat_claims SELECT event_id, seat_ids[1], hold_id, user_id, 'infinity' \
+         FROM holds WHERE event_id = 'big'",
+    ] {
+        sqlx::query(stmt).execute(&pool).await.unwrap();
+    }
+
+    // The same connection, one transaction: a batch with a sold seat, a seat another live hold
+    // claims (the short-hold path) and a free one; a single claim of a sold seat and of a free
+    // one; a confirm. The answers are right and no table was scanned.
+    let mut tx = conn.begin().await.unwrap();
+    let before = seq_rows_read(&mut tx).await;
+    let free = uuid::Uuid::new_v4();
+    let rows = claim_batch(
+        &mut tx,
+        &event,
+        &[
+            (uuid::Uuid::new_v4(), "late-a", "A-1-10"),
+            (uuid::Uuid::new_v4(), "late-b", "A-1-30"),
+            (free, "late-c", "A-1-40"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            (1, "sold".to_owned(), Some("A-1-10".to_owned())),
+            (2, "held".to_owned(), Some("A-1-30".to_owned()))
+        ]
+    );
+    assert_eq!(
+        claim_one(&mut tx, &event, uuid::Uuid::new_v4(), "late-d", "A-1-11").await,
+        vec!["sold"]
+    );
+    assert_eq!(
+        claim_one(&mut tx, &event, uuid::Uuid::new_v4(), "late-e", "A-1-41").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(confirm_sql(&mut tx, free, "late-c").await, "created");
+    let read = seq_rows_read(&mut tx).await - before;
+    tx.commit().await.unwrap();
+    assert_eq!(read, 0, "rows read by sequential scans of the claim tables");
+
+    conn.close().await.unwrap();
+    pool.close().await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn concurrent_http_holds_one_of_them_over_a_seat_only_postgres_knows_is_held() {
     // Redis lost the lock of a live hold on A-1-1 (PostgreSQL still has its claim). Thirty
