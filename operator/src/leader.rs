@@ -214,8 +214,15 @@ async fn run(
         }
     }
     if *tx.borrow() == Some(true) {
-        if let Err(e) = release(&api, &cfg).await {
-            tracing::warn!(error = %e, "cannot release the leader Lease");
+        // Bounded like every attempt: a hung API server must not hold the exit until the
+        // kubelet's SIGKILL (the Lease then simply expires for the next leader).
+        match tokio::time::timeout(cfg.renew_deadline, release(&api, &cfg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the leader Lease"),
+            Err(_) => tracing::warn!(
+                bound = ?cfg.renew_deadline,
+                "cannot release the leader Lease: no answer from the API server in time"
+            ),
         }
         tx.send_replace(Some(false));
     }
@@ -333,6 +340,71 @@ mod deadline_tests {
         *until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
         assert!(state.is_leader());
         assert!(LeaderState::always().is_leader());
+    }
+
+    #[tokio::test]
+    async fn a_leader_exits_within_the_renew_deadline_when_the_api_server_hangs_at_release() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        // An API server with no Lease that creates the one asked for, until `hang`; then it
+        // accepts requests and answers nothing.
+        let hang = Arc::new(AtomicBool::new(false));
+        let after_hang = Arc::new(AtomicUsize::new(0));
+        let server = {
+            let (hang, after_hang) = (hang.clone(), after_hang.clone());
+            tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+                let (hang, after_hang) = (hang.clone(), after_hang.clone());
+                async move {
+                    if hang.load(Ordering::SeqCst) {
+                        after_hang.fetch_add(1, Ordering::SeqCst);
+                        futures::future::pending::<()>().await;
+                    }
+                    let (status, out) = if req.method() == "POST" {
+                        (
+                            201,
+                            r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"lease","namespace":"ns","resourceVersion":"1"},"spec":{"holderIdentity":"me","leaseDurationSeconds":15}}"#,
+                        )
+                    } else {
+                        (
+                            404,
+                            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#,
+                        )
+                    };
+                    let res = axum::http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(out.as_bytes().to_vec()))?;
+                    Ok::<_, tower::BoxError>(res)
+                }
+            })
+        };
+        let mut cfg = LeaderConfig::new("ns", "lease", "me");
+        cfg.renew_deadline = Duration::from_millis(800);
+        cfg.retry_period = Duration::from_secs(30);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (state, election) = elect(Client::new(server, "ns"), cfg, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+        let election = tokio::spawn(election);
+        let mut leading = state.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), leading.wait_for(|l| *l == Some(true)))
+            .await
+            .expect("became leader")
+            .unwrap();
+        // The API server stops answering; the replica shuts down while it still leads.
+        hang.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        stop_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), election)
+            .await
+            .expect("the election did not end: the release waited on a hung API server")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(after_hang.load(Ordering::SeqCst), 1, "the release was attempted");
+        assert_eq!(*leading.borrow(), Some(false));
     }
 
     #[tokio::test]

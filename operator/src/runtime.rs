@@ -94,9 +94,12 @@ pub fn kube_error_label(e: &kube::Error) -> &'static str {
     }
 }
 
-/// `client` with every request bounded by `timeout` until its response arrives (the body of a
-/// non-watch response is small and follows at once). For the calls, not for watches: a watch
-/// response is a stream that stays open for minutes.
+/// `client` with every request bounded by `timeout` until its response's headers arrive (the
+/// body of a non-watch response is small and follows at once). For the calls and for the
+/// watches' LIST and WATCH requests alike: the API server sends a watch's headers at once and its
+/// stream then runs on past the bound (the watcher's own timeout covers an open stream), so an
+/// API server that accepts a watch or a list page and never answers fails it within `timeout`
+/// and the watcher retries, instead of that watch waiting for ever.
 pub fn with_request_timeout(client: Client, timeout: Duration) -> Client {
     let default_ns = client.default_namespace().to_owned();
     let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
@@ -238,9 +241,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     }
 
     let ns = namespace.as_deref();
-    // Every call but the watches is bounded (kube's client has no read timeout, and retries
-    // throttling for minutes): a hung API server fails that call, not the loop waiting on it.
-    // And every write is sent only while this replica leads at that instant (`guard_writes`).
+    // Every call is bounded (kube's client has no read timeout, and retries throttling for
+    // minutes): a hung API server fails that call, not the loop waiting on it. And every write
+    // is sent only while this replica leads at that instant (`guard_writes`). The watches' list
+    // pages and watch requests are bounded until their headers arrive (`watches`).
     let calls = leader::guard_writes(
         counted(
             with_request_timeout(client.clone(), API_CALL_TIMEOUT),
@@ -248,6 +252,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         ),
         leader_state.clone(),
     );
+    let watches = with_request_timeout(client.clone(), API_CALL_TIMEOUT);
     // A Secret an event refers to that is deleted, created or changed reconciles that event at
     // once (a deleted Secret mid-sale shows as InvalidSpec=True with the last good spec kept; a
     // recreated one ends it). Metadata only: which Secrets exist and at which resourceVersion;
@@ -265,7 +270,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
         let stream = watcher(
-            api::<PartialObjectMeta<Secret>>(&client, scope.as_deref()),
+            api::<PartialObjectMeta<Secret>>(&watches, scope.as_deref()),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -295,10 +300,10 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     // The children, metadata only: they trigger reconciles of their owner and are what a
     // reconcile compares its desired children with (no GET or LIST of them in steady state).
     let children = watcher::Config::default().labels(MANAGED_BY);
-    let (config_maps, cm_stream) = child_cache::<ConfigMap>(&client, ns, children.clone());
-    let (services, svc_stream) = child_cache::<Service>(&client, ns, children.clone());
-    let (pdbs, pdb_stream) = child_cache::<PodDisruptionBudget>(&client, ns, children.clone());
-    let (deployments, deploy_stream) = child_cache::<Deployment>(&client, ns, children);
+    let (config_maps, cm_stream) = child_cache::<ConfigMap>(&watches, ns, children.clone());
+    let (services, svc_stream) = child_cache::<Service>(&watches, ns, children.clone());
+    let (pdbs, pdb_stream) = child_cache::<PodDisruptionBudget>(&watches, ns, children.clone());
+    let (deployments, deploy_stream) = child_cache::<Deployment>(&watches, ns, children);
     let ctx = Arc::new(Context::new(
         calls.clone(),
         events,
@@ -322,7 +327,7 @@ pub async fn run(client: Client, opts: RunOptions, shutdown: watch::Receiver<boo
     let (store, writer) = reflector::store();
     let changes = crate::autoscale::StoreChanges::default();
     let events_stream = watcher(
-        api::<TicketingEvent>(&client, ns),
+        api::<TicketingEvent>(&watches, ns),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
@@ -547,6 +552,44 @@ mod tests {
                 .contains("no answer from the API server within 200ms"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_watch_the_api_server_never_answers_fails_within_the_timeout_and_is_retried() {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // An API server that accepts every request (the watcher's first LIST) and never answers.
+        let sent = Arc::new(AtomicUsize::new(0));
+        let seen = sent.clone();
+        let hung = tower::service_fn(move |_req: axum::http::Request<kube::client::Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            futures::future::pending::<Result<axum::http::Response<kube::client::Body>, tower::BoxError>>()
+        });
+        let client = with_request_timeout(Client::new(hung, "default"), Duration::from_millis(200));
+        let mut stream = watcher(
+            Api::<ConfigMap>::namespaced(client, "ns"),
+            watcher::Config::default(),
+        )
+        .boxed();
+        // The watcher first says it starts a list (Init), then the list fails within the bound;
+        // the watcher goes on (a new LIST) rather than ending.
+        let mut errors = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while errors.len() < 2 {
+                match stream.next().await.expect("the watch ended") {
+                    Ok(watcher::Event::Init) => {}
+                    Ok(ev) => panic!("{ev:?}"),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        })
+        .await
+        .expect("the watch waited on the hung API server past its timeout");
+        assert!(
+            errors[0].contains("no answer from the API server within 200ms"),
+            "{errors:?}"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
     }
 
     #[test]
