@@ -234,7 +234,8 @@ impl TicketingEvent {
 /// The longest duration any field of the spec may hold: no part of a sale (pre-warm lead, hold,
 /// wind-down, cooldowns, token and hold lifetimes) needs more, and bounding every duration keeps
 /// the time arithmetic built on it far from chrono's range (year ±262,143).
-pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The services' own bound (the event config's TTLs, their duration flags): one number for both.
+pub const MAX_SPEC_DURATION: Duration = Duration::from_secs(tiketi_shared::config::MAX_DURATION_SECONDS);
 /// Written the way the schema's CEL rules and error messages say it.
 pub const MAX_SPEC_DURATION_TEXT: &str = "720h";
 
@@ -365,6 +366,19 @@ impl TicketingEventSpec {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_duration_bound_is_one_number_in_the_schema_the_operator_and_the_services() {
+        assert_eq!(
+            humantime::parse_duration(MAX_SPEC_DURATION_TEXT).unwrap(),
+            MAX_SPEC_DURATION
+        );
+        assert_eq!(
+            humantime::parse_duration(MIN_SERVICE_DURATION_TEXT).unwrap(),
+            MIN_SERVICE_DURATION
+        );
+        assert_eq!(MAX_SPEC_DURATION.as_secs(), 30 * 24 * 3600);
+    }
 
     fn example() -> TicketingEvent {
         fixture::event(serde_json::json!({
