@@ -25,21 +25,56 @@ use crate::metrics::{
 use crate::model::{Availability, Hold, Order, Seat, SeatMap};
 use crate::redis_store::{HoldStore, RedisError};
 
-/// A cached view of one event's seats, with the seat map already serialised: a request for the
-/// (unauthenticated) seat map copies bytes, it never rebuilds every seat.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub taken_at: Instant,
-    /// The `SeatMap` JSON of this snapshot.
-    pub body: axum::body::Bytes,
+/// One event's cached read (its seat map, its counts): the last value and when it was read, and
+/// when a refresh last failed. One refresh at a time; callers that waited for a refresh that
+/// failed answer 503 at once instead of each retrying the dependency in turn (in an outage, N
+/// waiting requests would otherwise pay N times the dependency's bound).
+struct Cached<T> {
+    value: Option<(Instant, T)>,
+    failed_at: Option<Instant>,
 }
 
-/// The seat-map cache of one event: the last snapshot, and when a refresh last failed (callers
-/// that waited for that refresh answer 503 at once instead of each retrying the dependency).
-#[derive(Default)]
-struct SnapshotSlot {
-    snapshot: Option<Arc<Snapshot>>,
-    failed_at: Option<Instant>,
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Self {
+            value: None,
+            failed_at: None,
+        }
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    /// The value if younger than `max_age`, else `refresh`'s (run under the slot's lock).
+    async fn get(
+        slot: &Mutex<Self>,
+        max_age: Duration,
+        what: &str,
+        refresh: impl std::future::Future<Output = Result<T, Problem>>,
+    ) -> Result<T, Problem> {
+        let asked = Instant::now();
+        let mut slot = slot.lock().await;
+        if let Some((at, v)) = slot.value.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok(v.clone());
+        }
+        if slot.failed_at.is_some_and(|t| t >= asked) {
+            return Err(Problem::unavailable(format!(
+                "{what} could not be read just now; retry shortly"
+            )));
+        }
+        match refresh.await {
+            Ok(v) => {
+                slot.failed_at = None;
+                slot.value = Some((Instant::now(), v.clone()));
+                Ok(v)
+            }
+            Err(p) => {
+                slot.failed_at = Some(Instant::now());
+                Err(p)
+            }
+        }
+    }
 }
 
 /// One configured event: its keys, rules, inventory and seat-map cache.
@@ -62,8 +97,10 @@ pub struct EventState {
     /// learns from this replica's confirms, from PostgreSQL refusing a hold over a sold seat and
     /// from every seat-map read; what it does not know yet, Redis and PostgreSQL refuse as before.
     sold: Vec<AtomicU64>,
-    snapshot: Mutex<SnapshotSlot>,
-    counts: Mutex<Option<(Instant, DateTime<Utc>, Counts)>>,
+    /// The seat map, already serialised: a request for the (unauthenticated) seat map copies
+    /// bytes, it never rebuilds every seat.
+    seat_map: Mutex<Cached<axum::body::Bytes>>,
+    counts: Mutex<Cached<(DateTime<Utc>, Counts)>>,
 }
 
 impl EventState {
@@ -82,8 +119,8 @@ impl EventState {
             seats,
             seat_ids,
             index,
-            snapshot: Mutex::new(SnapshotSlot::default()),
-            counts: Mutex::new(None),
+            seat_map: Mutex::default(),
+            counts: Mutex::default(),
         }
     }
 
@@ -756,37 +793,16 @@ impl AppState {
     /// callers arriving meanwhile wait for it and share the result (or its failure).
     pub async fn seat_map_json(&self, event: &str) -> Result<axum::body::Bytes, Problem> {
         let ev = self.event(event).await?;
-        Ok(self.snapshot_of(&ev, self.cache_ttl).await?.body.clone())
+        Cached::get(
+            &ev.seat_map,
+            self.cache_ttl,
+            "the seat map",
+            self.read_seat_map(&ev),
+        )
+        .await
     }
 
-    async fn snapshot_of(&self, ev: &EventState, max_age: Duration) -> Result<Arc<Snapshot>, Problem> {
-        let asked = Instant::now();
-        let mut slot = ev.snapshot.lock().await;
-        if let Some(s) = slot.snapshot.as_ref()
-            && s.taken_at.elapsed() < max_age
-        {
-            return Ok(s.clone());
-        }
-        if slot.failed_at.is_some_and(|t| t >= asked) {
-            return Err(Problem::unavailable(
-                "the seat map could not be read just now; retry shortly",
-            ));
-        }
-        let fresh = self.read_snapshot(ev).await;
-        match fresh {
-            Ok(snap) => {
-                slot.failed_at = None;
-                slot.snapshot = Some(snap.clone());
-                Ok(snap)
-            }
-            Err(p) => {
-                slot.failed_at = Some(Instant::now());
-                Err(p)
-            }
-        }
-    }
-
-    async fn read_snapshot(&self, ev: &EventState) -> Result<Arc<Snapshot>, Problem> {
+    async fn read_seat_map(&self, ev: &EventState) -> Result<axum::body::Bytes, Problem> {
         let (sold, values) = tokio::join!(
             self.db.sold_seats(&ev.id),
             self.redis.seat_values(&ev.keys, &ev.seat_ids)
@@ -829,10 +845,7 @@ impl AppState {
                 format!("could not encode the seat map: {e}"),
             )
         })?;
-        Ok(Arc::new(Snapshot {
-            taken_at: Instant::now(),
-            body: body.into(),
-        }))
+        Ok(body.into())
     }
 
     pub async fn availability(&self, event: &str) -> Result<Availability, Problem> {
@@ -863,12 +876,16 @@ impl AppState {
         ev: &EventState,
         max_age: Duration,
     ) -> Result<(DateTime<Utc>, Counts), Problem> {
-        let mut slot = ev.counts.lock().await;
-        if let Some((at, as_of, c)) = slot.as_ref()
-            && at.elapsed() < max_age
-        {
-            return Ok((*as_of, *c));
-        }
+        Cached::get(
+            &ev.counts,
+            max_age,
+            "the availability counts",
+            self.read_counts(ev),
+        )
+        .await
+    }
+
+    async fn read_counts(&self, ev: &EventState) -> Result<(DateTime<Utc>, Counts), Problem> {
         let now = now_ms();
         let (sold, held) = tokio::join!(self.db.sold_count(&ev.id), self.redis.held_count(&ev.keys, now));
         let sold = sold.map_err(|e| self.db_down(e))?;
@@ -898,9 +915,7 @@ impl AppState {
         if let Err(e) = self.redis.publish_counts(&ev.keys, &counts, now).await {
             tracing::warn!(error = %e, event = %ev.id, "could not publish availability counts");
         }
-        let as_of = Utc::now();
-        *slot = Some((Instant::now(), as_of, counts));
-        Ok((as_of, counts))
+        Ok((Utc::now(), counts))
     }
 
     /// Keeps every event's counts fresh in Redis for the operator and the queue.

@@ -472,6 +472,49 @@ async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
 }
 
 #[tokio::test]
+async fn a_frozen_redis_costs_waiting_readers_one_bound_not_one_each() {
+    // Availability and the seat map are read once per event at a time; the requests arriving
+    // meanwhile wait for that read. When it fails (Redis frozen: connected, answering nothing),
+    // they answer 503 at once rather than each trying Redis again in turn.
+    let redis = PrivateRedis::start().await;
+    let event = unique("frozen-reads");
+    let db = TestDb::create("resv_frozen_reads").await;
+    let cfg = write_config(&event, 1, 4, 300, 4);
+    let mut s = settings(&db.url, &redis.url, &cfg);
+    s.redis_timeout = Duration::from_millis(500);
+    let server = InProcess::start(s).await;
+    let http = client();
+    let base = server.base.as_str();
+    let _ = availability(&http, base, &event).await;
+    redis.signal("-STOP");
+    // Past the read cache (200 ms here): every request needs a fresh read.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let started = Instant::now();
+    let asks = (0..24).map(|k| {
+        let what = if k % 2 == 0 { "availability" } else { "seats" };
+        let url = format!("{base}/v1/events/{event}/{what}");
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status(), r.headers().get("retry-after").cloned())
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let took = started.elapsed();
+    redis.signal("-CONT");
+    for (status, retry) in &answers {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    }
+    // One failed read of each (0.5 s) and the rest at once; one read each in turn would take
+    // 12 x 0.5 s.
+    assert!(took < Duration::from_millis(2500), "24 requests took {took:?}");
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn the_pool_recovers_when_postgres_drops_every_connection() {
     // A failover (or a restart of PostgreSQL) kills every server connection; the pool must find
     // fresh ones by itself, with no restart of the service.
