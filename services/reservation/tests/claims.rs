@@ -916,6 +916,58 @@ async fn claims_and_confirms_probe_indexes_whatever_the_tables_held_when_planned
 }
 
 #[tokio::test]
+async fn a_confirm_at_the_instant_its_hold_lapses_cannot_double_the_purchase_limit() {
+    // A buyer (cap 4) holds 4 seats; the confirm of that hold begins just before the hold lapses
+    // (its transaction's clock says live), a new hold of 4 other seats by the same buyer is
+    // claimed just after (its clock says the first hold lapsed), then the confirm goes on. The
+    // buyer must not end up with 8 seats.
+    use sqlx::Connection;
+
+    let (event, db, store) = migrated_store("lapse", "resv_lapse", 100).await;
+    let first = tiketi_reservation::model::Hold {
+        expires_at: chrono::Utc::now() + chrono::Duration::milliseconds(1500),
+        ..live_hold(&event, "scalper", a(&["1", "2", "3", "4"]))
+    };
+    store.claim_hold(&first, 4).await.unwrap().unwrap();
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    // The confirm's transaction begins while the hold is live (now() is fixed from here).
+    let live: bool = sqlx::query_scalar("SELECT now() < $1")
+        .bind(first.expires_at)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(live);
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(1700)).await;
+    let second = live_hold(&event, "scalper", a(&["5", "6", "7", "8"]));
+    store.claim_hold(&second, 4).await.unwrap().unwrap();
+    let outcome: String = sqlx::query_scalar(
+        "SELECT r_outcome FROM tiketi_confirm($1, 'scalper', 'k-1', 'fp', '{}'::jsonb, $2, now(), 4, NULL, 600)",
+    )
+    .bind(first.hold_id)
+    .bind(uuid::Uuid::new_v4())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outcome, "limit");
+
+    let pool = db.pool().await;
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM seat_claims WHERE event_id = $1 AND user_id = 'scalper' AND expires_at > now()",
+    )
+    .bind(&event)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owned, 4, "held and bought seats of a buyer with a cap of 4");
+    conn.close().await.unwrap();
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn concurrent_http_holds_one_of_them_over_a_seat_only_postgres_knows_is_held() {
     // Redis lost the lock of a live hold on A-1-1 (PostgreSQL still has its claim). Thirty
     // buyers hold at once; one asks A-1-1 with a free seat: only that request is refused (409
