@@ -384,7 +384,7 @@ impl AppState {
         };
         let hold_id = hold.hold_id.to_string();
         let record = serde_json::to_string(&hold).unwrap_or_default();
-        let outcome = self
+        let outcome = match self
             .redis
             .hold(
                 &ev.keys,
@@ -397,7 +397,13 @@ impl AppState {
                 &record,
             )
             .await
-            .map_err(|e| self.redis_down(e))?;
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.release_after(&ev, &hold_id, &user, &seats);
+                return Err(self.redis_down(e));
+            }
+        };
         match outcome {
             HoldOutcome::Held => {}
             HoldOutcome::Taken(taken) => {
@@ -470,6 +476,29 @@ impl AppState {
             .conflicts
             .get_or_create(&ConflictLabels { stage })
             .inc();
+    }
+
+    /// Releases, in the background, whatever a hold script this replica stopped waiting for
+    /// (a timeout, a dropped connection) takes if it still runs: the script was sent, and a
+    /// Redis that was frozen or slow runs it when it comes back — its locks would then refuse
+    /// those seats (and count against the buyer's limit) for a whole hold TTL, with no claim in
+    /// PostgreSQL behind them and nobody to confirm them. The release goes out on the same
+    /// connection after the script, so Redis runs it after the script; it frees only what this
+    /// hold id owns. Retried a few times (1, 2, 4, 8 s apart) while Redis does not answer.
+    fn release_after(&self, ev: &EventState, hold_id: &str, user: &str, seats: &[String]) {
+        let (redis, keys) = (self.redis.clone(), ev.keys.clone());
+        let (hold_id, user, seats) = (hold_id.to_owned(), user.to_owned(), seats.to_vec());
+        tokio::spawn(async move {
+            for attempt in 0..5u32 {
+                match redis.release(&keys, &hold_id, &user, &seats).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == 4 => {
+                        tracing::warn!(error = %e, hold = %hold_id, "could not release an unanswered hold; its locks expire with the TTL");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1 << attempt)).await,
+                }
+            }
+        });
     }
 
     async fn undo_hold(&self, ev: &EventState, hold: &Hold) {

@@ -176,6 +176,35 @@ async fn a_lapsed_hold_never_beats_a_live_one_while_redis_is_frozen() {
     stolen_hold(Loss::Frozen).await;
 }
 
+#[tokio::test]
+async fn a_hold_that_redis_runs_after_the_request_gave_up_leaves_no_lock_behind() {
+    // Redis freezes with a hold script on its way: the request answers 503 (nothing claimed in
+    // PostgreSQL); Redis thaws and runs the script. Its locks must not keep the seat from the
+    // next buyer for a whole hold TTL.
+    let env = Env::start("late", 10, 300, 4, None).await;
+    let (kim, lee) = (User::new(&env.event, "kim"), User::new(&env.event, "lee"));
+    // Redis knows the hold script (the late one runs as EVALSHA, not refused as unknown).
+    let (st, b) = env.hold(&lee, &["A-1-9"]).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    env.redis.signal("-STOP");
+    let (st, b) = env.hold(&kim, &["A-1-5"]).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    env.redis.signal("-CONT");
+    let mut last = (StatusCode::OK, Value::Null);
+    for _ in 0..50 {
+        last = env.hold(&lee, &["A-1-5"]).await;
+        if last.0 != StatusCode::CONFLICT && last.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, StatusCode::CREATED, "{}", last.1);
+    // And the first buyer's count holds nothing of that hold: 4 other seats are still theirs to hold.
+    let (st, b) = env.hold(&kim, &["A-1-1", "A-1-2", "A-1-3", "A-1-4"]).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    env.db.drop_db().await;
+}
+
 /// In a rush most hold requests name seats sold a moment ago. A replica refuses a hold naming a
 /// seat it knows is sold without asking Redis (all of an event's keys are on one shard): such a
 /// 409 costs Redis nothing and comes even while Redis is frozen, when a hold of a free seat waits
