@@ -256,7 +256,10 @@ impl ClaimQueue {
     }
 
     /// Takes the next batch off the queue, oldest first; a claim sharing a user or a seat of an
-    /// event with one already taken waits, in order, for a later batch. Empty when the queue is.
+    /// event with one already taken waits, in order, for a later batch. Empty only when no claim
+    /// whose request still waits is queued (the drainer then ends): claims whose requests gave up
+    /// are dropped on the way and do not count towards the scan bound, so after an outage a
+    /// queue front of abandoned claims cannot end the drainer with live claims behind it.
     fn next_batch(&self, q: &mut ClaimQueueState) -> Vec<PendingClaim> {
         let mut batch = Vec::new();
         let mut keys: HashSet<u64> = HashSet::new();
@@ -264,11 +267,11 @@ impl ClaimQueue {
         let mut scanned = 0;
         while batch.len() < self.max_batch && scanned < 4 * self.max_batch {
             let Some(p) = q.pending.pop_front() else { break };
-            scanned += 1;
             if p.reply.is_closed() {
                 // Its request gave up (timed out) already: claim nothing for it.
                 continue;
             }
+            scanned += 1;
             let h = &p.hold;
             let mine: Vec<u64> = std::iter::once(self.hasher.hash_one(("u", &h.event_id, &h.user_id)))
                 .chain(
@@ -1224,5 +1227,53 @@ fn new_order(hold: &Hold, user: &str) -> Order {
         seats,
         status: "confirmed".into(),
         created_at,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn claim(user: &str, seat: &str) -> (PendingClaim, oneshot::Receiver<ClaimResult>) {
+        let (reply, rx) = oneshot::channel();
+        let hold = Hold {
+            hold_id: Uuid::new_v4(),
+            event_id: "e".into(),
+            user_id: user.into(),
+            seats: vec![seat.into()],
+            expires_at: Utc::now(),
+        };
+        (PendingClaim { hold, cap: 4, reply }, rx)
+    }
+
+    #[test]
+    fn abandoned_claims_at_the_front_do_not_hide_the_live_ones_behind_them() {
+        let queue = ClaimQueue {
+            state: Mutex::new(ClaimQueueState::default()),
+            max_running: 1,
+            max_batch: 4,
+            hasher: RandomState::new(),
+            stats: Mutex::new(ClaimStats::default()),
+        };
+        let mut q = queue.lock();
+        // An outage's leftovers: 100 claims whose requests gave up (their receivers dropped),
+        // more than the scan bound (4 x 4), then two live ones.
+        for k in 0..100 {
+            let (p, rx) = claim(&format!("gone-{k}"), &format!("s{k}"));
+            drop(rx);
+            q.pending.push_back(p);
+        }
+        let mut live = Vec::new();
+        for k in 0..2 {
+            let (p, rx) = claim(&format!("live-{k}"), &format!("t{k}"));
+            live.push(rx);
+            q.pending.push_back(p);
+        }
+        let batch = queue.next_batch(&mut q);
+        let users: Vec<&str> = batch.iter().map(|p| p.hold.user_id.as_str()).collect();
+        assert_eq!(users, ["live-0", "live-1"]);
+        assert!(q.pending.is_empty());
+        assert!(queue.next_batch(&mut q).is_empty());
     }
 }
