@@ -242,7 +242,11 @@ return 0
 });
 
 /// One admission step. KEYS: lease fence queue active admitted_total heartbeats rate shuffle sold_out
-/// ARGV: holder fence ratePerSecond maxActive ttl_ms burst_ms
+/// ARGV: holder fence ratePerSecond maxActive ttl_ms burst_ms. The credit is the rate times the
+/// time since the last step; unspent credit is kept up to `burst_ms` of the rate, or up to the
+/// time since the last step when that is longer (at most 1 s): a step that comes late (a slow
+/// pass over many events, a Redis call that waited) admits for the whole time that passed instead
+/// of 200 ms of it, and a step after a long pause still admits at most one second's worth.
 /// Returns {admitted, active, depth} or {-1} (not leader) or {-2} (not shuffled).
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -256,6 +260,7 @@ local last = tonumber(redis.call('HGET', KEYS[7], 'last') or '0')
 local credit = tonumber(redis.call('HGET', KEYS[7], 'credit') or '0')
 if last > 0 and now > last then credit = credit + rate * (now - last) / 1000 end
 local cap = math.max(1, rate * tonumber(ARGV[6]) / 1000)
+if last > 0 and now > last then cap = math.max(cap, rate * math.min(now - last, 1000) / 1000) end
 if credit > cap then credit = cap end
 local active = redis.call('ZCARD', KEYS[4])
 local n = math.min(math.floor(credit), tonumber(ARGV[4]) - active)

@@ -61,6 +61,59 @@ async fn admits_rate_times_ten_in_ten_seconds() {
 }
 
 #[tokio::test]
+async fn a_late_admission_step_admits_for_the_time_that_passed_up_to_a_second() {
+    // One replica admits for every event in one loop: a pass over many events (or a Redis call
+    // that waited) makes a step come late. It must admit for the time that passed, not for 200 ms
+    // of it (the burst), so the configured rate holds; after a long pause, one second at most.
+    let url = redis_url();
+    let event = unique_event("late-step");
+    fill(&url, &event, 400).await;
+    let store = Store::new(
+        &tiketi_shared::redis::RedisArgs::new(&url),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let k = keys(&event);
+    let fence = store
+        .lease(&k, "me", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c = redis(&url).await;
+    // As if the pre-queue was shuffled (nobody was in it).
+    let _: () = c.set(k.shuffle(), "{}").await.unwrap();
+    let step = || async {
+        match store
+            .admit(
+                &k,
+                "me",
+                fence,
+                100,
+                10_000,
+                Duration::from_secs(600),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap()
+        {
+            tiketi_queue::store::AdmitOutcome::Admitted { admitted, .. } => admitted,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(step().await, 0, "the first step only starts the clock");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = step().await;
+    assert!((55..=80).contains(&late), "600 ms at 100/s admitted {late}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let paused = step().await;
+    assert!(
+        (90..=101).contains(&paused),
+        "after 2.5 s at 100/s admitted {paused}"
+    );
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
 async fn a_lost_fence_starts_a_new_term_instead_of_stalling_admission() {
     let url = redis_url();
     let event = unique_event("fence");
