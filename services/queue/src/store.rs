@@ -162,6 +162,13 @@ local function one(user, mode)
     redis.call('ZADD', KEYS[2], seq, user)
     return {'prequeue', '0', redis.call('ZCARD', KEYS[2]), 1}
   end
+  -- Never below the last in line: a lost sequence counter (deleted, evicted, a failover that
+  -- kept the queue but not it) starts again at 1 and would put new joiners ahead of everyone.
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] and seq <= tonumber(last[2]) - tonumber(ARGV[3]) then
+    seq = tonumber(last[2]) - tonumber(ARGV[3]) + 1
+    redis.call('SET', KEYS[4], string.format('%d', seq))
+  end
   local score = tonumber(ARGV[3]) + seq
   redis.call('ZADD', KEYS[1], score, user)
   -- The newest sequence number is the highest score: the new member is last (O(1), no ZRANK).

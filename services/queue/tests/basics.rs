@@ -64,6 +64,33 @@ async fn fifo_after_on_sale() {
 }
 
 #[tokio::test]
+async fn a_lost_sequence_counter_never_puts_a_new_joiner_ahead_of_the_line() {
+    // The counter that numbers joiners is deleted (eviction, a failover that kept the queue but
+    // not it): the next joiner still goes to the back.
+    let url = redis_url();
+    let event = unique_event("seq-lost");
+    let mut a = args(&url, Some(EventSpec::new(&event).write()));
+    a.admission = false;
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    for u in ["first", "second", "third"] {
+        assert_eq!(api.join(u).await.status(), 201);
+    }
+    let mut c = redis(&url).await;
+    let _: () = c.del(keys(&event).seq()).await.unwrap();
+    for (u, position) in [("fourth", 4), ("fifth", 5)] {
+        let r = api.join(u).await;
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["position"], position, "{u}");
+    }
+    let order: Vec<String> = c.zrange(keys(&event).queue(), 0, -1).await.unwrap();
+    assert_eq!(order, ["first", "second", "third", "fourth", "fifth"]);
+    server.stop().await;
+    cleanup(&url, &event).await;
+}
+
+#[tokio::test]
 async fn position_and_eta_stay_correct_while_others_leave() {
     let url = redis_url();
     let event = unique_event("leave");
