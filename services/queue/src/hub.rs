@@ -249,6 +249,16 @@ impl Hub {
         });
     }
 
+    /// Ends every open stream of `event` (their snapshot channel closes; streams opened later
+    /// subscribe to a new one). Returns how many were open.
+    fn end_streams(&self, event: &str) -> usize {
+        let mut g = lock(&self.inner);
+        let Some(h) = g.get_mut(event) else { return 0 };
+        let last = h.snapshot.borrow().clone();
+        drop(std::mem::replace(&mut h.snapshot, watch::Sender::new(last)));
+        h.streams.len()
+    }
+
     fn users(&self, event: &str) -> Vec<String> {
         lock(&self.inner)
             .get(event)
@@ -268,6 +278,8 @@ impl Hub {
         let mut interval = tokio::time::interval(settings.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_touch = std::time::Instant::now();
+        // Per event: since when this replica has failed to read or refresh its streams in Redis.
+        let mut failing: HashMap<String, std::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -278,8 +290,12 @@ impl Hub {
             if touch {
                 last_touch = std::time::Instant::now();
             }
-            for event in events.snapshot().keys() {
+            let configs = events.snapshot();
+            failing.retain(|e, _| configs.contains_key(e));
+            for (event, cfg) in configs.iter() {
                 let keys = EventKeys::new(event);
+                let heartbeat_timeout = Duration::from_secs(cfg.queue.heartbeat_timeout_seconds);
+                let mut failed = false;
                 let due = self.due(event, &settings, now_ms);
                 let users: Vec<String> = due.iter().map(|s| s.user.clone()).collect();
                 match store.tick(&keys, &users, now_ms).await {
@@ -305,6 +321,7 @@ impl Hub {
                             .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
                             .inc();
                         tracing::warn!(event, error = %e, "stream tick failed");
+                        failed = true;
                     }
                 }
                 if touch {
@@ -312,9 +329,36 @@ impl Hub {
                     for chunk in users.chunks(1000) {
                         if let Err(e) = store.touch(&keys, chunk).await {
                             tracing::warn!(event, error = %e, "heartbeat refresh for streams failed");
+                            // Like a shed poll: the admitting replica must not sweep these users
+                            // for it (when this write gets through, e.g. Redis only slow).
+                            store.note_shed(&keys, heartbeat_timeout);
+                            failed = true;
                             break;
                         }
                     }
+                }
+                if !failed {
+                    failing.remove(event.as_str());
+                    continue;
+                }
+                // A replica that cannot reach Redis (a partition, a stale cluster map) while the
+                // others can is out of the Service (/readyz), but its open streams stay up and
+                // their users' heartbeats stop: the admitting replica would drop them after
+                // `heartbeatTimeout`. Past a third of it, end them so the browsers reconnect,
+                // through the load balancer, to a replica that can keep their place.
+                let since = *failing
+                    .entry(event.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= (heartbeat_timeout / 3).max(settings.tick * 2) {
+                    let ended = self.end_streams(event);
+                    if ended > 0 {
+                        tracing::warn!(
+                            event,
+                            ended,
+                            "Redis unreachable from this replica: streams ended so they reconnect elsewhere"
+                        );
+                    }
+                    failing.insert(event.clone(), std::time::Instant::now());
                 }
             }
         }

@@ -94,3 +94,66 @@ async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
     assert_eq!(api.join("after-outage").await.status(), 201);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn streams_of_a_replica_that_cannot_reach_redis_end_so_they_reconnect_elsewhere() {
+    // This replica loses Redis (frozen here; a partition or a stale cluster map in production)
+    // while the others keep it: its open streams would stay up on keep-alives while their users'
+    // heartbeats stop, and the admitting replica would drop them. They end instead (past a third
+    // of the heartbeat timeout), so the browsers reconnect to a replica that keeps their place.
+    use futures::StreamExt;
+    let redis_srv = tiketi_e2e::PrivateRedis::start(&[]).unwrap();
+    let event = unique_event("stream-cut");
+    let mut spec = EventSpec::new(&event);
+    spec.on_sale_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    spec.heartbeat_timeout_seconds = 6;
+    let mut a = args(&redis_srv.url(), Some(spec.write()));
+    a.admission = false;
+    a.redis_timeout = Duration::from_millis(500);
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &event);
+    wait_for("redis up", Duration::from_secs(10), || {
+        let api = &api;
+        async move {
+            api.client
+                .get(format!("{}/readyz", api.base))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        }
+    })
+    .await;
+    assert_eq!(api.join("w1").await.status(), 201);
+    let resp = api
+        .client
+        .get(api.stream_url())
+        .bearer_auth(user_token("w1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    // The first event arrives; then Redis stops answering.
+    assert!(body.next().await.unwrap().is_ok());
+    redis_srv.signal("-STOP").unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    redis_srv.signal("-CONT").unwrap();
+    assert!(
+        ended.is_ok(),
+        "the stream stayed open {took:?} with Redis unreachable"
+    );
+    // A third of the 6 s timeout after the first failure, well before the sweep's 6 s.
+    assert!(took < Duration::from_secs(6), "ended after {took:?}");
+    server.stop().await;
+}
