@@ -221,7 +221,7 @@ fn view(
             });
             s.poll_after_seconds = 30;
         }
-        Standing::SoldOut => {
+        Standing::SoldOut { .. } => {
             // Keep polling to keep the place: seats may come back (holds lapse, releases).
             s.state = State::SoldOut;
             s.poll_after_seconds = 30;
@@ -248,10 +248,10 @@ fn sale_ends_ms(cfg: &EventConfig) -> Option<i64> {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "joined", body = QueueStatus),
-        (status = 200, description = "already in line (or admitted): the same place", body = QueueStatus),
+        (status = 200, description = "already in line (or admitted): the same place; while sold out, `state` soldOut and the place is kept (keep polling)", body = QueueStatus),
         (status = 401, description = "no valid user token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown event", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "sold out (`type` …/sold-out) or sale closed (…/closed); `state` says which", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sold out for someone not in line (`type` …/sold-out) or sale closed (…/closed); `state` says which", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate limited; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "store unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -266,7 +266,7 @@ pub async fn join(
         (Standing::Waiting { .. }, true) => "new",
         (Standing::PreQueue { .. }, true) => "prequeue",
         (Standing::Admitted { .. }, _) => "admitted",
-        (Standing::SoldOut, _) => "sold_out",
+        (Standing::SoldOut { .. }, _) => "sold_out",
         (Standing::Closed, _) => "closed",
         _ => "repeat",
     };
@@ -278,7 +278,9 @@ pub async fn join(
         })
         .inc();
     match obs.standing {
-        Standing::SoldOut => {
+        // Someone already in line (a page reload re-joins) keeps their place: the answer is
+        // their standing, as from `GET …/me`, telling them to keep polling.
+        Standing::SoldOut { in_line: false } => {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "sold-out",
@@ -435,10 +437,10 @@ pub async fn stream(
         Standing::Admitted { expires_ms } => StreamFix::Admitted { expires_ms },
         Standing::Absent => return Err(not_in_queue(&event)),
         // Sold out / closed: one event and the end.
-        Standing::SoldOut | Standing::Closed => StreamFix::Absent,
+        Standing::SoldOut { .. } | Standing::Closed => StreamFix::Absent,
     };
     let terminal_now =
-        matches!(obs.standing, Standing::SoldOut | Standing::Closed).then(|| obs.standing.clone());
+        matches!(obs.standing, Standing::SoldOut { .. } | Standing::Closed).then(|| obs.standing.clone());
     let snapshots = app.hub.subscribe(&event);
     let fix = Fix {
         standing,
@@ -516,7 +518,7 @@ async fn next_event(
             (None, StreamFix::Admitted { expires_ms }) => Standing::Admitted {
                 expires_ms: *expires_ms,
             },
-            _ if snap.counters.sold_out && snap.tick > 0 => Standing::SoldOut,
+            _ if snap.counters.sold_out && snap.tick > 0 => Standing::SoldOut { in_line: true },
             _ if ended => Standing::Closed,
             (None, StreamFix::Waiting { .. }) => {
                 let position = fix.position(snap.counters.admitted_total).unwrap_or(1);

@@ -66,7 +66,11 @@ pub enum Standing {
     },
     /// Not in line (never joined, left, or dropped for missing heartbeats).
     Absent,
-    SoldOut,
+    /// Sold out; `in_line` when the user is waiting (their place is kept for seats that come
+    /// back), not when they would be joining now.
+    SoldOut {
+        in_line: bool,
+    },
     Closed,
 }
 
@@ -141,6 +145,7 @@ local function one(user, mode)
     -- (holds lapse, releases) admission resumes in the original order.
     if redis.call('ZSCORE', KEYS[1], user) or redis.call('ZSCORE', KEYS[2], user) then
       redis.call('ZADD', KEYS[5], now, user)
+      return {'soldOut', '0', 1, 0}
     end
     return {'soldOut', '0', 0, 0}
   end
@@ -848,7 +853,7 @@ fn parse_status(row: Vec<redis::Value>) -> Result<Observed> {
             expires_ms: num(&a)? as i64,
         },
         "absent" => Standing::Absent,
-        "soldOut" => Standing::SoldOut,
+        "soldOut" => Standing::SoldOut { in_line: b == 1 },
         "closed" => Standing::Closed,
         other => return Err(StoreError::Reply(format!("state {other:?}"))),
     };

@@ -196,6 +196,13 @@ async fn sold_out_answers_joins_and_tells_waiting_users() {
     assert_eq!(p["type"], "https://tiketi.gg/problems/sold-out");
     assert_eq!(p["state"], "soldOut");
     assert_eq!(api.me_json("early").await["state"], "soldOut");
+    // Someone in line who joins again (a page reload) is told to keep waiting, not that the
+    // queue is closed: their place is kept for seats that come back.
+    let again = api.join("early").await;
+    assert_eq!(again.status(), 200);
+    let body: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(body["state"], "soldOut");
+    assert!(body["pollAfterSeconds"].as_u64().unwrap() >= 1, "{body}");
     let depth: u64 = c.zcard(keys(&event).queue()).await.unwrap();
     assert_eq!(
         depth, 1,
