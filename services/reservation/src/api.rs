@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -77,9 +77,29 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
-async fn limit_inflight(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// A request's in-flight slot. A handler whose work runs on after the client is gone (a hold, a
+/// release: see `create_hold`) takes it into that work, so the slot is given back when the work
+/// ends, not when the client leaves: clients that time out and retry cannot pile up detached
+/// work past `TIKETI_MAX_INFLIGHT`.
+#[derive(Clone)]
+struct InflightSlot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl InflightSlot {
+    fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+async fn limit_inflight(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     match state.admit().await {
-        Ok(_permit) => next.run(req).await,
+        Ok(permit) => {
+            req.extensions_mut()
+                .insert(InflightSlot(Arc::new(std::sync::Mutex::new(Some(permit)))));
+            next.run(req).await
+        }
         Err(p) => p.into_response(),
     }
 }
@@ -186,6 +206,7 @@ async fn availability(
 async fn create_hold(
     State(state): State<Arc<AppState>>,
     Path(event): Path<String>,
+    slot: Option<Extension<InflightSlot>>,
     headers: HeaderMap,
     body: Result<Json<HoldRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Hold>), Problem> {
@@ -210,7 +231,9 @@ async fn create_hold(
         None => header(&headers, "authorization").map(str::to_owned),
     };
     let admission = header(&headers, ADMISSION_HEADER).map(str::to_owned);
+    let permit = slot.and_then(|Extension(s)| s.take());
     let hold = tokio::spawn(async move {
+        let _permit = permit;
         let caller = match verified {
             Some(user) => Caller::Verified(user),
             None => Caller::Bearer(authorization.as_deref()),
@@ -239,12 +262,17 @@ async fn create_hold(
 async fn release_hold(
     State(state): State<Arc<AppState>>,
     Path(hold): Path<String>,
+    slot: Option<Extension<InflightSlot>>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
     let authorization = header(&headers, "authorization").map(str::to_owned);
-    tokio::spawn(async move { state.release(&hold, authorization.as_deref()).await })
-        .await
-        .map_err(|_| Problem::unavailable("the release was interrupted; retry"))??;
+    let permit = slot.and_then(|Extension(s)| s.take());
+    tokio::spawn(async move {
+        let _permit = permit;
+        state.release(&hold, authorization.as_deref()).await
+    })
+    .await
+    .map_err(|_| Problem::unavailable("the release was interrupted; retry"))??;
     Ok(StatusCode::NO_CONTENT)
 }
 

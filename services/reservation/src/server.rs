@@ -75,7 +75,7 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         initialized: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         cache_ttl: *read_cache_ttl,
-        inflight: tokio::sync::Semaphore::new((*max_inflight).max(1)),
+        inflight: Arc::new(tokio::sync::Semaphore::new((*max_inflight).max(1))),
         inflight_wait: *redis_timeout,
     }))
 }

@@ -180,7 +180,7 @@ pub struct AppState {
     pub draining: AtomicBool,
     pub cache_ttl: Duration,
     /// Admission to the API routes (see `TIKETI_MAX_INFLIGHT`).
-    pub inflight: tokio::sync::Semaphore,
+    pub inflight: Arc<tokio::sync::Semaphore>,
     pub inflight_wait: Duration,
 }
 
@@ -231,8 +231,8 @@ impl AppState {
     }
 
     /// Waits briefly for an in-flight slot; past the bound the request is shed with 503.
-    pub async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Problem> {
-        match tokio::time::timeout(self.inflight_wait, self.inflight.acquire()).await {
+    pub async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+        match tokio::time::timeout(self.inflight_wait, self.inflight.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 self.metrics

@@ -515,6 +515,48 @@ async fn a_frozen_redis_costs_waiting_readers_one_bound_not_one_each() {
 }
 
 #[tokio::test]
+async fn a_hold_whose_client_left_keeps_its_in_flight_slot_until_it_ends() {
+    // A hold runs to its end when its client goes away (so it never strands locks); its slot of
+    // TIKETI_MAX_INFLIGHT must go with it, or clients that time out and retry pile up detached
+    // holds past the bound. One slot; a hold waiting on a frozen Redis (2 s bound); its client
+    // leaves after 200 ms; the next request waits for the slot until the hold ended.
+    let redis = PrivateRedis::start().await;
+    let event = unique("slot");
+    let db = TestDb::create("resv_slot").await;
+    let cfg = write_config(&event, 1, 4, 300, 4);
+    let mut s = settings(&db.url, &redis.url, &cfg);
+    s.max_inflight = 1;
+    let server = InProcess::start(s).await;
+    let http = client();
+    let base = server.base.clone();
+    let _ = availability(&http, &base, &event).await;
+    let u = User::new(&event, "kim");
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let left = tokio::time::timeout(
+        Duration::from_millis(200),
+        u.hold(&http, &base, &event, &seats(&["A-1-1"])),
+    )
+    .await;
+    assert!(left.is_err(), "the hold answered before its client left");
+    let r = http
+        .get(format!("{base}/v1/orders/{}", uuid::Uuid::new_v4()))
+        .header("authorization", &u.bearer)
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    redis.signal("-CONT");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the slot was free after {waited:?}"
+    );
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn the_pool_recovers_when_postgres_drops_every_connection() {
     // A failover (or a restart of PostgreSQL) kills every server connection; the pool must find
     // fresh ones by itself, with no restart of the service.
