@@ -401,4 +401,9 @@ impl PrivateCluster {
     pub fn kill(&mut self, i: usize) -> Result<()> {
         self.nodes[i].kill()
     }
+
+    /// Sends a signal (`-STOP`, `-CONT`, …) to node `i`.
+    pub fn signal(&self, i: usize, sig: &str) -> Result<()> {
+        self.nodes[i].signal(sig)
+    }
 }

@@ -36,6 +36,10 @@ struct Term {
     last_sweep: Option<Instant>,
 }
 
+/// Runs each configured event's admission in a task of its own, each on its own tick: one event
+/// whose Redis shard is failing over (every call waiting out its bound) must not slow the others'
+/// admission or let their leases lapse. Returns on `stop` once every event's task has released
+/// its lease; also returns, so the replica drains and restarts, if an event's task panicked.
 pub async fn run(
     store: Store,
     events: Events,
@@ -43,7 +47,7 @@ pub async fn run(
     settings: AdmissionSettings,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut terms: HashMap<String, Term> = HashMap::new();
+    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut interval = tokio::time::interval(settings.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,29 +56,77 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         let configs = events.snapshot();
-        terms.retain(|e, _| configs.contains_key(e));
-        for (event, cfg) in configs.iter() {
-            let term = terms.entry(event.clone()).or_default();
-            if let Err(e) = step(&store, &metrics, &settings, cfg, term).await {
-                metrics
-                    .redis_errors
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
-                tracing::warn!(event, error = %e, "admission step failed");
-                term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(cfg));
+        let mut finished = Vec::new();
+        for (event, task) in &tasks {
+            if task.is_finished() {
+                finished.push(event.clone());
+            }
+        }
+        for event in finished {
+            if let Some(task) = tasks.remove(&event)
+                && let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(event, "the admission of this event panicked");
+                return;
+            }
+        }
+        // A task ends by itself when its event leaves the configuration; one for each event.
+        for event in configs.keys() {
+            if !tasks.contains_key(event) {
+                let task = admit_event(
+                    store.clone(),
+                    events.clone(),
+                    metrics.clone(),
+                    settings.clone(),
+                    event.clone(),
+                    stop.clone(),
+                );
+                tasks.insert(event.clone(), tokio::spawn(task));
             }
         }
     }
-    for (event, term) in &terms {
-        if term.fence.is_some() {
-            match store.release(&EventKeys::new(event), &settings.holder).await {
-                Ok(()) => tracing::info!(event, "admission lease released"),
-                Err(e) => {
-                    tracing::warn!(event, error = %e, "admission lease not released; it expires by itself")
-                }
-            }
-            metrics.leader.get_or_create(&Metrics::event(event)).set(0);
+    for (_, task) in tasks {
+        let _ = task.await;
+    }
+}
+
+/// One event's admission until `stop` or until the event leaves the configuration; then its
+/// lease is given back.
+async fn admit_event(
+    store: Store,
+    events: Events,
+    metrics: Metrics,
+    settings: AdmissionSettings,
+    event: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut term = Term::default();
+    let mut interval = tokio::time::interval(settings.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => break,
         }
+        let Some(cfg) = events.get(&event) else { break };
+        if let Err(e) = step(&store, &metrics, &settings, &cfg, &mut term).await {
+            metrics
+                .redis_errors
+                .get_or_create(&ReasonLabel { reason: e.reason() })
+                .inc();
+            tracing::warn!(event, error = %e, "admission step failed");
+            term.sweep_not_before = Some(Instant::now() + heartbeat_timeout(&cfg));
+        }
+    }
+    if term.fence.is_some() {
+        match store.release(&EventKeys::new(&event), &settings.holder).await {
+            Ok(()) => tracing::info!(event, "admission lease released"),
+            Err(e) => {
+                tracing::warn!(event, error = %e, "admission lease not released; it expires by itself")
+            }
+        }
+        metrics.leader.get_or_create(&Metrics::event(&event)).set(0);
     }
 }
 

@@ -261,3 +261,84 @@ async fn joins_recover_when_a_primary_is_killed() {
     }
     server.stop().await;
 }
+
+/// One event's shard stops answering (its primary frozen: every call to it waits out the Redis
+/// timeout until the replica is promoted): the events on the other shards keep being admitted at
+/// their rate. Before, one loop admitted every event in turn, so each frozen event added a
+/// timeout to every event's pass; with three of them a pass took over 3 s, past the 2 s lease.
+#[tokio::test]
+async fn a_shard_that_stops_answering_does_not_slow_the_other_events_admission() {
+    let cluster = tiketi_e2e::PrivateCluster::spawn().await.unwrap();
+    let candidates: Vec<String> = (0..40).map(|i| unique_event(&format!("sh{i}"))).collect();
+    let owner = |e: &String| cluster.primary_of(tiketi_shared::redis::slot_of(e));
+    // Three events on one primary other than the seed node, one on another primary.
+    let mut by_primary: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+    for e in &candidates {
+        if let Some(p) = owner(e) {
+            by_primary.entry(p).or_default().push(e.clone());
+        }
+    }
+    let (&frozen, victims) = by_primary
+        .iter()
+        .find(|(p, es)| **p != 0 && es.len() >= 3)
+        .expect("three events on a primary other than the seed");
+    let victims: Vec<String> = victims[..3].to_vec();
+    let healthy = candidates
+        .iter()
+        .find(|e| owner(e).is_some_and(|p| p != frozen))
+        .expect("an event on another primary")
+        .clone();
+    let mut all = victims.clone();
+    all.push(healthy.clone());
+    let specs: Vec<serde_json::Value> = all
+        .iter()
+        .map(|e| {
+            let mut spec = EventSpec::new(e);
+            spec.on_sale_at = chrono::Utc::now() - chrono::Duration::seconds(60);
+            spec.rate_per_second = 20;
+            spec.max_active = 100_000;
+            serde_json::from_str(&spec.json()).unwrap()
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("tiketi-queue-topo-{healthy}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.json");
+    std::fs::write(&path, serde_json::Value::Array(specs).to_string()).unwrap();
+    let mut a = args("redis://unused", Some(path));
+    a.redis = RedisArgs {
+        cluster: true,
+        ..RedisArgs::new(cluster.url())
+    };
+    let server = Server::start(a).await;
+    let api = Api::new(&server.base, &healthy);
+    for i in 0..300 {
+        assert_eq!(api.join(&format!("u{i}")).await.status(), 201);
+    }
+    // The stats read goes to the healthy event's shard; retried if a read is refused meanwhile.
+    let admitted = || async {
+        for _ in 0..20 {
+            if let Some(n) = api.stats().await["admittedTotal"].as_u64() {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the healthy event's stats could not be read for a second");
+    };
+    wait_for("admission under way", Duration::from_secs(10), || async {
+        admitted().await > 0
+    })
+    .await;
+
+    cluster.signal(frozen, "-STOP").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = admitted().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = admitted().await - from;
+    cluster.signal(frozen, "-CONT").unwrap();
+    // 20/s for 3 s: 60 (the stats read adds a little slack either way).
+    assert!(
+        n >= 45,
+        "{n} admitted in 3 s at 20/s while another shard was frozen"
+    );
+    server.stop().await;
+}
