@@ -48,23 +48,15 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut interval = tokio::time::interval(settings.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = ticker(settings.tick);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.changed() => break,
         }
         let configs = events.snapshot();
-        let mut finished = Vec::new();
-        for (event, task) in &tasks {
-            if task.is_finished() {
-                finished.push(event.clone());
-            }
-        }
-        for event in finished {
-            if let Some(task) = tasks.remove(&event)
-                && let Err(e) = task.await
+        for (event, task) in tasks.extract_if(|_, task| task.is_finished()) {
+            if let Err(e) = task.await
                 && e.is_panic()
             {
                 tracing::error!(event, "the admission of this event panicked");
@@ -102,8 +94,7 @@ async fn admit_event(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut term = Term::default();
-    let mut interval = tokio::time::interval(settings.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = ticker(settings.tick);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -128,6 +119,13 @@ async fn admit_event(
         }
         metrics.leader.get_or_create(&Metrics::event(&event)).set(0);
     }
+}
+
+/// A tick every `period` that waits rather than bursts after a slow step.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 fn heartbeat_timeout(cfg: &EventConfig) -> Duration {

@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Waits until the replica says ready (its private Redis is up).
+async fn wait_ready(api: &Api) {
+    wait_for("redis up", Duration::from_secs(10), || async move {
+        api.client
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
     let redis_srv = tiketi_e2e::PrivateRedis::start(&[]).unwrap();
@@ -21,19 +35,7 @@ async fn paused_redis_gives_503_then_recovers_with_everyone_in_place() {
     a.redis_timeout = Duration::from_millis(500);
     let server = Server::start(a).await;
     let api = Api::new(&server.base, &event);
-    wait_for("redis up", Duration::from_secs(10), || {
-        let api = &api;
-        async move {
-            api.client
-                .get(format!("{}/readyz", api.base))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        }
-    })
-    .await;
+    wait_ready(&api).await;
     let users: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
     for u in &users {
         assert_eq!(api.join(u).await.status(), 201);
@@ -112,19 +114,7 @@ async fn streams_of_a_replica_that_cannot_reach_redis_end_so_they_reconnect_else
     a.redis_timeout = Duration::from_millis(500);
     let server = Server::start(a).await;
     let api = Api::new(&server.base, &event);
-    wait_for("redis up", Duration::from_secs(10), || {
-        let api = &api;
-        async move {
-            api.client
-                .get(format!("{}/readyz", api.base))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        }
-    })
-    .await;
+    wait_ready(&api).await;
     assert_eq!(api.join("w1").await.status(), 201);
     let resp = api
         .client

@@ -429,15 +429,28 @@ async fn an_inventory_change_that_would_remove_a_sold_seat_is_refused() {
     db.drop_db().await;
 }
 
-#[tokio::test]
-async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
+/// A service of one event (one row of 4 seats) on a Redis of its own (to stop or freeze), with
+/// its own database; `tune` adjusts the settings.
+async fn on_private_redis(
+    prefix: &str,
+    tune: impl FnOnce(&mut tiketi_reservation::settings::Settings),
+) -> (PrivateRedis, String, TestDb, InProcess) {
     let redis = PrivateRedis::start().await;
-    let event = unique("outage");
-    let db = TestDb::create("resv_outage").await;
+    let event = unique(prefix);
+    let db = TestDb::create(&format!("resv_{}", prefix.replace('-', "_"))).await;
     let cfg = write_config(&event, 1, 4, 300, 4);
     let mut s = settings(&db.url, &redis.url, &cfg);
-    s.redis_timeout = Duration::from_millis(500);
+    tune(&mut s);
     let server = InProcess::start(s).await;
+    (redis, event, db, server)
+}
+
+#[tokio::test]
+async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
+    let (redis, event, db, server) = on_private_redis("outage", |s| {
+        s.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
     let http = client();
     let base = server.base.as_str();
     let u = User::new(&event, "kim");
@@ -476,13 +489,10 @@ async fn a_frozen_redis_costs_waiting_readers_one_bound_not_one_each() {
     // Availability and the seat map are read once per event at a time; the requests arriving
     // meanwhile wait for that read. When it fails (Redis frozen: connected, answering nothing),
     // they answer 503 at once rather than each trying Redis again in turn.
-    let redis = PrivateRedis::start().await;
-    let event = unique("frozen-reads");
-    let db = TestDb::create("resv_frozen_reads").await;
-    let cfg = write_config(&event, 1, 4, 300, 4);
-    let mut s = settings(&db.url, &redis.url, &cfg);
-    s.redis_timeout = Duration::from_millis(500);
-    let server = InProcess::start(s).await;
+    let (redis, event, db, server) = on_private_redis("frozen-reads", |s| {
+        s.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
     let http = client();
     let base = server.base.as_str();
     let _ = availability(&http, base, &event).await;
@@ -520,13 +530,7 @@ async fn a_hold_whose_client_left_keeps_its_in_flight_slot_until_it_ends() {
     // TIKETI_MAX_INFLIGHT must go with it, or clients that time out and retry pile up detached
     // holds past the bound. One slot; a hold waiting on a frozen Redis (2 s bound); its client
     // leaves after 200 ms; the next request waits for the slot until the hold ended.
-    let redis = PrivateRedis::start().await;
-    let event = unique("slot");
-    let db = TestDb::create("resv_slot").await;
-    let cfg = write_config(&event, 1, 4, 300, 4);
-    let mut s = settings(&db.url, &redis.url, &cfg);
-    s.max_inflight = 1;
-    let server = InProcess::start(s).await;
+    let (redis, event, db, server) = on_private_redis("slot", |s| s.max_inflight = 1).await;
     let http = client();
     let base = server.base.clone();
     let _ = availability(&http, &base, &event).await;
