@@ -94,19 +94,33 @@ pub fn kube_error_label(e: &kube::Error) -> &'static str {
     }
 }
 
-/// `client` with every request bounded by `timeout` until its response's headers arrive (the
-/// body of a non-watch response is small and follows at once). For the calls and for the
-/// watches' LIST and WATCH requests alike: the API server sends a watch's headers at once and its
-/// stream then runs on past the bound (the watcher's own timeout covers an open stream), so an
-/// API server that accepts a watch or a list page and never answers fails it within `timeout`
-/// and the watcher retries, instead of that watch waiting for ever.
+/// `client` with every request bounded by `timeout`: a call until its whole response has arrived
+/// (the body is read here, within the same bound), a watch until its headers arrive (the API
+/// server sends them at once and the stream then runs on past the bound; the watcher's own
+/// timeout covers an open stream). The watches' LIST pages are calls, so an API server that
+/// accepts a list or a watch and never answers — or sends the headers of a list page and stalls
+/// its body — fails it within `timeout` and the watcher retries, instead of waiting for ever.
 pub fn with_request_timeout(client: Client, timeout: Duration) -> Client {
+    use http_body_util::BodyExt;
     let default_ns = client.default_namespace().to_owned();
     let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
         let client = client.clone();
         async move {
             let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-            match tokio::time::timeout(timeout, client.send(req)).await {
+            let watch = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+            let call = async {
+                let res = client.send(req).await?;
+                if watch {
+                    return Ok(res);
+                }
+                let (parts, body) = res.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, kube::Error>(axum::http::Response::from_parts(parts, body.into()))
+            };
+            match tokio::time::timeout(timeout, call).await {
                 Ok(res) => res.map_err(tower::BoxError::from),
                 Err(_) => Err(tower::BoxError::from(CallTimeout {
                     method: method.to_string(),
@@ -590,6 +604,75 @@ mod tests {
             "{errors:?}"
         );
         assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    /// An API server that answers with headers and then the given body chunks, the last one
+    /// followed by a body that never ends; `watch=true` requests and the others get their own.
+    fn stalling_server(
+        list: Vec<(u64, &'static str)>,
+        watch: Vec<(u64, &'static str)>,
+    ) -> Client {
+        use futures::StreamExt;
+        let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+            let chunks = if is_watch { watch.clone() } else { list.clone() };
+            let body = futures::stream::iter(chunks)
+                .then(|(after_ms, text)| async move {
+                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(text.as_bytes()))
+                })
+                .chain(futures::stream::pending());
+            let res = axum::http::Response::new(axum::body::Body::from_stream(body));
+            futures::future::ready(Ok::<_, tower::BoxError>(res))
+        });
+        with_request_timeout(Client::new(service, "default"), Duration::from_millis(200))
+    }
+
+    #[tokio::test]
+    async fn a_list_whose_body_stalls_after_the_headers_fails_within_the_timeout() {
+        let client = stalling_server(vec![(0, r#"{"apiVersion":"v1","kind":"ConfigMapList","#)], vec![]);
+        let api: Api<ConfigMap> = Api::namespaced(client, "ns");
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), api.list(&Default::default()))
+            .await
+            .expect("the list waited on a stalled body past its timeout")
+            .expect_err("a list whose body never ends cannot succeed");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            err.to_string().contains("no answer from the API server within 200ms"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watch_stream_runs_on_past_the_timeout_once_its_headers_arrived() {
+        use futures::StreamExt;
+        let event = |name: &str, rv: &str| {
+            format!(
+                r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"ns","resourceVersion":"{rv}"}}}}}}"#
+            ) + "\n"
+        };
+        let (first, second) = (event("a", "1").leak() as &str, event("b", "2").leak() as &str);
+        // The second event comes 500 ms after the headers, past the 200 ms bound.
+        let client = stalling_server(vec![], vec![(0, first), (500, second)]);
+        let api: Api<ConfigMap> = Api::namespaced(client, "ns");
+        let mut stream = api
+            .watch(&Default::default(), "0")
+            .await
+            .expect("the watch's headers arrived")
+            .boxed();
+        let mut names = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while names.len() < 2 {
+                match stream.next().await.expect("the watch ended") {
+                    Ok(kube::api::WatchEvent::Added(cm)) => names.push(cm.metadata.name.unwrap()),
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the second event never came");
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
