@@ -369,38 +369,34 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: migrations applied, inventory loaded, Redis and PostgreSQL reachable, not draining.
+/// Readiness: migrations applied, inventory loaded, Redis reached since start, not draining. A
+/// store that stops answering later does not make the replica unready (see
+/// `AppState::readiness`): the answer is 200 with status `degraded` and the store in `problems`.
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses(
-        (status = 200, description = "Ready", body = Health),
+        (status = 200, description = "Ready (`ready`), or ready with a store unreachable at the moment (`degraded`, named in `problems`)", body = Health),
         (status = 503, description = "Not ready; `problems` says why", body = Health),
     )
 )]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let problems = state.readiness().await;
-    if problems.is_empty() {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ready".into(),
-                problems,
-            }),
-        )
-            .into_response()
-    } else {
-        let mut res = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "not-ready".into(),
-                problems,
-            }),
-        )
-            .into_response();
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        res
+    let r = state.readiness().await;
+    let status = match (r.ready, r.problems.is_empty()) {
+        (true, true) => "ready",
+        (true, false) => "degraded",
+        (false, _) => "not-ready",
+    };
+    let body = Json(Health {
+        status: status.into(),
+        problems: r.problems,
+    });
+    if r.ready {
+        return (StatusCode::OK, body).into_response();
     }
+    let mut res = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

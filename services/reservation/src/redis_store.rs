@@ -37,6 +37,12 @@ const HOLD_NOT_ADMITTED: i64 = 3;
 /// must still be in the active set with an unexpired score — leaving the line (`DELETE …/me`) or
 /// an expired admission ends the right to hold even though the token is still signed. If Redis
 /// lost the queue's records (no counter), the signed, time-bound token alone decides.
+///
+/// The script may run twice for one hold: the cluster client resends a command whose connection
+/// broke before the reply came back, though Redis may already have run it. A lock that already
+/// holds this hold's id is this hold's own, not a taken seat: if every lock is, the first run took
+/// them all and the answer is the same `Held`; if some lapsed meanwhile, it takes them again and
+/// the seats already in the user's set count once towards the cap.
 pub const HOLD_SCRIPT: &str = r#"
 local n = #KEYS - 5
 local ttl = tonumber(ARGV[2])
@@ -49,16 +55,30 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   end
 end
 local taken = {}
+local mine = 0
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[i + 5]) == 1 then
+  local v = redis.call('GET', KEYS[i + 5])
+  if v == ARGV[1] then
+    mine = mine + 1
+  elseif v then
     taken[#taken + 1] = ARGV[6 + i]
   end
 end
 if #taken > 0 then
   return {0, taken}
 end
+if mine == n then
+  return {1, {}}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local current = redis.call('ZCARD', KEYS[2])
+if mine > 0 then
+  for i = 1, n do
+    if redis.call('ZSCORE', KEYS[2], ARGV[6 + i]) then
+      current = current - 1
+    end
+  end
+end
 if current + n > cap then
   return {2, {tostring(current)}}
 end

@@ -73,6 +73,7 @@ pub fn build_state(settings: &Settings) -> anyhow::Result<Arc<AppState>> {
         configs,
         events: RwLock::new(HashMap::new()),
         initialized: AtomicBool::new(false),
+        redis_answered: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         cache_ttl: *read_cache_ttl,
         inflight: Arc::new(tokio::sync::Semaphore::new((*max_inflight).max(1))),

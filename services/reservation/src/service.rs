@@ -177,11 +177,21 @@ pub struct AppState {
     pub events: RwLock<HashMap<String, Arc<EventState>>>,
     /// Migrations applied and inventory loaded.
     pub initialized: AtomicBool,
+    /// Redis answered a readiness ping at least once since start.
+    pub redis_answered: AtomicBool,
     pub draining: AtomicBool,
     pub cache_ttl: Duration,
     /// Admission to the API routes (see `TIKETI_MAX_INFLIGHT`).
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub inflight_wait: Duration,
+}
+
+/// What `/readyz` answers: `ready` false is 503 (out of the Service); `problems` says why, or
+/// which store a ready replica cannot reach at the moment.
+#[derive(Debug)]
+pub struct Readiness {
+    pub ready: bool,
+    pub problems: Vec<String>,
 }
 
 fn now_ms() -> i64 {
@@ -190,6 +200,17 @@ fn now_ms() -> i64 {
 
 fn seats_taken(seats: Vec<String>, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "seats-taken", detail).with("seats", seats)
+}
+
+/// The sale ended at `ends` (the event's `saleEndsAt`): nothing can be held or confirmed.
+fn sale_ended(ends: Option<DateTime<Utc>>, what: &str) -> Problem {
+    let ended = ends.map(|t| t.to_rfc3339()).unwrap_or_default();
+    Problem::new(
+        StatusCode::CONFLICT,
+        "sale-ended",
+        format!("the sale of this event ended at {ended}; nothing can be {what}"),
+    )
+    .with("saleEndsAt", ended)
 }
 
 /// The per-user limit: `current` seats held or bought already, at most `max` per event.
@@ -255,23 +276,39 @@ impl AppState {
         self.initialized.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
-    /// Readiness: initialised, not draining, Redis and PostgreSQL answer.
-    pub async fn readiness(&self) -> Vec<String> {
+    /// Readiness: initialised (migrations applied and inventory loaded, so PostgreSQL answered),
+    /// Redis answered at least once since start, not draining. A store that stops answering
+    /// later is listed in `problems` but does not take the replica out of the Service: the
+    /// stores are shared by every replica, so it would take them all out — and a Redis outage
+    /// would then stop the confirms, which need only PostgreSQL — while the replica answers what
+    /// it cannot do with 503 and Retry-After itself. A replica that never reached Redis (a wrong
+    /// URL, password or CA) stays out, so a bad rollout halts instead of replacing good pods.
+    pub async fn readiness(&self) -> Readiness {
         let mut problems = Vec::new();
+        let mut ready = true;
         if !self.initialized.load(Ordering::Acquire) {
             problems.push("migrations or inventory not loaded yet".to_owned());
+            ready = false;
         }
         if self.draining.load(Ordering::Acquire) {
             problems.push("draining".to_owned());
+            ready = false;
         }
         let (r, d) = tokio::join!(self.redis.ping(), self.db.ping());
-        if let Err(e) = r {
-            problems.push(format!("redis: {e}"));
+        match r {
+            Ok(()) => self.redis_answered.store(true, Ordering::Release),
+            Err(e) if self.redis_answered.load(Ordering::Acquire) => {
+                problems.push(format!("redis: {e} (holds answer 503; confirms go on)"));
+            }
+            Err(e) => {
+                problems.push(format!("redis: {e} (never reached since start)"));
+                ready = false;
+            }
         }
         if let Err(e) = d {
             problems.push(format!("postgres: {e}"));
         }
-        problems
+        Readiness { ready, problems }
     }
 
     async fn event(&self, event: &str) -> Result<Arc<EventState>, Problem> {
@@ -368,6 +405,9 @@ impl AppState {
                     _ => p,
                 }
             })?;
+        if ev.sale_ends_at.is_some_and(|end| end.timestamp_millis() <= now) {
+            return Err(sale_ended(ev.sale_ends_at, "held"));
+        }
         let sold = ev.known_sold(&seats);
         if !sold.is_empty() {
             self.count_conflict("hold");
@@ -478,8 +518,10 @@ impl AppState {
             .inc();
     }
 
-    /// Releases, in the background, whatever a hold script this replica stopped waiting for
-    /// (a timeout, a dropped connection) takes if it still runs: the script was sent, and a
+    /// Releases a hold's Redis locks in the background: after a hold script this replica stopped
+    /// waiting for, and after an undo or a release whose Redis call failed. The first case: a
+    /// hold script this replica stopped waiting for (a timeout, a dropped connection) takes its
+    /// seats if it still runs: the script was sent, and a
     /// Redis that was frozen or slow runs it when it comes back — its locks would then refuse
     /// those seats (and count against the buyer's limit) for a whole hold TTL, with no claim in
     /// PostgreSQL behind them and nobody to confirm them. The release goes out on the same
@@ -501,13 +543,19 @@ impl AppState {
         });
     }
 
+    /// Frees the Redis locks of a hold PostgreSQL refused or could not claim. If Redis does not
+    /// answer, the release goes on in the background ([`Self::release_after`]): the locks would
+    /// otherwise refuse those seats to everyone, and count against the buyer's limit, for a
+    /// whole hold TTL with nothing in PostgreSQL behind them.
     async fn undo_hold(&self, ev: &EventState, hold: &Hold) {
+        let hold_id = hold.hold_id.to_string();
         if let Err(e) = self
             .redis
-            .release(&ev.keys, &hold.hold_id.to_string(), &hold.user_id, &hold.seats)
+            .release(&ev.keys, &hold_id, &hold.user_id, &hold.seats)
             .await
         {
-            tracing::warn!(error = %e, hold = %hold.hold_id, "could not undo a hold; its locks expire with the TTL");
+            tracing::warn!(error = %e, hold = %hold_id, "could not undo a hold; retrying in the background");
+            self.release_after(ev, &hold_id, &hold.user_id, &hold.seats);
         }
     }
 
@@ -561,12 +609,17 @@ impl AppState {
             }
             _ => {}
         }
-        // Released in PostgreSQL; free the Redis locks this hold still owns (idempotent, so a
-        // retry after a Redis failure completes the job).
-        self.redis
+        // Released in PostgreSQL, which decides: the release is done. Free the Redis locks this
+        // hold still owns; if Redis does not answer, in the background (the buyer is not asked
+        // to retry what already happened, and the locks do not outlive the release by a TTL).
+        if let Err(e) = self
+            .redis
             .release(&ev.keys, hold_id, &row.hold.user_id, &row.hold.seats)
             .await
-            .map_err(|e| self.redis_down(e))?;
+        {
+            tracing::warn!(error = %e, hold = %hold_id, "released in PostgreSQL; freeing its Redis locks in the background");
+            self.release_after(&ev, hold_id, &row.hold.user_id, &row.hold.seats);
+        }
         Ok(())
     }
 
@@ -682,13 +735,7 @@ impl AppState {
                 self.final_answer(&user, key, &fingerprint, p).await
             }
             ConfirmOutcome::SaleEnded => {
-                let ended = ev.sale_ends_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-                let p = Problem::new(
-                    StatusCode::CONFLICT,
-                    "sale-ended",
-                    format!("the sale of this event ended at {ended}; nothing can be confirmed"),
-                )
-                .with("saleEndsAt", ended);
+                let p = sale_ended(ev.sale_ends_at, "confirmed");
                 self.final_answer(&user, key, &fingerprint, p).await
             }
             ConfirmOutcome::OverLimit { current } => {

@@ -404,6 +404,10 @@ async fn nothing_is_confirmed_after_the_sale_ends() {
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert_eq!(b["type"], "https://tiketi.gg/problems/sale-ended", "{b}");
     assert!(b["saleEndsAt"].is_string(), "{b}");
+    // Nor held: a hold after the end could never be confirmed (it was 201 before).
+    let (s, b) = env.hold(&User::new(&env.event, "later"), &["A-1-2"]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["type"], "https://tiketi.gg/problems/sale-ended", "{b}");
     let pool = env.db.pool().await;
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)

@@ -457,6 +457,12 @@ async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
     let (st, b) = u.hold(&http, base, &event, &seats(&["A-1-1"])).await.unwrap();
     assert_eq!(st, StatusCode::CREATED);
     let hold = b["holdId"].as_str().unwrap().to_owned();
+    let readyz = || async {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let (st, b) = readyz().await;
+    assert_eq!((st, b["status"].as_str()), (StatusCode::OK, Some("ready")), "{b}");
     redis.stop().await;
 
     let started = Instant::now();
@@ -475,8 +481,11 @@ async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
         "took {:?}",
         started.elapsed()
     );
-    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Still in the Service (Redis is shared: every replica would leave it, and the confirm
+    // below could not reach any), saying which store it cannot reach.
+    let (st, b) = readyz().await;
+    assert_eq!((st, b["status"].as_str()), (StatusCode::OK, Some("degraded")), "{b}");
+    assert!(b["problems"].to_string().contains("redis"), "{b}");
     // PostgreSQL alone can still confirm the existing hold.
     let (st, b) = u.confirm(&http, base, &hold, "kim-1").await.unwrap();
     assert_eq!(st, StatusCode::CREATED, "{b}");
@@ -648,4 +657,98 @@ async fn made_up_methods_get_problems_and_leave_metrics_bounded() {
     let series = metrics.lines().filter(|l| l.contains("method=\"other\"")).count();
     assert!(series > 0 && series < 50, "{series} series for made-up methods");
     env.finish().await;
+}
+
+/// The cluster client resends a command whose connection broke before its reply, so Redis can
+/// run one hold's script twice. The second run must answer as the first did (before, it found the
+/// hold's own locks, answered "taken": the buyer got 409 and the seats stayed locked, with no
+/// claim in PostgreSQL, for a whole hold TTL); another hold on those seats is still refused.
+#[tokio::test]
+async fn a_hold_script_run_twice_for_one_hold_holds_and_counts_its_seats_once() {
+    use tiketi_reservation::domain::HoldOutcome;
+    use tiketi_reservation::redis_store::HoldStore;
+    use tiketi_shared::redis::RedisArgs;
+
+    let event = unique("twice");
+    let keys = EventKeys::new(&event);
+    let store = HoldStore::new(&RedisArgs::new(redis_url()), Duration::from_secs(2)).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let ttl = Duration::from_secs(60);
+    let four = seats(&["A-1-1", "A-1-2", "A-1-3", "A-1-4"]);
+    let hold = |id: &'static str, user: &'static str, seats: Vec<String>, cap: u32| {
+        let (store, keys) = (store.clone(), keys.clone());
+        async move { store.hold(&keys, id, user, &seats, ttl, now, cap, "{}").await.unwrap() }
+    };
+
+    // At a cap of 4, a 4-seat hold run twice: held both times (the second run was "taken").
+    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
+    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
+    // Another hold on one of its seats is refused naming it; the same user's next seat is over
+    // the cap (the rerun did not free or double anything).
+    match hold("h2", "lee", seats(&["A-1-3"]), 4).await {
+        HoldOutcome::Taken(t) => assert_eq!(t, vec!["A-1-3".to_string()]),
+        other => panic!("a seat of a live hold was not refused: {other:?}"),
+    }
+    match hold("h3", "kim", seats(&["A-1-5"]), 4).await {
+        HoldOutcome::OverCap { current } => assert_eq!(current, 4),
+        other => panic!("the cap did not count the hold's 4 seats: {other:?}"),
+    }
+
+    // One of its locks gone between the runs (lapsed or evicted): the rerun takes it back and
+    // counts the three it still owns once, so a 4-seat hold at a cap of 4 still fits.
+    let mut c = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(keys.seat_hold("A-1-2"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
+    let owner: Option<String> = redis::cmd("GET")
+        .arg(keys.seat_hold("A-1-2"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some("h1"));
+    cleanup_redis(&redis_url(), &event).await;
+}
+
+/// A release PostgreSQL made is done, whatever Redis does: the buyer gets 204 (503 before, asking
+/// to retry what had happened) and the hold's Redis locks are freed in the background once Redis
+/// answers again, so the seat does not stay refused for the rest of the hold's TTL.
+#[tokio::test]
+async fn a_release_is_done_when_postgres_made_it_and_its_locks_follow_when_redis_returns() {
+    let (redis, event, db, server) = on_private_redis("release-frozen", |s| {
+        s.redis_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let http = client();
+    let base = server.base.clone();
+    let (kim, lee) = (User::new(&event, "kim"), User::new(&event, "lee"));
+    let (st, b) = kim.hold(&http, &base, &event, &seats(&["A-1-1"])).await.unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let hold = b["holdId"].as_str().unwrap().to_owned();
+    redis.signal("-STOP");
+    let st = kim.release(&http, &base, &hold).await.unwrap();
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.signal("-CONT");
+    // The lock goes within the background retries (1 s, 2 s apart); lee's hold then passes
+    // Redis (it would be 409 from the lock for 300 s otherwise).
+    let started = Instant::now();
+    loop {
+        let (st, b) = lee.hold(&http, &base, &event, &seats(&["A-1-1"])).await.unwrap();
+        if st == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(st, StatusCode::CONFLICT, "{b}");
+        assert!(started.elapsed() < Duration::from_secs(6), "the lock stayed: {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+    redis.stop().await;
+    db.drop_db().await;
 }
