@@ -797,7 +797,7 @@ impl Db {
                 if result.is_ok() {
                     self.count_claims(1);
                 }
-                let _ = p.reply.send(result);
+                self.answer(p, result);
             }
             return;
         }
@@ -806,7 +806,7 @@ impl Db {
                 self.count_claims(batch.len() as u64);
                 for p in batch.into_iter().rev() {
                     let rows = outcomes.pop().unwrap_or_default();
-                    let _ = p.reply.send(Ok(claim_outcome(rows)));
+                    self.answer(p, Ok(claim_outcome(rows)));
                 }
             }
             // The statement itself failed, not PostgreSQL (a deadlock it broke, a constraint):
@@ -819,7 +819,7 @@ impl Db {
                 let singles = batch.iter().map(|p| self.claim_one(&p.hold, p.cap));
                 let results = futures::future::join_all(singles).await;
                 for (p, r) in batch.into_iter().zip(results) {
-                    let _ = p.reply.send(r);
+                    self.answer(p, r);
                 }
             }
             Err(e) => {
@@ -831,6 +831,25 @@ impl Db {
                     let _ = p.reply.send(Err(e.duplicate()));
                 }
             }
+        }
+    }
+
+    /// Hands a claim's result to its request. A request that gave up meanwhile (past its bound:
+    /// the buyer was answered 503 and the hold's Redis locks undone) cannot take a claim made
+    /// for it: released here, in the background, or the seats would stay claimed — refused to
+    /// everyone and counted against the buyer's limit — for a whole hold TTL with nobody to
+    /// confirm them.
+    fn answer(&self, p: PendingClaim, result: ClaimResult) {
+        if let Err(Ok(Ok(()))) = p.reply.send(result) {
+            let (db, id) = (self.clone(), p.hold.hold_id);
+            tokio::spawn(async move {
+                match db.release_hold(id).await {
+                    Ok(_) => tracing::info!(hold = %id, "released a claim its request gave up on"),
+                    Err(e) => {
+                        tracing::warn!(hold = %id, error = %e, "could not release a claim its request gave up on; it lapses with the hold")
+                    }
+                }
+            });
         }
     }
 
