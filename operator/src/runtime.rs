@@ -608,10 +608,7 @@ mod tests {
 
     /// An API server that answers with headers and then the given body chunks, the last one
     /// followed by a body that never ends; `watch=true` requests and the others get their own.
-    fn stalling_server(
-        list: Vec<(u64, &'static str)>,
-        watch: Vec<(u64, &'static str)>,
-    ) -> Client {
+    fn stalling_server(list: Vec<(u64, &'static str)>, watch: Vec<(u64, &'static str)>) -> Client {
         use futures::StreamExt;
         let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
             let is_watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
@@ -637,9 +634,14 @@ mod tests {
             .await
             .expect("the list waited on a stalled body past its timeout")
             .expect_err("a list whose body never ends cannot succeed");
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(
-            err.to_string().contains("no answer from the API server within 200ms"),
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.to_string()
+                .contains("no answer from the API server within 200ms"),
             "{err}"
         );
     }

@@ -404,8 +404,11 @@ pub async fn stats(
 }
 
 /// Server-sent events with your standing: `position` events while waiting (pushed when it
-/// changes), then one final `admitted` (with the token), `soldOut`, `closed` or `gone` event.
-/// An open stream is a heartbeat. When the server drains, the stream ends; reconnect.
+/// changes), then one final `admitted` (with the token), `closed` or `gone` event. `soldOut` is
+/// not final for someone in line: the stream stays open and keeps their place (seats come back
+/// when holds lapse or are released), and goes on with `position` when the sale resumes; for
+/// someone not in line it is the one event before the end. An open stream is a heartbeat. When
+/// the server drains, the stream ends; reconnect.
 #[utoipa::path(get, path = "/v1/events/{event}/queue/me/stream", tag = "queue",
     params(("event" = String, Path, description = "event id")),
     security(("bearer" = [])),
@@ -436,16 +439,23 @@ pub async fn stream(
         Standing::PreQueue { .. } => StreamFix::PreQueue,
         Standing::Admitted { expires_ms } => StreamFix::Admitted { expires_ms },
         Standing::Absent => return Err(not_in_queue(&event)),
-        // Sold out / closed: one event and the end.
-        Standing::SoldOut { .. } | Standing::Closed => StreamFix::Absent,
+        // In line while sold out: the stream keeps the place. Its rank is read by the hub's
+        // first refresh (the fix is made stale below); until then it shows sold out.
+        Standing::SoldOut { in_line: true } => StreamFix::Waiting { rank: 0 },
+        // Closed, or sold out for someone not in line: one event and the end.
+        Standing::SoldOut { in_line: false } | Standing::Closed => StreamFix::Absent,
     };
-    let terminal_now =
-        matches!(obs.standing, Standing::SoldOut { .. } | Standing::Closed).then(|| obs.standing.clone());
+    let sold_out_at_open = obs.standing == (Standing::SoldOut { in_line: true });
+    let terminal_now = matches!(
+        obs.standing,
+        Standing::SoldOut { in_line: false } | Standing::Closed
+    )
+    .then(|| obs.standing.clone());
     let snapshots = app.hub.subscribe(&event);
     let fix = Fix {
         standing,
         admitted_total_at: obs.admitted_total,
-        at_ms: obs.now_ms,
+        at_ms: if sold_out_at_open { 0 } else { obs.now_ms },
     };
     let Some((slot, guard)) = app.hub.register(&event, &user, fix) else {
         return Err(Problem::new(
@@ -472,6 +482,7 @@ pub async fn stream(
         first: true,
         done: false,
         terminal_now,
+        sold_out_at_open,
     };
     let body = futures::stream::unfold(state, next_event);
     Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
@@ -490,6 +501,8 @@ struct StreamState {
     first: bool,
     done: bool,
     terminal_now: Option<Standing>,
+    /// Opened by someone in line while sold out: shown sold out until the hub's first snapshot.
+    sold_out_at_open: bool,
 }
 
 async fn next_event(
@@ -519,6 +532,7 @@ async fn next_event(
                 expires_ms: *expires_ms,
             },
             _ if snap.counters.sold_out && snap.tick > 0 => Standing::SoldOut { in_line: true },
+            _ if st.sold_out_at_open && snap.tick == 0 => Standing::SoldOut { in_line: true },
             _ if ended => Standing::Closed,
             (None, StreamFix::Waiting { .. }) => {
                 let position = fix.position(snap.counters.admitted_total).unwrap_or(1);
@@ -543,7 +557,13 @@ async fn next_event(
                     State::SoldOut => "soldOut",
                     State::Closed => "closed",
                 };
-                st.done = status.state != State::Waiting;
+                // Sold out keeps an in-line stream open (its place and heartbeat); a stream
+                // opened by someone not in line ended with its one event (terminal_now).
+                st.done = match status.state {
+                    State::Waiting => false,
+                    State::SoldOut => st.terminal_now.is_some(),
+                    State::Admitted | State::Closed => true,
+                };
                 let ev = SseEvent::default()
                     .event(name)
                     .json_data(&status)

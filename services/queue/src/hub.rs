@@ -277,7 +277,8 @@ impl Hub {
     ) {
         let mut interval = tokio::time::interval(settings.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_touch = std::time::Instant::now();
+        // Per event: when its streams' heartbeats were last refreshed.
+        let mut last_touch: HashMap<String, std::time::Instant> = HashMap::new();
         // Per event: since when this replica has failed to read or refresh its streams in Redis.
         let mut failing: HashMap<String, std::time::Instant> = HashMap::new();
         loop {
@@ -286,15 +287,19 @@ impl Hub {
                 _ = stop.changed() => return,
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
-            let touch = last_touch.elapsed() >= settings.touch_every;
-            if touch {
-                last_touch = std::time::Instant::now();
-            }
             let configs = events.snapshot();
             failing.retain(|e, _| configs.contains_key(e));
+            last_touch.retain(|e, _| configs.contains_key(e));
             for (event, cfg) in configs.iter() {
                 let keys = EventKeys::new(event);
                 let heartbeat_timeout = Duration::from_secs(cfg.queue.heartbeat_timeout_seconds);
+                // Every `touch_every`, or a third of the event's heartbeat timeout when that is
+                // shorter: a stream refreshed every 5 s under a 3 s timeout lost its place.
+                let every = touch_interval(settings.touch_every, heartbeat_timeout, settings.tick);
+                let touch = last_touch.get(event).is_none_or(|at| at.elapsed() >= every);
+                if touch {
+                    last_touch.insert(event.clone(), std::time::Instant::now());
+                }
                 let mut failed = false;
                 let due = self.due(event, &settings, now_ms);
                 let users: Vec<String> = due.iter().map(|s| s.user.clone()).collect();
@@ -365,10 +370,28 @@ impl Hub {
     }
 }
 
+/// How often the heartbeats of an event's streams are refreshed: `every`, or a third of the
+/// event's heartbeat timeout when that is shorter (two refreshes can be missed before the sweep),
+/// never more often than the hub ticks.
+fn touch_interval(every: Duration, heartbeat_timeout: Duration, tick: Duration) -> Duration {
+    every.min(heartbeat_timeout / 3).max(tick)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_refreshed_three_times_per_heartbeat_timeout_at_least() {
+        let (every, tick) = (Duration::from_secs(5), Duration::from_millis(200));
+        let at = |timeout_ms| touch_interval(every, Duration::from_millis(timeout_ms), tick);
+        assert_eq!(at(120_000), every);
+        assert_eq!(at(15_000), every);
+        assert_eq!(at(6_000), Duration::from_secs(2));
+        assert_eq!(at(1_000), Duration::from_nanos(333_333_333));
+        assert_eq!(at(300), tick);
+    }
 
     #[test]
     fn position_follows_admissions_and_never_passes_the_head() {

@@ -320,7 +320,13 @@ return #stale
 
 /// Move the pre-queue into the queue in the given order, once.
 /// KEYS: lease fence prequeue queue shuffle. ARGV: holder fence seed on_sale_ms members...
-/// Returns {moved} or {-1} not leader, {-2} too early, {-3} pre-queue changed (re-read), {-4} done.
+/// Returns {moved} or {-1} not leader, {-2} too early, {-3} pre-queue has members the list lacks
+/// (re-read), {-4} done. Listed members no longer in the pre-queue (they left, or were swept,
+/// between the read and this script) are skipped and the rest keep their order: the list of a
+/// large pre-queue takes a while to read and send, and people leave all the time, so requiring
+/// the exact list stalled the shuffle — and with it all admission — for as long as anyone left.
+/// The record keeps both counts (`listed`, `count`), so the order is re-derived from the seed and
+/// the listed members, then filtered to the ones moved.
 static SHUFFLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}{}",
@@ -328,16 +334,20 @@ static SHUFFLE: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then return {-1} end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {-4} end
 if now < tonumber(ARGV[4]) then return {-2} end
-local n = #ARGV - 4
-if redis.call('ZCARD', KEYS[3]) ~= n then return {-3} end
+local present = {}
+local n = 0
 for i = 5, #ARGV do
-  if not redis.call('ZSCORE', KEYS[3], ARGV[i]) then return {-3} end
+  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    n = n + 1
+    present[n] = ARGV[i]
+  end
 end
-for i = 5, #ARGV do
-  redis.call('ZADD', KEYS[4], i - 4, ARGV[i])
+if redis.call('ZCARD', KEYS[3]) ~= n then return {-3} end
+for i = 1, n do
+  redis.call('ZADD', KEYS[4], i, present[i])
 end
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[5], 'seed', ARGV[3], 'at', now, 'count', n, 'fence', ARGV[2])
+redis.call('HSET', KEYS[5], 'seed', ARGV[3], 'at', now, 'count', n, 'listed', #ARGV - 4, 'fence', ARGV[2])
 return {n}
 "#
     ))
@@ -560,9 +570,14 @@ impl Store {
         self.bounded(c.exists(keys.shuffle())).await
     }
 
+    /// The whole pre-queue, for the shuffle: bounded like the shuffle script (10 × a plain call),
+    /// since a large pre-queue takes a while to send.
     pub async fn prequeue_members(&self, keys: &EventKeys) -> Result<Vec<String>> {
         let mut c = self.conn.clone();
-        self.bounded(c.zrange(keys.prequeue(), 0, -1)).await
+        match tokio::time::timeout(self.timeout * 10, c.zrange(keys.prequeue(), 0, -1)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(self.timeout * 10)),
+        }
     }
 
     /// Runs the on-sale shuffle script. Ok(Some(n)) when it moved `n` users (possibly 0); Ok(None)
@@ -617,6 +632,7 @@ impl Store {
             seed: get("seed").unwrap_or(0),
             at_ms: get("at").unwrap_or(0) as i64,
             count: get("count").unwrap_or(0),
+            listed: get("listed").or_else(|| get("count")).unwrap_or(0),
             fence: get("fence").unwrap_or(0),
         }))
     }
@@ -722,7 +738,11 @@ pub struct ShuffleRecord {
     /// The seed of the pre-queue shuffle; with the sorted member list it reproduces the order.
     pub seed: u64,
     pub at_ms: i64,
+    /// Users moved into the queue.
     pub count: u64,
+    /// Users the shuffled list held: more than `count` when some left before the move (they
+    /// were skipped; the others kept their shuffled order).
+    pub listed: u64,
     pub fence: u64,
 }
 

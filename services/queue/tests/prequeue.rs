@@ -149,3 +149,69 @@ async fn the_service_shuffles_at_on_sale_and_admits_in_that_order() {
     server.stop().await;
     cleanup(&url, &event).await;
 }
+
+/// People leave the pre-queue (or are swept) while the admitting replica reads it and sends the
+/// shuffled list: the shuffle moves those still there in the list's order and records both
+/// counts. Before, any change between the read and the script answered "changed" — with a large
+/// pre-queue and a few leaves a second, every try, so nobody was ever admitted. A member the
+/// list lacks still makes it re-read (nobody is left behind in the pre-queue).
+#[tokio::test]
+async fn a_shuffle_skips_who_left_since_the_list_was_read_and_nobody_is_left_behind() {
+    let url = redis_url();
+    let store = Store::new(
+        &tiketi_shared::redis::RedisArgs::new(&url),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let event = unique_event("shuf-left");
+    let k = keys(&event);
+    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    let users: Vec<String> = (0..30).map(|i| format!("early-{i:02}")).collect();
+    for u in &users {
+        store.status(&k, u, future, None, true).await.unwrap();
+    }
+    let fence = store
+        .lease(&k, "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let members = store.prequeue_members(&k).await.unwrap();
+    let order = shuffle(&members, 77);
+    let past = chrono::Utc::now().timestamp_millis() - 1;
+    // Two leave after the read; one joins (a replica whose config still had a later on-sale).
+    let mut c = redis(&url).await;
+    for gone in [&order[3], &order[17]] {
+        let _: () = c.zrem(k.prequeue(), gone).await.unwrap();
+    }
+    store.status(&k, "straggler", future, None, true).await.unwrap();
+    let outcome = store
+        .apply_shuffle(&k, "test-holder", fence, 77, past, &order)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ShuffleOutcome::Changed,
+        "a member the list lacks: re-read"
+    );
+
+    // Re-read: the straggler is listed now; two more leave after this read.
+    let members = store.prequeue_members(&k).await.unwrap();
+    let order = shuffle(&members, 78);
+    let left = [order[0].clone(), order[20].clone()];
+    for gone in &left {
+        let _: () = c.zrem(k.prequeue(), gone).await.unwrap();
+    }
+    let outcome = store
+        .apply_shuffle(&k, "test-holder", fence, 78, past, &order)
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShuffleOutcome::Moved(27));
+    let queue: Vec<String> = c.zrange(k.queue(), 0, -1).await.unwrap();
+    let expected: Vec<String> = order.iter().filter(|u| !left.contains(u)).cloned().collect();
+    assert_eq!(queue, expected, "the others keep the shuffled order");
+    let record = store.shuffle_record(&k).await.unwrap().unwrap();
+    assert_eq!((record.seed, record.count, record.listed), (78, 27, 29));
+    let pre: u64 = c.zcard(k.prequeue()).await.unwrap();
+    assert_eq!(pre, 0);
+    cleanup(&url, &event).await;
+}

@@ -484,7 +484,11 @@ async fn a_redis_outage_answers_503_fast_and_confirms_still_reach_postgres() {
     // Still in the Service (Redis is shared: every replica would leave it, and the confirm
     // below could not reach any), saying which store it cannot reach.
     let (st, b) = readyz().await;
-    assert_eq!((st, b["status"].as_str()), (StatusCode::OK, Some("degraded")), "{b}");
+    assert_eq!(
+        (st, b["status"].as_str()),
+        (StatusCode::OK, Some("degraded")),
+        "{b}"
+    );
     assert!(b["problems"].to_string().contains("redis"), "{b}");
     // PostgreSQL alone can still confirm the existing hold.
     let (st, b) = u.confirm(&http, base, &hold, "kim-1").await.unwrap();
@@ -677,12 +681,23 @@ async fn a_hold_script_run_twice_for_one_hold_holds_and_counts_its_seats_once() 
     let four = seats(&["A-1-1", "A-1-2", "A-1-3", "A-1-4"]);
     let hold = |id: &'static str, user: &'static str, seats: Vec<String>, cap: u32| {
         let (store, keys) = (store.clone(), keys.clone());
-        async move { store.hold(&keys, id, user, &seats, ttl, now, cap, "{}").await.unwrap() }
+        async move {
+            store
+                .hold(&keys, id, user, &seats, ttl, now, cap, "{}")
+                .await
+                .unwrap()
+        }
     };
 
     // At a cap of 4, a 4-seat hold run twice: held both times (the second run was "taken").
-    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
-    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
+    assert!(matches!(
+        hold("h1", "kim", four.clone(), 4).await,
+        HoldOutcome::Held
+    ));
+    assert!(matches!(
+        hold("h1", "kim", four.clone(), 4).await,
+        HoldOutcome::Held
+    ));
     // Another hold on one of its seats is refused naming it; the same user's next seat is over
     // the cap (the rerun did not free or double anything).
     match hold("h2", "lee", seats(&["A-1-3"]), 4).await {
@@ -706,7 +721,10 @@ async fn a_hold_script_run_twice_for_one_hold_holds_and_counts_its_seats_once() 
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(matches!(hold("h1", "kim", four.clone(), 4).await, HoldOutcome::Held));
+    assert!(matches!(
+        hold("h1", "kim", four.clone(), 4).await,
+        HoldOutcome::Held
+    ));
     let owner: Option<String> = redis::cmd("GET")
         .arg(keys.seat_hold("A-1-2"))
         .query_async(&mut c)
