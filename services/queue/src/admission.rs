@@ -34,6 +34,20 @@ struct Term {
     /// which nobody could heartbeat, every waiting user gets a full timeout to show up again.
     sweep_not_before: Option<Instant>,
     last_sweep: Option<Instant>,
+    /// The heartbeat timeout of the last step (see [`grace_for_a_shorter_timeout`]).
+    timeout: Option<Duration>,
+}
+
+/// A heartbeat timeout shortened mid-sale (a configuration change) must not sweep people who
+/// polled as they were told under the old one (`pollAfterSeconds` is up to a third of it): no
+/// sweep until the old timeout has passed since the change, by which time everyone still waiting
+/// has polled under the new one.
+fn grace_for_a_shorter_timeout(term: &mut Term, timeout: Duration, now: Instant) {
+    if let Some(old) = term.timeout.filter(|old| timeout < *old) {
+        let until = now + old;
+        term.sweep_not_before = Some(term.sweep_not_before.map_or(until, |t| t.max(until)));
+    }
+    term.timeout = Some(timeout);
 }
 
 /// Runs each configured event's admission in a task of its own, each on its own tick: one event
@@ -197,6 +211,7 @@ async fn step(
             }
         }
     }
+    grace_for_a_shorter_timeout(term, heartbeat_timeout(cfg), Instant::now());
     let sweep_due = term
         .last_sweep
         .is_none_or(|t| t.elapsed() >= settings.sweep_every);

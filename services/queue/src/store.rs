@@ -135,6 +135,9 @@ static STATUS: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local total = tonumber(redis.call('GET', KEYS[8]) or '0')
 local sold_out = redis.call('EXISTS', KEYS[7]) == 1
+-- A pre-queue not yet shuffled in (the moment after the on-sale) goes in front of everyone in
+-- the queue: ranks count it, so nobody is told a better place than they have.
+local ahead = redis.call('ZCARD', KEYS[2])
 local ends = tonumber(ARGV[2])
 local closed = ends > 0 and now >= ends
 local function one(user, mode)
@@ -153,7 +156,7 @@ local function one(user, mode)
   local s = redis.call('ZSCORE', KEYS[1], user)
   if s then
     redis.call('ZADD', KEYS[5], now, user)
-    return {'waiting', s, redis.call('ZRANK', KEYS[1], user), 0}
+    return {'waiting', s, redis.call('ZRANK', KEYS[1], user) + ahead, 0}
   end
   if redis.call('ZSCORE', KEYS[2], user) then
     redis.call('ZADD', KEYS[5], now, user)
@@ -177,7 +180,7 @@ local function one(user, mode)
   local score = tonumber(ARGV[3]) + seq
   redis.call('ZADD', KEYS[1], score, user)
   -- The newest sequence number is the highest score: the new member is last (O(1), no ZRANK).
-  return {'waiting', tostring(score), redis.call('ZCARD', KEYS[1]) - 1, 1}
+  return {'waiting', tostring(score), redis.call('ZCARD', KEYS[1]) - 1 + ahead, 1}
 end
 local out = {}
 for i = 4, #ARGV, 2 do
@@ -701,7 +704,10 @@ impl Store {
             let active = float(next()?)?;
             let pre = float(next()?)?;
             fixes.push(match (rank, active, pre) {
-                (Some(r), _, _) => StreamFix::Waiting { rank: r as u64 },
+                // The pre-queue not yet shuffled in goes in front of everyone in the queue.
+                (Some(r), _, _) => StreamFix::Waiting {
+                    rank: r as u64 + counters.prequeue,
+                },
                 (None, Some(exp), _) if exp as i64 >= now_ms => StreamFix::Admitted {
                     expires_ms: exp as i64,
                 },

@@ -215,3 +215,48 @@ async fn a_shuffle_skips_who_left_since_the_list_was_read_and_nobody_is_left_beh
     assert_eq!(pre, 0);
     cleanup(&url, &event).await;
 }
+
+/// Between the on-sale instant and the shuffle (the admitting replica's next step) the pre-queue
+/// is still apart; whoever joins then stands behind all of it once it moves, and is told so
+/// (they were told 1st, 2nd… and found themselves behind the whole pre-queue a moment later).
+#[tokio::test]
+async fn a_joiner_before_the_shuffle_is_placed_behind_the_whole_pre_queue() {
+    use tiketi_queue::store::Standing;
+    let url = redis_url();
+    let store = Store::new(
+        &tiketi_shared::redis::RedisArgs::new(&url),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let event = unique_event("shuf-gap");
+    let k = keys(&event);
+    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    for u in ["early-0", "early-1", "early-2"] {
+        store.status(&k, u, future, None, true).await.unwrap();
+    }
+    // The on-sale has passed, the shuffle not yet run: two join the queue.
+    let past = chrono::Utc::now().timestamp_millis() - 1;
+    let first = store.status(&k, "late-0", past, None, true).await.unwrap();
+    let second = store.status(&k, "late-1", past, None, true).await.unwrap();
+    let again = store.status(&k, "late-0", past, None, false).await.unwrap();
+    let rank = |o: &tiketi_queue::store::Observed| match o.standing {
+        Standing::Waiting { rank, .. } => rank,
+        ref other => panic!("not waiting: {other:?}"),
+    };
+    assert_eq!((rank(&first), rank(&second), rank(&again)), (3, 4, 3));
+    // After the shuffle the queue itself says the same.
+    let fence = store
+        .lease(&k, "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let members = store.prequeue_members(&k).await.unwrap();
+    let order = shuffle(&members, 9);
+    store
+        .apply_shuffle(&k, "test-holder", fence, 9, past, &order)
+        .await
+        .unwrap();
+    let after = store.status(&k, "late-1", past, None, false).await.unwrap();
+    assert_eq!(rank(&after), 4);
+    cleanup(&url, &event).await;
+}

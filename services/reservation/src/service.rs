@@ -202,6 +202,12 @@ fn seats_taken(seats: Vec<String>, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "seats-taken", detail).with("seats", seats)
 }
 
+/// A confirm refused because another live hold claimed a seat, whose read of those claims a
+/// moment later found none (that hold was released in between): not a final answer — nothing is
+/// stored under the Idempotency-Key (a stored 409 naming no seat would replay for ever while the
+/// seats were free) and the confirm is tried once more; 503 + Retry-After if it moves again.
+const SEATS_MOVED: &str = "seats-moved";
+
 /// The sale ended at `ends` (the event's `saleEndsAt`): nothing can be held or confirmed.
 fn sale_ended(ends: Option<DateTime<Utc>>, what: &str) -> Problem {
     let ended = ends.map(|t| t.to_rfc3339()).unwrap_or_default();
@@ -631,7 +637,12 @@ impl AppState {
         authorization: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, Problem> {
-        let result = self.confirm_inner(hold_id, authorization, idempotency_key).await;
+        let mut result = self.confirm_inner(hold_id, authorization, idempotency_key).await;
+        if matches!(&result, Err(p) if p.kind.ends_with(SEATS_MOVED)) {
+            // The seats' claims changed between the confirm's attempt and its read (see
+            // SEATS_MOVED): nothing was stored; a second attempt decides.
+            result = self.confirm_inner(hold_id, authorization, idempotency_key).await;
+        }
         let outcome = match &result {
             Ok(a) if a.replayed => "replayed",
             Ok(a) if a.status.is_success() => "confirmed",
@@ -726,6 +737,12 @@ impl AppState {
                     replayed: false,
                 })
             }
+            ConfirmOutcome::SeatsTaken(taken) if taken.is_empty() => Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                SEATS_MOVED,
+                "the seats of this hold changed hands while it was confirmed; retry",
+            )
+            .retry_after(1)),
             ConfirmOutcome::SeatsTaken(taken) => {
                 self.count_conflict("confirm");
                 let p = seats_taken(
