@@ -410,7 +410,7 @@ async fn a_shorter_heartbeat_timeout_does_not_sweep_who_polled_under_the_old_one
     assert_eq!(api.join("early").await.status(), 201);
     // Past the new term's own grace (one timeout after the lease was taken), polling as told.
     for _ in 0..7 {
-        let told: serde_json::Value = api.me("early").await.json().await.unwrap();
+        let told = api.me_json("early").await;
         assert_eq!(told["pollAfterSeconds"], 2, "{told}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -422,7 +422,7 @@ async fn a_shorter_heartbeat_timeout_does_not_sweep_who_polled_under_the_old_one
     let mut c = redis(&url).await;
     let pre: Option<f64> = c.zscore(keys(&event).prequeue(), "early").await.unwrap();
     assert!(pre.is_some(), "swept by a timeout they were never told about");
-    let now: serde_json::Value = api.me("early").await.json().await.unwrap();
+    let now = api.me_json("early").await;
     assert_eq!(now["pollAfterSeconds"], 1, "told the new pace: {now}");
     // Once the old timeout has passed since the change, the new one applies.
     wait_for(

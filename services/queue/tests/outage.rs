@@ -116,13 +116,7 @@ async fn streams_of_a_replica_that_cannot_reach_redis_end_so_they_reconnect_else
     let api = Api::new(&server.base, &event);
     wait_ready(&api).await;
     assert_eq!(api.join("w1").await.status(), 201);
-    let resp = api
-        .client
-        .get(api.stream_url())
-        .bearer_auth(user_token("w1"))
-        .send()
-        .await
-        .unwrap();
+    let resp = api.stream("w1").await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     // The first event arrives; then Redis stops answering.

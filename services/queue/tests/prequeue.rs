@@ -10,18 +10,40 @@ use common::*;
 use redis::AsyncCommands;
 use tiketi_queue::shuffle::shuffle;
 use tiketi_queue::store::{ShuffleOutcome, Store};
+use tiketi_shared::keys::EventKeys;
+
+fn test_store(url: &str) -> Store {
+    Store::new(&tiketi_shared::redis::RedisArgs::new(url), Duration::from_secs(1)).unwrap()
+}
+
+/// An on-sale instant an hour away: joins go to the pre-queue.
+fn before_on_sale() -> i64 {
+    chrono::Utc::now().timestamp_millis() + 3_600_000
+}
+
+/// Joins `users` before the on-sale instant (the pre-queue).
+async fn join_early<S: AsRef<str>>(store: &Store, k: &EventKeys, users: &[S]) {
+    for u in users {
+        store
+            .status(k, u.as_ref(), before_on_sale(), None, true)
+            .await
+            .unwrap();
+    }
+}
+
+/// Takes the event's admission lease as the tests' holder; its fence.
+async fn lease(store: &Store, k: &EventKeys) -> u64 {
+    store
+        .lease(k, "test-holder", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap()
+}
 
 async fn prequeue_with(store: &Store, event: &str, users: &[String], seed: u64) -> Vec<String> {
     let k = keys(event);
-    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    for u in users {
-        store.status(&k, u, future, None, true).await.unwrap();
-    }
-    let fence = store
-        .lease(&k, "test-holder", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    join_early(store, &k, users).await;
+    let fence = lease(store, &k).await;
     let members = store.prequeue_members(&k).await.unwrap();
     let order = shuffle(&members, seed);
     let past = chrono::Utc::now().timestamp_millis() - 1;
@@ -36,11 +58,7 @@ async fn prequeue_with(store: &Store, event: &str, users: &[String], seed: u64) 
 #[tokio::test]
 async fn shuffle_is_a_recorded_reproducible_permutation_in_front_of_later_joiners() {
     let url = redis_url();
-    let store = Store::new(
-        &tiketi_shared::redis::RedisArgs::new(&url),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let store = test_store(&url);
     let users: Vec<String> = (0..40).map(|i| format!("early-{i:02}")).collect();
     let (e1, e2) = (unique_event("shuf-a"), unique_event("shuf-b"));
 
@@ -73,11 +91,7 @@ async fn shuffle_is_a_recorded_reproducible_permutation_in_front_of_later_joiner
     let pre: u64 = c.zcard(keys(&e1).prequeue()).await.unwrap();
     assert_eq!(pre, 0);
     // The shuffle happens once.
-    let fence = store
-        .lease(&keys(&e1), "test-holder", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let fence = lease(&store, &keys(&e1)).await;
     let again = store
         .apply_shuffle(&keys(&e1), "test-holder", fence, 5, past, &[])
         .await
@@ -86,11 +100,7 @@ async fn shuffle_is_a_recorded_reproducible_permutation_in_front_of_later_joiner
     // A stale fence cannot shuffle.
     let e3 = unique_event("shuf-c");
     let k3 = keys(&e3);
-    let f3 = store
-        .lease(&k3, "test-holder", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let f3 = lease(&store, &k3).await;
     let stale = store
         .apply_shuffle(&k3, "test-holder", f3 + 1, 5, past, &[])
         .await
@@ -158,23 +168,12 @@ async fn the_service_shuffles_at_on_sale_and_admits_in_that_order() {
 #[tokio::test]
 async fn a_shuffle_skips_who_left_since_the_list_was_read_and_nobody_is_left_behind() {
     let url = redis_url();
-    let store = Store::new(
-        &tiketi_shared::redis::RedisArgs::new(&url),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let store = test_store(&url);
     let event = unique_event("shuf-left");
     let k = keys(&event);
-    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
     let users: Vec<String> = (0..30).map(|i| format!("early-{i:02}")).collect();
-    for u in &users {
-        store.status(&k, u, future, None, true).await.unwrap();
-    }
-    let fence = store
-        .lease(&k, "test-holder", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    join_early(&store, &k, &users).await;
+    let fence = lease(&store, &k).await;
     let members = store.prequeue_members(&k).await.unwrap();
     let order = shuffle(&members, 77);
     let past = chrono::Utc::now().timestamp_millis() - 1;
@@ -183,7 +182,7 @@ async fn a_shuffle_skips_who_left_since_the_list_was_read_and_nobody_is_left_beh
     for gone in [&order[3], &order[17]] {
         let _: () = c.zrem(k.prequeue(), gone).await.unwrap();
     }
-    store.status(&k, "straggler", future, None, true).await.unwrap();
+    join_early(&store, &k, &["straggler"]).await;
     let outcome = store
         .apply_shuffle(&k, "test-holder", fence, 77, past, &order)
         .await
@@ -223,17 +222,10 @@ async fn a_shuffle_skips_who_left_since_the_list_was_read_and_nobody_is_left_beh
 async fn a_joiner_before_the_shuffle_is_placed_behind_the_whole_pre_queue() {
     use tiketi_queue::store::Standing;
     let url = redis_url();
-    let store = Store::new(
-        &tiketi_shared::redis::RedisArgs::new(&url),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let store = test_store(&url);
     let event = unique_event("shuf-gap");
     let k = keys(&event);
-    let future = chrono::Utc::now().timestamp_millis() + 3_600_000;
-    for u in ["early-0", "early-1", "early-2"] {
-        store.status(&k, u, future, None, true).await.unwrap();
-    }
+    join_early(&store, &k, &["early-0", "early-1", "early-2"]).await;
     // The on-sale has passed, the shuffle not yet run: two join the queue.
     let past = chrono::Utc::now().timestamp_millis() - 1;
     let first = store.status(&k, "late-0", past, None, true).await.unwrap();
@@ -245,11 +237,7 @@ async fn a_joiner_before_the_shuffle_is_placed_behind_the_whole_pre_queue() {
     };
     assert_eq!((rank(&first), rank(&second), rank(&again)), (3, 4, 3));
     // After the shuffle the queue itself says the same.
-    let fence = store
-        .lease(&k, "test-holder", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let fence = lease(&store, &k).await;
     let members = store.prequeue_members(&k).await.unwrap();
     let order = shuffle(&members, 9);
     store

@@ -88,13 +88,7 @@ async fn stream_sees_position_fall_then_admission() {
     for i in 1..=8 {
         assert_eq!(api.join(&format!("u{i}")).await.status(), 201);
     }
-    let resp = api
-        .client
-        .get(api.stream_url())
-        .bearer_auth(user_token("u8"))
-        .send()
-        .await
-        .unwrap();
+    let resp = api.stream("u8").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let events = read_events(resp, Duration::from_secs(20)).await;
@@ -139,13 +133,7 @@ async fn stream_corrects_for_users_ahead_who_leave_and_reports_sold_out() {
     for i in 1..=6 {
         assert_eq!(api.join(&format!("u{i}")).await.status(), 201);
     }
-    let resp = api
-        .client
-        .get(api.stream_url())
-        .bearer_auth(user_token("u6"))
-        .send()
-        .await
-        .unwrap();
+    let resp = api.stream("u6").await;
     assert_eq!(resp.status(), 200);
     for u in ["u1", "u3"] {
         assert_eq!(api.leave(u).await.status(), 204);
@@ -199,16 +187,10 @@ async fn a_stream_stays_open_through_sold_out_keeps_its_place_and_resumes() {
     }
     // "first" takes the one active place; "streamer" waits behind it, holding only a stream.
     wait_for("first admitted", Duration::from_secs(5), || async {
-        api.me("first").await.json::<serde_json::Value>().await.unwrap()["state"] == "admitted"
+        api.me_json("first").await["state"] == "admitted"
     })
     .await;
-    let resp = api
-        .client
-        .get(api.stream_url())
-        .bearer_auth(user_token("streamer"))
-        .send()
-        .await
-        .unwrap();
+    let resp = api.stream("streamer").await;
     assert_eq!(resp.status(), 200);
     let mut sse = Sse::new(resp);
     let first = sse.until("position", Duration::from_secs(5)).await;

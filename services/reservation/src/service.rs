@@ -524,12 +524,10 @@ impl AppState {
             .inc();
     }
 
-    /// Releases a hold's Redis locks in the background: after a hold script this replica stopped
-    /// waiting for, and after an undo or a release whose Redis call failed. The first case: a
-    /// hold script this replica stopped waiting for (a timeout, a dropped connection) takes its
-    /// seats if it still runs: the script was sent, and a
-    /// Redis that was frozen or slow runs it when it comes back — its locks would then refuse
-    /// those seats (and count against the buyer's limit) for a whole hold TTL, with no claim in
+    /// Releases, in the background, a hold's Redis locks: after a hold script this replica
+    /// stopped waiting for (a timeout, a dropped connection) — the script was sent, and a Redis
+    /// that was frozen or slow runs it when it comes back; its locks would then refuse those
+    /// seats (and count against the buyer's limit) for a whole hold TTL, with no claim in
     /// PostgreSQL behind them and nobody to confirm them. The release goes out on the same
     /// connection after the script, so Redis runs it after the script; it frees only what this
     /// hold id owns. Retried a few times (1, 2, 4, 8 s apart) while Redis does not answer.
@@ -541,7 +539,7 @@ impl AppState {
                 match redis.release(&keys, &hold_id, &user, &seats).await {
                     Ok(_) => return,
                     Err(e) if attempt == 4 => {
-                        tracing::warn!(error = %e, hold = %hold_id, "could not release an unanswered hold; its locks expire with the TTL");
+                        tracing::warn!(error = %e, hold = %hold_id, "could not free a hold's Redis locks; they expire with the TTL");
                     }
                     Err(_) => tokio::time::sleep(Duration::from_secs(1 << attempt)).await,
                 }
@@ -549,20 +547,21 @@ impl AppState {
         });
     }
 
-    /// Frees the Redis locks of a hold PostgreSQL refused or could not claim. If Redis does not
-    /// answer, the release goes on in the background ([`Self::release_after`]): the locks would
-    /// otherwise refuse those seats to everyone, and count against the buyer's limit, for a
-    /// whole hold TTL with nothing in PostgreSQL behind them.
-    async fn undo_hold(&self, ev: &EventState, hold: &Hold) {
-        let hold_id = hold.hold_id.to_string();
-        if let Err(e) = self
-            .redis
-            .release(&ev.keys, &hold_id, &hold.user_id, &hold.seats)
-            .await
-        {
-            tracing::warn!(error = %e, hold = %hold_id, "could not undo a hold; retrying in the background");
-            self.release_after(ev, &hold_id, &hold.user_id, &hold.seats);
+    /// Frees the Redis locks of a hold that PostgreSQL refused, could not claim, or released.
+    /// If Redis does not answer, the release goes on in the background
+    /// ([`Self::release_after`]): the locks would otherwise refuse those seats to everyone, and
+    /// count against the buyer's limit, for a whole hold TTL with nothing in PostgreSQL behind
+    /// them.
+    async fn free_locks(&self, ev: &EventState, hold_id: &str, user: &str, seats: &[String]) {
+        if let Err(e) = self.redis.release(&ev.keys, hold_id, user, seats).await {
+            tracing::warn!(error = %e, hold = %hold_id, "could not free a hold's Redis locks; retrying in the background");
+            self.release_after(ev, hold_id, user, seats);
         }
+    }
+
+    async fn undo_hold(&self, ev: &EventState, hold: &Hold) {
+        self.free_locks(ev, &hold.hold_id.to_string(), &hold.user_id, &hold.seats)
+            .await;
     }
 
     // === release ===
@@ -615,17 +614,10 @@ impl AppState {
             }
             _ => {}
         }
-        // Released in PostgreSQL, which decides: the release is done. Free the Redis locks this
-        // hold still owns; if Redis does not answer, in the background (the buyer is not asked
-        // to retry what already happened, and the locks do not outlive the release by a TTL).
-        if let Err(e) = self
-            .redis
-            .release(&ev.keys, hold_id, &row.hold.user_id, &row.hold.seats)
-            .await
-        {
-            tracing::warn!(error = %e, hold = %hold_id, "released in PostgreSQL; freeing its Redis locks in the background");
-            self.release_after(&ev, hold_id, &row.hold.user_id, &row.hold.seats);
-        }
+        // Released in PostgreSQL, which decides: the release is done (the buyer is not asked to
+        // retry what already happened). Free the Redis locks this hold still owns.
+        self.free_locks(&ev, hold_id, &row.hold.user_id, &row.hold.seats)
+            .await;
         Ok(())
     }
 

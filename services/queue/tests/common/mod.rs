@@ -263,6 +263,16 @@ impl Api {
     pub fn stream_url(&self) -> String {
         self.queue("/me/stream")
     }
+
+    /// Opens `user`'s event stream (the response; its body is the stream).
+    pub async fn stream(&self, user: &str) -> reqwest::Response {
+        self.client
+            .get(self.stream_url())
+            .bearer_auth(user_token(user))
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 pub fn keys(event: &str) -> EventKeys {
