@@ -335,9 +335,13 @@ async fn a_shard_that_stops_answering_does_not_slow_the_other_events_admission()
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = admitted().await - from;
     cluster.signal(frozen, "-CONT").unwrap();
-    // 20/s for 3 s: 60 (the stats read adds a little slack either way).
+    eprintln!("{n} admitted in 3 s at 20/s while another shard was frozen");
+    // 20/s for 3 s: 60. One loop for every event admitted 20 here. The healthy event still
+    // loses some to the cluster client itself (its slot-map refreshes after the frozen node's
+    // timeouts hold other calls back): 42-64 over 13 runs on the 2-core machine, so the bound
+    // is 36 (60 % of the rate), well clear of the 20 of a shared loop.
     assert!(
-        n >= 45,
+        n >= 36,
         "{n} admitted in 3 s at 20/s while another shard was frozen"
     );
     server.stop().await;
