@@ -4,12 +4,11 @@
 //! demoted our writer) or a broken socket are closed instead of returned to the pool, so the pool
 //! reconnects to the new writer by itself.
 
-use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,16 +21,14 @@ use uuid::Uuid;
 use crate::domain;
 use crate::model::{Hold, Order};
 
+mod group;
 mod hot;
+pub use group::BatchStats;
 use hot::{Hot, HotSet};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-const UNIQUE_VIOLATION: &str = "23505";
-const FOREIGN_KEY_VIOLATION: &str = "23503";
 const READ_ONLY_TRANSACTION: &str = "25006";
-const ONE_BOOKING_PER_SEAT: &str = "order_lines_one_live_booking_per_seat";
-const ONE_ORDER_PER_HOLD: &str = "orders_hold_id_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -87,19 +84,6 @@ fn poisons_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(FOREIGN_KEY_VIOLATION))
-}
-
-fn constraint_violated(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
-            Some(db.constraint().unwrap_or_default().to_owned())
-        }
-        _ => None,
-    }
-}
-
 /// One seat row loaded from the `seats` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatRow {
@@ -145,13 +129,12 @@ pub enum ClaimRefused {
     OverLimit { current: u32 },
 }
 
-/// What a confirm reads first, and the connection its decision then runs on.
+/// What a confirm reads first.
 pub struct ConfirmContext {
     /// The idempotency record of (user, key), if any.
     pub stored: Option<StoredResponse>,
     /// The hold, if it exists.
     pub hold: Option<HoldRow>,
-    conn: Hot,
 }
 
 /// The event's rules a confirm applies in PostgreSQL.
@@ -198,110 +181,148 @@ pub struct Db {
     reader: PgPool,
     has_reader: bool,
     timeout: Duration,
-    claims: Arc<ClaimQueue>,
+    claims: Arc<group::Group<PendingClaim>>,
+    contexts: Arc<group::Group<PendingContext>>,
+    confirms: Arc<group::Group<PendingConfirm>>,
     /// Confirms' and claim batches' connections (see [`hot`]).
     hot: Arc<HotSet>,
 }
 
-/// Group commit of hold claims. A hold's claim is queued; a drainer task takes the queued
-/// claims — up to `max_batch` (`TIKETI_CLAIM_BATCH`), no two sharing a user or a seat of an
-/// event — and decides them in one statement and one transaction (`tiketi_claim_holds`), again
-/// until the queue is empty. One statement runs at a time: the claims that arrive meanwhile share
-/// the next one, so PostgreSQL pays one round trip, one plan execution and one commit for many
-/// (a second statement in flight made batches half as big and cost PostgreSQL more CPU per hold
-/// than it saved, measured with e2e/bench/reservation.sh). Only while the running statement has
-/// taken longer than [`CLAIM_STALL`] (waiting on a lock, say) may more start, up to
-/// `max_running` (an eighth of the pool). At low load a batch is one hold (decided by
-/// `tiketi_claim_hold`, cheaper alone) and nothing waits.
-struct ClaimQueue {
-    state: Mutex<ClaimQueueState>,
-    max_running: usize,
-    max_batch: usize,
-    hasher: RandomState,
-    stats: Mutex<ClaimStats>,
-}
-
-/// How claims were batched so far (claim statements that returned: `tiketi_claim_holds`, or
-/// `tiketi_claim_hold` for a batch of one).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClaimStats {
-    /// Claim statements run.
-    pub statements: u64,
-    /// Holds those statements decided.
-    pub holds: u64,
-    /// The most holds one statement decided.
-    pub largest: u64,
-}
-
-/// How long a claim statement runs before the queue may start another beside it.
-const CLAIM_STALL: Duration = Duration::from_millis(10);
-
-#[derive(Default)]
-struct ClaimQueueState {
-    pending: VecDeque<PendingClaim>,
-    running: usize,
-    /// When the latest claim statement started.
-    last_start: Option<std::time::Instant>,
-}
-
+/// A hold's claim waiting in the claims' queue ([`group`]): batches of claims are decided by
+/// `tiketi_claim_holds` (up to `TIKETI_CLAIM_BATCH`, no two sharing a user or a seat of an
+/// event), a batch of one by `tiketi_claim_hold` (cheaper alone). A second claim statement in
+/// flight made batches half as big and cost PostgreSQL more CPU per hold than it saved (measured
+/// with e2e/bench/reservation.sh), so one runs at a time unless it stalls (see [`group::STALL`]).
 struct PendingClaim {
     hold: Hold,
     cap: u32,
     reply: oneshot::Sender<ClaimResult>,
 }
 
-impl ClaimQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimQueueState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+impl group::Member for PendingClaim {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
     }
-
-    /// Takes the next batch off the queue, oldest first; a claim sharing a user or a seat of an
-    /// event with one already taken waits, in order, for a later batch. Empty only when no claim
-    /// whose request still waits is queued (the drainer then ends): claims whose requests gave up
-    /// are dropped on the way and do not count towards the scan bound, so after an outage a
-    /// queue front of abandoned claims cannot end the drainer with live claims behind it.
-    fn next_batch(&self, q: &mut ClaimQueueState) -> Vec<PendingClaim> {
-        let mut batch = Vec::new();
-        let mut keys: HashSet<u64> = HashSet::new();
-        let mut deferred = Vec::new();
-        let mut scanned = 0;
-        while batch.len() < self.max_batch && scanned < 4 * self.max_batch {
-            let Some(p) = q.pending.pop_front() else { break };
-            if p.reply.is_closed() {
-                // Its request gave up (timed out) already: claim nothing for it.
-                continue;
-            }
-            scanned += 1;
-            let h = &p.hold;
-            let mine: Vec<u64> = std::iter::once(self.hasher.hash_one(("u", &h.event_id, &h.user_id)))
-                .chain(
-                    h.seats
-                        .iter()
-                        .map(|s| self.hasher.hash_one(("s", &h.event_id, s))),
-                )
-                .collect();
-            if mine.iter().any(|k| keys.contains(k)) {
-                deferred.push(p);
-            } else {
-                keys.extend(mine);
-                batch.push(p);
-            }
-        }
-        for p in deferred.into_iter().rev() {
-            q.pending.push_front(p);
-        }
-        batch
+    fn keys(&self, hasher: &RandomState) -> Vec<u64> {
+        let h = &self.hold;
+        std::iter::once(hasher.hash_one(("u", &h.event_id, &h.user_id)))
+            .chain(h.seats.iter().map(|s| hasher.hash_one(("s", &h.event_id, s))))
+            .collect()
     }
 }
 
-/// Gives the drainer's slot back if its task ends without doing so (a panic).
-struct DrainerSlot(Option<Arc<ClaimQueue>>);
+/// A confirm's first read waiting in the contexts' queue: a batch is read by
+/// `tiketi_confirm_contexts`, a batch of one by [`CONTEXT_SQL`].
+struct PendingContext {
+    user: String,
+    key: String,
+    hold: Uuid,
+    reply: oneshot::Sender<Result<ConfirmContext, DbError>>,
+}
 
-impl Drop for DrainerSlot {
-    fn drop(&mut self) {
-        if let Some(queue) = self.0.take() {
-            queue.lock().running -= 1;
+impl group::Member for PendingContext {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn keys(&self, _: &RandomState) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// Most confirms one statement decides: each confirm is a subtransaction, and a transaction with
+/// more than 64 of them overflows PostgreSQL's per-backend cache of them (every other backend's
+/// snapshot then looks them up in `pg_subtrans`).
+const CONFIRM_BATCH: usize = 32;
+
+/// A confirm waiting in the confirms' queue: a batch is decided by `tiketi_confirm_many`, a batch
+/// of one by `tiketi_confirm` ([`CONFIRM_SQL`]), no two in a batch sharing a buyer or a seat.
+struct PendingConfirm {
+    hold: Uuid,
+    event: String,
+    seats: Vec<String>,
+    user: String,
+    key: String,
+    fingerprint: String,
+    body: serde_json::Value,
+    order: Uuid,
+    created: DateTime<Utc>,
+    cap: i32,
+    sale_ends: Option<DateTime<Utc>>,
+    admission_ttl: Option<i32>,
+    reply: oneshot::Sender<Result<ConfirmRow, DbError>>,
+}
+
+impl group::Member for PendingConfirm {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn keys(&self, hasher: &RandomState) -> Vec<u64> {
+        std::iter::once(hasher.hash_one(("u", &self.event, &self.user)))
+            .chain(self.seats.iter().map(|s| hasher.hash_one(("s", &self.event, s))))
+            .collect()
+    }
+}
+
+/// Hands every member of a failed batch the statement's error (a batch of one gets it as it is).
+fn fail_all<T>(replies: Vec<oneshot::Sender<Result<T, DbError>>>, e: DbError) {
+    if replies.len() == 1 {
+        if let Some(reply) = replies.into_iter().next() {
+            let _ = reply.send(Err(e));
         }
+        return;
+    }
+    let e = match e {
+        DbError::Sqlx(e) => DbError::Batch(Arc::new(e)),
+        other => other,
+    };
+    for reply in replies {
+        let _ = reply.send(Err(e.duplicate()));
+    }
+}
+
+/// A confirm's context from a row of [`CONTEXT_SQL`] or `tiketi_confirm_contexts`.
+fn context_of(r: &sqlx::postgres::PgRow) -> Result<ConfirmContext, sqlx::Error> {
+    let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
+        Some(fingerprint) => Some(StoredResponse {
+            fingerprint,
+            status: r.try_get::<Option<i16>, _>("status_code")?.map(|s| s as u16),
+            body: r.try_get("response")?,
+        }),
+        None => None,
+    };
+    let hold = match r.try_get::<Option<Uuid>, _>("hold_id")? {
+        Some(hold_id) => Some(HoldRow {
+            hold: Hold {
+                hold_id,
+                event_id: r.try_get("event_id")?,
+                user_id: r.try_get("user_id")?,
+                seats: r.try_get("seat_ids")?,
+                expires_at: r.try_get("expires_at")?,
+            },
+            status: r.try_get("status")?,
+        }),
+        None => None,
+    };
+    Ok(ConfirmContext { stored, hold })
+}
+
+/// Hands each member of a batch its answer from the statement's rows, by the index the rows
+/// carry (1-based); a member the rows do not answer gets an error.
+fn answer_by_index<T>(
+    replies: Vec<oneshot::Sender<Result<T, DbError>>>,
+    rows: Vec<(i32, T)>,
+    what: &str,
+) {
+    let mut answers: Vec<Option<T>> = replies.iter().map(|_| None).collect();
+    for (i, v) in rows {
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| answers.get_mut(i)) {
+            *slot = Some(v);
+        }
+    }
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer.ok_or_else(|| {
+            DbError::Sqlx(sqlx::Error::Protocol(format!("the batch statement did not answer a {what}")))
+        }));
     }
 }
 
@@ -348,6 +369,8 @@ const CONTEXT_SQL: &str = "SELECT i.fingerprint, i.status_code, i.response, \
     LEFT JOIN idempotency_keys i ON i.user_id = $1 AND i.idempotency_key = $2 \
     LEFT JOIN holds h ON h.hold_id = $3";
 const CONFIRM_SQL: &str = "SELECT * FROM tiketi_confirm($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const CONTEXTS_SQL: &str = "SELECT * FROM tiketi_confirm_contexts($1, $2, $3)";
+const CONFIRM_MANY_SQL: &str = "SELECT * FROM tiketi_confirm_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 /// How the service reads the claim functions' rows. A seat whose claim never lapses
 /// (`expires_at = 'infinity'`) was sold by a confirm that committed while the claim ran (after
 /// its sold check read `order_lines`): the function reports it `held` by that hold with an
@@ -405,6 +428,25 @@ fn warm(conn: &mut PgConnection) -> Pin<Box<dyn Future<Output = Result<(), sqlx:
             .bind(&ints)
             .bind(&ints)
             .bind(&texts)
+            .fetch_all(&mut *conn)
+            .await?;
+        sqlx::query(CONTEXTS_SQL)
+            .bind(&texts)
+            .bind(&texts)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        sqlx::query(CONFIRM_MANY_SQL)
+            .bind(&ids)
+            .bind(&texts)
+            .bind(&texts)
+            .bind(&texts)
+            .bind(Vec::<serde_json::Value>::new())
+            .bind(&ids)
+            .bind(Vec::<DateTime<Utc>>::new())
+            .bind(&ints)
+            .bind(Vec::<Option<DateTime<Utc>>>::new())
+            .bind(Vec::<Option<i32>>::new())
             .fetch_all(&mut *conn)
             .await?;
         Ok(())
@@ -473,6 +515,7 @@ impl Db {
         // set's connections (each leaves the pool's count once the set takes it).
         let max_connections = max_connections.max(2);
         let hot_size = (max_connections * 3 / 4).max(1);
+        let beside = (max_connections as usize).div_ceil(8);
         let writer = pool(writer_url, max_connections - hot_size, timeout, true)?;
         let (reader, has_reader) = match reader_url {
             Some(url) => (pool(url, max_connections, timeout, false)?, true),
@@ -483,15 +526,11 @@ impl Db {
             reader,
             has_reader,
             timeout,
-            claims: Arc::new(ClaimQueue {
-                state: Mutex::new(ClaimQueueState::default()),
-                // Beside a stalled one (see `CLAIM_STALL`): two for the default 16 connections;
-                // the rest of the pool stays for confirms and reads.
-                max_running: (max_connections.max(1) as usize).div_ceil(8),
-                max_batch: claim_batch.max(1),
-                hasher: RandomState::new(),
-                stats: Mutex::new(ClaimStats::default()),
-            }),
+            // Beside a stalled statement (see `group::STALL`) more may start: two of a kind for
+            // the default 16 connections; the rest of the pool stays for everything else.
+            claims: Arc::new(group::Group::new(beside, claim_batch)),
+            contexts: Arc::new(group::Group::new(beside, claim_batch)),
+            confirms: Arc::new(group::Group::new(beside, claim_batch.min(CONFIRM_BATCH))),
             hot: HotSet::new(hot_size, MAX_LIFETIME, IDLE_BEFORE_PING),
         })
     }
@@ -730,63 +769,39 @@ impl Db {
     /// its own answer.
     pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> ClaimResult {
         let (reply, answer) = oneshot::channel();
-        let lead = {
-            let mut q = self.claims.lock();
-            q.pending.push_back(PendingClaim {
+        let db = self.clone();
+        self.claims.submit(
+            PendingClaim {
                 hold: hold.clone(),
                 cap,
                 reply,
-            });
-            let stalled = q.last_start.is_some_and(|t| t.elapsed() >= CLAIM_STALL);
-            let lead = q.running == 0 || (q.running < self.claims.max_running && stalled);
-            if lead {
-                q.running += 1;
-            }
-            lead
-        };
-        if lead {
-            let db = self.clone();
-            tokio::spawn(async move { db.drain_claims().await });
-        }
-        // Waiting in the queue counts too: past twice the call bound the request gives up, and
-        // a claim not yet taken off the queue is then dropped unclaimed.
+            },
+            move |batch| {
+                let db = db.clone();
+                async move { db.claim_batch(batch).await }
+            },
+        );
+        self.queued(answer).await?
+    }
+
+    /// Waits for a queued request's answer. Waiting in the queue counts too: past twice the call
+    /// bound the request gives up, and one not yet taken off the queue is then dropped undecided.
+    async fn queued<T>(&self, answer: oneshot::Receiver<T>) -> Result<T, DbError> {
         match tokio::time::timeout(self.timeout * 2, answer).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(DbError::Dropped),
             Err(_) => Err(DbError::Timeout(self.timeout * 2)),
         }
     }
 
-    /// Decides queued claims batch after batch until the queue is empty.
-    async fn drain_claims(self) {
-        let mut slot = DrainerSlot(Some(self.claims.clone()));
-        loop {
-            let batch = {
-                let mut q = self.claims.lock();
-                let batch = self.claims.next_batch(&mut q);
-                if batch.is_empty() {
-                    // Under the lock: a claim queued from now on finds the slot free.
-                    q.running -= 1;
-                    slot.0 = None;
-                    return;
-                }
-                q.last_start = Some(std::time::Instant::now());
-                batch
-            };
-            self.claim_batch(batch).await;
-        }
+    /// How claims were batched so far (`tiketi_claim_holds`, or `tiketi_claim_hold` for one).
+    pub fn claim_stats(&self) -> BatchStats {
+        self.claims.stats()
     }
 
-    /// How claims were batched so far.
-    pub fn claim_stats(&self) -> ClaimStats {
-        *self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn count_claims(&self, holds: u64) {
-        let mut st = self.claims.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        st.statements += 1;
-        st.holds += holds;
-        st.largest = st.largest.max(holds);
+    /// How confirms were batched so far (`tiketi_confirm_many`, or `tiketi_confirm` for one).
+    pub fn confirm_stats(&self) -> BatchStats {
+        self.confirms.stats()
     }
 
     async fn claim_batch(&self, batch: Vec<PendingClaim>) {
@@ -795,7 +810,7 @@ impl Db {
             if let Some(p) = batch.into_iter().next() {
                 let result = self.claim_one(&p.hold, p.cap).await;
                 if result.is_ok() {
-                    self.count_claims(1);
+                    self.claims.count(1);
                 }
                 self.answer(p, result);
             }
@@ -803,7 +818,7 @@ impl Db {
         }
         match self.claim_many(&batch).await {
             Ok(mut outcomes) => {
-                self.count_claims(batch.len() as u64);
+                self.claims.count(batch.len() as u64);
                 for p in batch.into_iter().rev() {
                     let rows = outcomes.pop().unwrap_or_default();
                     self.answer(p, Ok(claim_outcome(rows)));
@@ -822,15 +837,7 @@ impl Db {
                     self.answer(p, r);
                 }
             }
-            Err(e) => {
-                let e = match e {
-                    DbError::Sqlx(e) => DbError::Batch(Arc::new(e)),
-                    other => other,
-                };
-                for p in batch {
-                    let _ = p.reply.send(Err(e.duplicate()));
-                }
-            }
+            Err(e) => fail_all(batch.into_iter().map(|p| p.reply).collect(), e),
         }
     }
 
@@ -996,44 +1003,64 @@ impl Db {
         Ok(released == 1)
     }
 
-    /// The idempotency record for (user, key) and the hold, in one round trip, on the connection
-    /// the confirm then uses ([`Db::confirm`]): one checkout per confirm.
+    /// The idempotency record for (user, key) and the hold, in one round trip shared with the
+    /// confirms reading theirs at the same moment (the contexts' queue, see [`group`]).
     pub async fn confirm_context(
         &self,
         user: &str,
         key: &str,
         hold: Uuid,
     ) -> Result<ConfirmContext, DbError> {
+        let (reply, answer) = oneshot::channel();
+        let db = self.clone();
+        self.contexts.submit(
+            PendingContext {
+                user: user.to_owned(),
+                key: key.to_owned(),
+                hold,
+                reply,
+            },
+            move |batch| {
+                let db = db.clone();
+                async move { db.context_batch(batch).await }
+            },
+        );
+        self.queued(answer).await?
+    }
+
+    async fn context_batch(&self, batch: Vec<PendingContext>) {
+        let n = batch.len() as u64;
+        let result = self.read_contexts(&batch).await;
+        let replies: Vec<_> = batch.into_iter().map(|p| p.reply).collect();
+        match result {
+            Ok(rows) => {
+                self.contexts.count(n);
+                answer_by_index(replies, rows, "confirm's read");
+            }
+            Err(e) => fail_all(replies, e),
+        }
+    }
+
+    /// One statement reading the batch's contexts: [`CONTEXT_SQL`] for one, else
+    /// `tiketi_confirm_contexts`.
+    async fn read_contexts(&self, batch: &[PendingContext]) -> Result<Vec<(i32, ConfirmContext)>, DbError> {
         let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
-        let query = sqlx::query(CONTEXT_SQL).bind(user).bind(key).bind(hold);
-        let result = tokio::time::timeout(self.timeout, query.fetch_one(conn.conn()?)).await;
-        let r = self.settle(&mut conn, result)?;
-        let decode = || -> Result<(Option<StoredResponse>, Option<HoldRow>), sqlx::Error> {
-            let stored = match r.try_get::<Option<String>, _>("fingerprint")? {
-                Some(fingerprint) => Some(StoredResponse {
-                    fingerprint,
-                    status: r.try_get::<Option<i16>, _>("status_code")?.map(|s| s as u16),
-                    body: r.try_get("response")?,
-                }),
-                None => None,
-            };
-            let hold = match r.try_get::<Option<Uuid>, _>("hold_id")? {
-                Some(hold_id) => Some(HoldRow {
-                    hold: Hold {
-                        hold_id,
-                        event_id: r.try_get("event_id")?,
-                        user_id: r.try_get("user_id")?,
-                        seats: r.try_get("seat_ids")?,
-                        expires_at: r.try_get("expires_at")?,
-                    },
-                    status: r.try_get("status")?,
-                }),
-                None => None,
-            };
-            Ok((stored, hold))
-        };
-        let (stored, hold) = decode().map_err(DbError::from)?;
-        Ok(ConfirmContext { stored, hold, conn })
+        if let [p] = batch {
+            let query = sqlx::query(CONTEXT_SQL).bind(&p.user).bind(&p.key).bind(p.hold);
+            let result = tokio::time::timeout(self.timeout, query.fetch_one(conn.conn()?)).await;
+            let r = self.settle(&mut conn, result)?;
+            return Ok(vec![(1, context_of(&r)?)]);
+        }
+        let users: Vec<&str> = batch.iter().map(|p| p.user.as_str()).collect();
+        let keys: Vec<&str> = batch.iter().map(|p| p.key.as_str()).collect();
+        let holds: Vec<Uuid> = batch.iter().map(|p| p.hold).collect();
+        let query = sqlx::query(CONTEXTS_SQL).bind(&users).bind(&keys).bind(&holds);
+        let result = tokio::time::timeout(self.timeout, query.fetch_all(conn.conn()?)).await;
+        let rows = self.settle(&mut conn, result)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i32, _>("r_i")?, context_of(r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
     }
 
     pub async fn idempotency_record(&self, user: &str, key: &str) -> Result<Option<StoredResponse>, DbError> {
@@ -1084,13 +1111,14 @@ impl Db {
         Ok(())
     }
 
-    /// The confirm, one statement (`tiketi_confirm`): lock the hold, check the sale end and (for
-    /// a lapsed hold) the user's limit, claim its seats for good unless another live hold has
-    /// them, claim the idempotency key with its answer, write the order and its lines — all or
-    /// nothing. The partial unique index on live order lines stays the last word on a seat.
+    /// The confirm (`tiketi_confirm`): lock the hold, check the sale end and the user's limit,
+    /// claim its seats for good unless another live hold has them, claim the idempotency key with
+    /// its answer, write the order and its lines — all or nothing. The partial unique index on
+    /// live order lines stays the last word on a seat. Confirms of concurrent requests share one
+    /// statement and one commit (`tiketi_confirm_many`, the confirms' queue: see [`group`]); each
+    /// gets its own answer, and its order exists once the answer is `Created`.
     pub async fn confirm(
         &self,
-        ctx: ConfirmContext,
         hold: &Hold,
         user: &str,
         key: &str,
@@ -1102,93 +1130,111 @@ impl Db {
             sale_ends,
             admission_ttl_seconds,
         } = rules;
-        let mut conn = ctx.conn;
         let order = new_order(hold, user);
-        let body = serde_json::to_value(&order).unwrap_or(serde_json::Value::Null);
-        let statement = sqlx::query_as::<_, ConfirmRow>(CONFIRM_SQL)
-            .bind(hold.hold_id)
-            .bind(user)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(&body)
-            .bind(order.order_id)
-            .bind(order.created_at)
-            .bind(i32::try_from(cap).unwrap_or(i32::MAX))
-            .bind(sale_ends)
-            .bind(admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
-        let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
-        let result = self.settle(&mut conn, result);
-        // Given back (or closed) before the follow-up reads below take a pooled connection.
-        drop(conn);
+        let (reply, answer) = oneshot::channel();
+        let db = self.clone();
+        self.confirms.submit(
+            PendingConfirm {
+                hold: hold.hold_id,
+                event: hold.event_id.clone(),
+                seats: hold.seats.clone(),
+                user: user.to_owned(),
+                key: key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                body: serde_json::to_value(&order).unwrap_or(serde_json::Value::Null),
+                order: order.order_id,
+                created: order.created_at,
+                cap: i32::try_from(cap).unwrap_or(i32::MAX),
+                sale_ends,
+                admission_ttl: admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
+                reply,
+            },
+            move |batch| {
+                let db = db.clone();
+                async move { db.confirm_batch(batch).await }
+            },
+        );
+        let (outcome, seats, order_id, count) = self.queued(answer).await??;
+        Ok(match outcome.as_str() {
+            "created" => ConfirmOutcome::Created(order),
+            "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
+            "sale-ended" => ConfirmOutcome::SaleEnded,
+            "admission-ended" => ConfirmOutcome::AdmissionEnded,
+            "limit" => ConfirmOutcome::OverLimit {
+                current: count.unwrap_or(0).max(0) as u32,
+            },
+            // Claimed by another live hold, or sold by a confirm that committed meanwhile.
+            "held" | "sold" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
+            "seats-removed" => ConfirmOutcome::SeatsRemoved(seats.unwrap_or_default()),
+            "key-in-use" => ConfirmOutcome::KeyInUse,
+            other => ConfirmOutcome::NotHeld(other.to_owned()),
+        })
+    }
+
+    async fn confirm_batch(&self, batch: Vec<PendingConfirm>) {
+        let n = batch.len() as u64;
+        let result = self.run_confirms(&batch).await;
         match result {
-            Err(DbError::Sqlx(e)) => {
-                if is_foreign_key_violation(&e) {
-                    // A seat of the hold left the inventory (a configuration change) after it was
-                    // held: final, not an outage to retry.
-                    let gone = self.missing_seats(&hold.event_id, &hold.seats).await?;
-                    return Ok(ConfirmOutcome::SeatsRemoved(gone));
-                }
-                match constraint_violated(&e).as_deref() {
-                    Some(ONE_BOOKING_PER_SEAT) => {
-                        let sold = self.sold_among(&hold.event_id, &hold.seats).await?;
-                        Ok(ConfirmOutcome::SeatsTaken(sold))
-                    }
-                    Some(ONE_ORDER_PER_HOLD) => Ok(ConfirmOutcome::AlreadyConfirmed(
-                        self.order_of_hold(hold.hold_id).await?,
-                    )),
-                    _ => Err(DbError::Sqlx(e)),
+            Ok(rows) => {
+                self.confirms.count(n);
+                answer_by_index(batch.into_iter().map(|p| p.reply).collect(), rows, "confirm");
+            }
+            // The statement itself failed (a deadlock PostgreSQL broke): nothing of it was
+            // committed. Each confirm is decided again on its own, so one confirm's failure is
+            // not its neighbours'.
+            Err(DbError::Sqlx(sqlx::Error::Database(e))) if n > 1 && decided_alone(e.code().as_deref()) => {
+                tracing::warn!(error = %e, confirms = n, "confirm batch failed; confirming one by one");
+                let singles = batch.iter().map(|p| self.run_confirms(std::slice::from_ref(p)));
+                let results = futures::future::join_all(singles).await;
+                for (p, r) in batch.into_iter().zip(results) {
+                    let _ = p.reply.send(r.and_then(|rows| {
+                        rows.into_iter().next().map(|(_, row)| row).ok_or(DbError::Dropped)
+                    }));
                 }
             }
-            Err(e) => Err(e),
-            Ok((outcome, seats, order_id, count)) => Ok(match outcome.as_str() {
-                "created" => ConfirmOutcome::Created(order),
-                "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
-                "sale-ended" => ConfirmOutcome::SaleEnded,
-                "admission-ended" => ConfirmOutcome::AdmissionEnded,
-                "limit" => ConfirmOutcome::OverLimit {
-                    current: count.unwrap_or(0).max(0) as u32,
-                },
-                "held" => ConfirmOutcome::SeatsTaken(seats.unwrap_or_default()),
-                "key-in-use" => ConfirmOutcome::KeyInUse,
-                other => ConfirmOutcome::NotHeld(other.to_owned()),
-            }),
+            Err(e) => fail_all(batch.into_iter().map(|p| p.reply).collect(), e),
         }
     }
 
-    /// The seats of `seats` the event's inventory no longer has.
-    async fn missing_seats(&self, event: &str, seats: &[String]) -> Result<Vec<String>, DbError> {
-        self.bounded(
-            sqlx::query_scalar(
-                "SELECT s FROM unnest($2::text[]) AS s \
-                 WHERE NOT EXISTS (SELECT 1 FROM seats WHERE event_id = $1 AND seat_id = s) ORDER BY s",
-            )
-            .bind(event)
-            .bind(seats)
-            .fetch_all(&self.writer),
+    /// One statement deciding the batch's confirms: `tiketi_confirm` for one, else
+    /// `tiketi_confirm_many`.
+    async fn run_confirms(&self, batch: &[PendingConfirm]) -> Result<Vec<(i32, ConfirmRow)>, DbError> {
+        let mut conn = self.hot.checkout(&self.writer, self.timeout).await?;
+        if let [p] = batch {
+            let statement = sqlx::query_as::<_, ConfirmRow>(CONFIRM_SQL)
+                .bind(p.hold)
+                .bind(&p.user)
+                .bind(&p.key)
+                .bind(&p.fingerprint)
+                .bind(&p.body)
+                .bind(p.order)
+                .bind(p.created)
+                .bind(p.cap)
+                .bind(p.sale_ends)
+                .bind(p.admission_ttl);
+            let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
+            return Ok(vec![(1, self.settle(&mut conn, result)?)]);
+        }
+        let column = |f: fn(&PendingConfirm) -> String| batch.iter().map(f).collect::<Vec<_>>();
+        let statement = sqlx::query_as::<_, (i32, String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(
+            CONFIRM_MANY_SQL,
         )
-        .await
-    }
-
-    async fn sold_among(&self, event: &str, seats: &[String]) -> Result<Vec<String>, DbError> {
-        self.bounded(
-            sqlx::query_scalar(
-                "SELECT seat_id FROM order_lines WHERE event_id = $1 AND live AND seat_id = ANY($2) \
-                 ORDER BY seat_id",
-            )
-            .bind(event)
-            .bind(seats)
-            .fetch_all(&self.writer),
-        )
-        .await
-    }
-
-    async fn order_of_hold(&self, hold: Uuid) -> Result<Option<Uuid>, DbError> {
-        self.bounded(
-            sqlx::query_scalar("SELECT order_id FROM orders WHERE hold_id = $1")
-                .bind(hold)
-                .fetch_optional(&self.writer),
-        )
-        .await
+        .bind(batch.iter().map(|p| p.hold).collect::<Vec<_>>())
+        .bind(column(|p| p.user.clone()))
+        .bind(column(|p| p.key.clone()))
+        .bind(column(|p| p.fingerprint.clone()))
+        .bind(batch.iter().map(|p| p.body.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.order).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.created).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.cap).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.sale_ends).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.admission_ttl).collect::<Vec<_>>());
+        let result = tokio::time::timeout(self.timeout, statement.fetch_all(conn.conn()?)).await;
+        let rows = self.settle(&mut conn, result)?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, outcome, seats, order, count)| (i, (outcome, seats, order, count)))
+            .collect())
     }
 
     /// An order by id. Tries the reader first (lag-tolerant) and falls back to the writer so a
@@ -1246,53 +1292,5 @@ fn new_order(hold: &Hold, user: &str) -> Order {
         seats,
         status: "confirmed".into(),
         created_at,
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn claim(user: &str, seat: &str) -> (PendingClaim, oneshot::Receiver<ClaimResult>) {
-        let (reply, rx) = oneshot::channel();
-        let hold = Hold {
-            hold_id: Uuid::new_v4(),
-            event_id: "e".into(),
-            user_id: user.into(),
-            seats: vec![seat.into()],
-            expires_at: Utc::now(),
-        };
-        (PendingClaim { hold, cap: 4, reply }, rx)
-    }
-
-    #[test]
-    fn abandoned_claims_at_the_front_do_not_hide_the_live_ones_behind_them() {
-        let queue = ClaimQueue {
-            state: Mutex::new(ClaimQueueState::default()),
-            max_running: 1,
-            max_batch: 4,
-            hasher: RandomState::new(),
-            stats: Mutex::new(ClaimStats::default()),
-        };
-        let mut q = queue.lock();
-        // An outage's leftovers: 100 claims whose requests gave up (their receivers dropped),
-        // more than the scan bound (4 x 4), then two live ones.
-        for k in 0..100 {
-            let (p, rx) = claim(&format!("gone-{k}"), &format!("s{k}"));
-            drop(rx);
-            q.pending.push_back(p);
-        }
-        let mut live = Vec::new();
-        for k in 0..2 {
-            let (p, rx) = claim(&format!("live-{k}"), &format!("t{k}"));
-            live.push(rx);
-            q.pending.push_back(p);
-        }
-        let batch = queue.next_batch(&mut q);
-        let users: Vec<&str> = batch.iter().map(|p| p.hold.user_id.as_str()).collect();
-        assert_eq!(users, ["live-0", "live-1"]);
-        assert!(q.pending.is_empty());
-        assert!(queue.next_batch(&mut q).is_empty());
     }
 }

@@ -700,7 +700,6 @@ impl AppState {
         match self
             .db
             .confirm(
-                ctx,
                 &hold,
                 &user,
                 key,

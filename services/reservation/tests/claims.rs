@@ -616,6 +616,16 @@ async fn migrated_store(
     db_name: &str,
     per_row: u32,
 ) -> (String, TestDb, tiketi_reservation::db::Db) {
+    migrated_store_bounded(prefix, db_name, per_row, Duration::from_secs(10)).await
+}
+
+/// [`migrated_store`] whose calls are bounded by `timeout`.
+async fn migrated_store_bounded(
+    prefix: &str,
+    db_name: &str,
+    per_row: u32,
+    timeout: Duration,
+) -> (String, TestDb, tiketi_reservation::db::Db) {
     let event = unique(prefix);
     let db = TestDb::create(db_name).await;
     let path = write_config(&event, 1, per_row, 300, 4);
@@ -623,7 +633,7 @@ async fn migrated_store(
         .unwrap()
         .remove(&event)
         .unwrap();
-    let store = tiketi_reservation::db::Db::new(&db.url, None, 16, Duration::from_secs(10), 64).unwrap();
+    let store = tiketi_reservation::db::Db::new(&db.url, None, 16, timeout, 64).unwrap();
     store.migrate().await.unwrap();
     store.load_inventory(&cfg).await.unwrap();
     (event, db, store)
@@ -1110,14 +1120,14 @@ async fn a_claim_stuck_on_a_lock_does_not_hold_up_the_next_ones() {
 
 /// Confirms and claim batches run on connections kept out of sqlx's pool, which would ping each
 /// one given back (a round trip per checkout). One that answered is used again as it is; one
-/// dropped in the middle of a statement (here a confirm waiting on a locked hold row, its request
-/// gone) is closed — handed to the next caller, that caller would wait behind the abandoned
+/// left in the middle of a statement (here a confirm whose backend stopped answering, past the
+/// store's bound) is closed — handed to the next caller, that caller would wait behind the abandoned
 /// statement — and the next statements get their own answers on a new connection.
 #[tokio::test]
 async fn a_connection_left_mid_statement_is_never_used_again() {
-    use tiketi_reservation::db::ConfirmRules;
+    use tiketi_reservation::db::{ConfirmRules, DbError};
 
-    let (event, db, store) = migrated_store("hot", "resv_hot", 10).await;
+    let (event, db, store) = migrated_store_bounded("hot", "resv_hot", 10, Duration::from_millis(800)).await;
     let hold = |user: &str, seat: &str| live_hold(&event, user, vec![seat.to_owned()]);
     let (a, b) = (hold("a", "A-1-1"), hold("b", "A-1-2"));
     for h in [&a, &b] {
@@ -1130,7 +1140,9 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
     }
     assert_eq!(hot_usage(&store)[..2], [1, 1], "one connection, used again");
 
-    // A's confirm waits on A's hold row, which another transaction holds; its caller gives up.
+    // A's confirm waits on A's hold row, which another transaction holds, and its backend stops
+    // answering (SIGSTOP) meanwhile: the request's bound ends the statement on the service's
+    // side, and the connection left in the middle of it is closed.
     let pool = db.pool().await;
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM holds WHERE hold_id = $1 FOR UPDATE")
@@ -1143,13 +1155,37 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
         sale_ends: None,
         admission_ttl_seconds: None,
     };
-    let ctx = store.confirm_context("a", "k-a", a.hold_id).await.unwrap();
-    let abandoned = tokio::time::timeout(
-        Duration::from_millis(300),
-        store.confirm(ctx, &a, "a", "k-a", "fp-a", rules),
-    )
-    .await;
-    assert!(abandoned.is_err(), "the confirm waits on the locked hold row");
+    let waiting = {
+        let (store, a) = (store.clone(), a.clone());
+        tokio::spawn(async move { store.confirm(&a, "a", "k-a", "fp-a", rules).await })
+    };
+    let backend: i32 = loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'tiketi-reservation' AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &backend.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {backend}");
+    };
+    signal("-STOP");
+    let abandoned = waiting.await.unwrap();
+    signal("-CONT");
+    assert!(
+        matches!(abandoned, Err(DbError::Timeout(_))),
+        "the service's bound ends the wait: {abandoned:?}"
+    );
     assert_eq!(
         hot_usage(&store)[..2],
         [0, 0],
@@ -1160,12 +1196,122 @@ async fn a_connection_left_mid_statement_is_never_used_again() {
     // The next statements get their own answers, on a new connection.
     let ctx = store.confirm_context("b", "k-b", b.hold_id).await.unwrap();
     assert_eq!(ctx.hold.as_ref().map(|h| h.hold.hold_id), Some(b.hold_id));
-    let order = store.confirm(ctx, &b, "b", "k-b", "fp-b", rules).await.unwrap();
+    let order = store.confirm(&b, "b", "k-b", "fp-b", rules).await.unwrap();
     assert!(
         matches!(order, tiketi_reservation::db::ConfirmOutcome::Created(ref o) if o.hold_id == b.hold_id),
         "{order:?}"
     );
     assert_eq!(hot_usage(&store)[..2], [1, 1]);
+
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// Concurrent confirms share statements (`tiketi_confirm_many`), and each gets the answer it
+/// would get alone: a hold whose seat another live hold claimed, one whose seat was sold, one
+/// already an order, one whose Idempotency-Key another request took, one past the limit, one of
+/// a seat gone from the inventory — refused, each with its own reason — while the forty beside
+/// them become orders, in the same statements.
+#[tokio::test]
+async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
+    use tiketi_reservation::db::{ConfirmOutcome, ConfirmRules};
+
+    let (event, db, store) = migrated_store("cbatch", "resv_cbatch", 100).await;
+    let pool = db.pool().await;
+    let rules = ConfirmRules {
+        cap: 4,
+        sale_ends: None,
+        admission_ttl_seconds: None,
+    };
+    let hold = |user: &str, seats: Vec<String>| live_hold(&event, user, seats);
+    let held = hold("u-held", a(&["1"]));
+    let sold = hold("u-sold", a(&["2"]));
+    let ordered = hold("u-ordered", a(&["3"]));
+    let keyed = hold("u-keyed", a(&["4"]));
+    let over = hold("u-over", a(&["5", "6"]));
+    let removed = hold("u-removed", a(&["7"]));
+    let mut fine = Vec::new();
+    for k in 0..40 {
+        fine.push(hold(&format!("u-{k}"), a(&[&(20 + k).to_string()])));
+    }
+    for h in [&held, &sold, &ordered, &keyed, &over, &removed].into_iter().chain(fine.iter()) {
+        assert_eq!(store.claim_hold(h, 4).await.unwrap(), Ok(()), "{h:?}");
+    }
+    // Behind Redis's back: A-1-1's claim lapsed and another live hold took it; A-1-2 sold to
+    // another order (its claim gone); the hold of A-1-3 already an order; u-keyed's key used;
+    // u-over holding 3 more seats of another hold; A-1-7 gone from the inventory.
+    let (other, sold_to, extra) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let prior = store.confirm(&ordered, "u-ordered", "k-first", "fp", rules).await.unwrap();
+    let ConfirmOutcome::Created(prior) = prior else { panic!("{prior:?}") };
+    for stmt in [
+        format!(
+            "UPDATE seat_claims SET hold_id = '{other}', user_id = 'other', expires_at = now() + interval '1 hour' \
+             WHERE event_id = '{event}' AND seat_id = 'A-1-1'"
+        ),
+        format!("DELETE FROM seat_claims WHERE event_id = '{event}' AND seat_id = 'A-1-2'"),
+        format!(
+            "INSERT INTO holds (hold_id, event_id, user_id, seat_ids, expires_at, status) \
+             VALUES ('{sold_to}', '{event}', 'buyer', ARRAY['A-1-2'], now(), 'confirmed')"
+        ),
+        format!(
+            "INSERT INTO orders (order_id, event_id, user_id, hold_id) VALUES ('{sold_to}', '{event}', 'buyer', '{sold_to}')"
+        ),
+        format!("INSERT INTO order_lines VALUES ('{sold_to}', '{event}', 'A-1-2')"),
+        "INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint) VALUES ('u-keyed', 'k', 'fp')".to_owned(),
+        format!(
+            "INSERT INTO seat_claims SELECT '{event}', s, '{extra}', 'u-over', now() + interval '1 hour' \
+             FROM unnest(ARRAY['A-1-10', 'A-1-11', 'A-1-12']) s"
+        ),
+        format!("DELETE FROM seat_claims WHERE event_id = '{event}' AND seat_id = 'A-1-7'"),
+        format!("DELETE FROM seats WHERE event_id = '{event}' AND seat_id = 'A-1-7'"),
+    ] {
+        sqlx::query(&stmt).execute(&pool).await.unwrap();
+    }
+
+    let all: Vec<&tiketi_reservation::model::Hold> =
+        [&held, &sold, &ordered, &keyed, &over, &removed].into_iter().chain(fine.iter()).collect();
+    let answers = futures::future::join_all(
+        all.iter().map(|h| store.confirm(h, &h.user_id, "k", "fp", rules)),
+    )
+    .await;
+    let answers: Vec<ConfirmOutcome> = answers.into_iter().map(|r| r.unwrap()).collect();
+    let stats = store.confirm_stats();
+    assert!(
+        stats.largest > 1 && stats.statements < all.len() as u64,
+        "confirms were batched: {stats:?}"
+    );
+    assert!(matches!(&answers[0], ConfirmOutcome::SeatsTaken(s) if s == &a(&["1"])), "{:?}", answers[0]);
+    assert!(matches!(&answers[1], ConfirmOutcome::SeatsTaken(s) if s == &a(&["2"])), "{:?}", answers[1]);
+    assert!(
+        matches!(&answers[2], ConfirmOutcome::AlreadyConfirmed(Some(o)) if *o == prior.order_id),
+        "{:?}",
+        answers[2]
+    );
+    assert!(matches!(&answers[3], ConfirmOutcome::KeyInUse), "{:?}", answers[3]);
+    assert!(matches!(&answers[4], ConfirmOutcome::OverLimit { current: 3 }), "{:?}", answers[4]);
+    assert!(matches!(&answers[5], ConfirmOutcome::SeatsRemoved(s) if s == &a(&["7"])), "{:?}", answers[5]);
+    for (h, answer) in fine.iter().zip(&answers[6..]) {
+        assert!(
+            matches!(answer, ConfirmOutcome::Created(o) if o.hold_id == h.hold_id),
+            "{answer:?}"
+        );
+    }
+    // What PostgreSQL holds: the forty orders and the one before, no line of a refused hold.
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE event_id = $1 AND order_id <> $2")
+        .bind(&event)
+        .bind(sold_to)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 41);
+    let lines: Vec<String> = sqlx::query_scalar(
+        "SELECT seat_id FROM order_lines WHERE event_id = $1 AND seat_id IN ('A-1-1', 'A-1-4', 'A-1-5', 'A-1-6')",
+    )
+    .bind(&event)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(lines.is_empty(), "{lines:?}");
 
     pool.close().await;
     db.drop_db().await;
