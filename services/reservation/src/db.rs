@@ -29,6 +29,8 @@ use hot::{Hot, HotSet};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const READ_ONLY_TRANSACTION: &str = "25006";
+/// The statement timeout ended a statement.
+const QUERY_CANCELED: &str = "57014";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -50,6 +52,19 @@ pub enum DbError {
 /// deadlock or serialization failure (class 40), a constraint or data error (23, 22), or our own
 /// refusal of a malformed batch (TK). Not a cancelled statement, a read-only server or a
 /// shutdown: those fail every hold alike.
+/// A failed confirm batch whose members are decided again one by one: what [`decided_alone`]
+/// covers, and a statement its bound ended (on either side).
+fn retry_alone(e: &DbError) -> bool {
+    match e {
+        DbError::Timeout(_) => true,
+        DbError::Sqlx(sqlx::Error::Database(e)) => {
+            let code = e.code();
+            decided_alone(code.as_deref()) || code.as_deref() == Some(QUERY_CANCELED)
+        }
+        _ => false,
+    }
+}
+
 fn decided_alone(code: Option<&str>) -> bool {
     code.is_some_and(|c| ["40", "23", "22", "TK"].iter().any(|class| c.starts_with(class)))
 }
@@ -308,11 +323,7 @@ fn context_of(r: &sqlx::postgres::PgRow) -> Result<ConfirmContext, sqlx::Error> 
 
 /// Hands each member of a batch its answer from the statement's rows, by the index the rows
 /// carry (1-based); a member the rows do not answer gets an error.
-fn answer_by_index<T>(
-    replies: Vec<oneshot::Sender<Result<T, DbError>>>,
-    rows: Vec<(i32, T)>,
-    what: &str,
-) {
+fn answer_by_index<T>(replies: Vec<oneshot::Sender<Result<T, DbError>>>, rows: Vec<(i32, T)>, what: &str) {
     let mut answers: Vec<Option<T>> = replies.iter().map(|_| None).collect();
     for (i, v) in rows {
         if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| answers.get_mut(i)) {
@@ -321,7 +332,9 @@ fn answer_by_index<T>(
     }
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer.ok_or_else(|| {
-            DbError::Sqlx(sqlx::Error::Protocol(format!("the batch statement did not answer a {what}")))
+            DbError::Sqlx(sqlx::Error::Protocol(format!(
+                "the batch statement did not answer a {what}"
+            )))
         }));
     }
 }
@@ -831,11 +844,12 @@ impl Db {
                 if batch.len() > 1 && decided_alone(e.code().as_deref()) =>
             {
                 tracing::warn!(error = %e, holds = batch.len(), "claim batch failed; claiming one by one");
-                let singles = batch.iter().map(|p| self.claim_one(&p.hold, p.cap));
-                let results = futures::future::join_all(singles).await;
-                for (p, r) in batch.into_iter().zip(results) {
+                // Each answered as soon as it is decided (see `confirm_batch`).
+                let singles = batch.into_iter().map(|p| async move {
+                    let r = self.claim_one(&p.hold, p.cap).await;
                     self.answer(p, r);
-                }
+                });
+                futures::future::join_all(singles).await;
             }
             Err(e) => fail_all(batch.into_iter().map(|p| p.reply).collect(), e),
         }
@@ -1179,18 +1193,25 @@ impl Db {
                 self.confirms.count(n);
                 answer_by_index(batch.into_iter().map(|p| p.reply).collect(), rows, "confirm");
             }
-            // The statement itself failed (a deadlock PostgreSQL broke): nothing of it was
-            // committed. Each confirm is decided again on its own, so one confirm's failure is
-            // not its neighbours'.
-            Err(DbError::Sqlx(sqlx::Error::Database(e))) if n > 1 && decided_alone(e.code().as_deref()) => {
+            // The statement itself failed (a deadlock PostgreSQL broke, or its bound ended it
+            // because one confirm waited on a row lock): each confirm is decided again on its
+            // own, so one confirm's failure is not its neighbours'. Nothing of it was committed —
+            // or, if the bound ended only the wait for its answer, all of it was: a confirm decided
+            // again then finds its hold confirmed, and the answer stored under its key is replayed.
+            Err(e) if n > 1 && retry_alone(&e) => {
                 tracing::warn!(error = %e, confirms = n, "confirm batch failed; confirming one by one");
-                let singles = batch.iter().map(|p| self.run_confirms(std::slice::from_ref(p)));
-                let results = futures::future::join_all(singles).await;
-                for (p, r) in batch.into_iter().zip(results) {
+                // Each answered as soon as it is decided: one still waiting on its lock does not
+                // hold back the others' answers.
+                let singles = batch.into_iter().map(|p| async move {
+                    let r = self.run_confirms(std::slice::from_ref(&p)).await;
                     let _ = p.reply.send(r.and_then(|rows| {
-                        rows.into_iter().next().map(|(_, row)| row).ok_or(DbError::Dropped)
+                        rows.into_iter()
+                            .next()
+                            .map(|(_, row)| row)
+                            .ok_or(DbError::Dropped)
                     }));
-                }
+                });
+                futures::future::join_all(singles).await;
             }
             Err(e) => fail_all(batch.into_iter().map(|p| p.reply).collect(), e),
         }

@@ -1234,15 +1234,23 @@ async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
     for k in 0..40 {
         fine.push(hold(&format!("u-{k}"), a(&[&(20 + k).to_string()])));
     }
-    for h in [&held, &sold, &ordered, &keyed, &over, &removed].into_iter().chain(fine.iter()) {
+    for h in [&held, &sold, &ordered, &keyed, &over, &removed]
+        .into_iter()
+        .chain(fine.iter())
+    {
         assert_eq!(store.claim_hold(h, 4).await.unwrap(), Ok(()), "{h:?}");
     }
     // Behind Redis's back: A-1-1's claim lapsed and another live hold took it; A-1-2 sold to
     // another order (its claim gone); the hold of A-1-3 already an order; u-keyed's key used;
     // u-over holding 3 more seats of another hold; A-1-7 gone from the inventory.
     let (other, sold_to, extra) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let prior = store.confirm(&ordered, "u-ordered", "k-first", "fp", rules).await.unwrap();
-    let ConfirmOutcome::Created(prior) = prior else { panic!("{prior:?}") };
+    let prior = store
+        .confirm(&ordered, "u-ordered", "k-first", "fp", rules)
+        .await
+        .unwrap();
+    let ConfirmOutcome::Created(prior) = prior else {
+        panic!("{prior:?}")
+    };
     for stmt in [
         format!(
             "UPDATE seat_claims SET hold_id = '{other}', user_id = 'other', expires_at = now() + interval '1 hour' \
@@ -1257,7 +1265,8 @@ async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
             "INSERT INTO orders (order_id, event_id, user_id, hold_id) VALUES ('{sold_to}', '{event}', 'buyer', '{sold_to}')"
         ),
         format!("INSERT INTO order_lines VALUES ('{sold_to}', '{event}', 'A-1-2')"),
-        "INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint) VALUES ('u-keyed', 'k', 'fp')".to_owned(),
+        "INSERT INTO idempotency_keys (user_id, idempotency_key, fingerprint) VALUES ('u-keyed', 'k', 'fp')"
+            .to_owned(),
         format!(
             "INSERT INTO seat_claims SELECT '{event}', s, '{extra}', 'u-over', now() + interval '1 hour' \
              FROM unnest(ARRAY['A-1-10', 'A-1-11', 'A-1-12']) s"
@@ -1268,28 +1277,48 @@ async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
         sqlx::query(&stmt).execute(&pool).await.unwrap();
     }
 
-    let all: Vec<&tiketi_reservation::model::Hold> =
-        [&held, &sold, &ordered, &keyed, &over, &removed].into_iter().chain(fine.iter()).collect();
-    let answers = futures::future::join_all(
-        all.iter().map(|h| store.confirm(h, &h.user_id, "k", "fp", rules)),
-    )
-    .await;
+    let all: Vec<&tiketi_reservation::model::Hold> = [&held, &sold, &ordered, &keyed, &over, &removed]
+        .into_iter()
+        .chain(fine.iter())
+        .collect();
+    let answers =
+        futures::future::join_all(all.iter().map(|h| store.confirm(h, &h.user_id, "k", "fp", rules))).await;
     let answers: Vec<ConfirmOutcome> = answers.into_iter().map(|r| r.unwrap()).collect();
     let stats = store.confirm_stats();
     assert!(
         stats.largest > 1 && stats.statements < all.len() as u64,
         "confirms were batched: {stats:?}"
     );
-    assert!(matches!(&answers[0], ConfirmOutcome::SeatsTaken(s) if s == &a(&["1"])), "{:?}", answers[0]);
-    assert!(matches!(&answers[1], ConfirmOutcome::SeatsTaken(s) if s == &a(&["2"])), "{:?}", answers[1]);
+    assert!(
+        matches!(&answers[0], ConfirmOutcome::SeatsTaken(s) if s == &a(&["1"])),
+        "{:?}",
+        answers[0]
+    );
+    assert!(
+        matches!(&answers[1], ConfirmOutcome::SeatsTaken(s) if s == &a(&["2"])),
+        "{:?}",
+        answers[1]
+    );
     assert!(
         matches!(&answers[2], ConfirmOutcome::AlreadyConfirmed(Some(o)) if *o == prior.order_id),
         "{:?}",
         answers[2]
     );
-    assert!(matches!(&answers[3], ConfirmOutcome::KeyInUse), "{:?}", answers[3]);
-    assert!(matches!(&answers[4], ConfirmOutcome::OverLimit { current: 3 }), "{:?}", answers[4]);
-    assert!(matches!(&answers[5], ConfirmOutcome::SeatsRemoved(s) if s == &a(&["7"])), "{:?}", answers[5]);
+    assert!(
+        matches!(&answers[3], ConfirmOutcome::KeyInUse),
+        "{:?}",
+        answers[3]
+    );
+    assert!(
+        matches!(&answers[4], ConfirmOutcome::OverLimit { current: 3 }),
+        "{:?}",
+        answers[4]
+    );
+    assert!(
+        matches!(&answers[5], ConfirmOutcome::SeatsRemoved(s) if s == &a(&["7"])),
+        "{:?}",
+        answers[5]
+    );
     for (h, answer) in fine.iter().zip(&answers[6..]) {
         assert!(
             matches!(answer, ConfirmOutcome::Created(o) if o.hold_id == h.hold_id),
@@ -1297,12 +1326,13 @@ async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
         );
     }
     // What PostgreSQL holds: the forty orders and the one before, no line of a refused hold.
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE event_id = $1 AND order_id <> $2")
-        .bind(&event)
-        .bind(sold_to)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let orders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE event_id = $1 AND order_id <> $2")
+            .bind(&event)
+            .bind(sold_to)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(orders, 41);
     let lines: Vec<String> = sqlx::query_scalar(
         "SELECT seat_id FROM order_lines WHERE event_id = $1 AND seat_id IN ('A-1-1', 'A-1-4', 'A-1-5', 'A-1-6')",
@@ -1313,6 +1343,52 @@ async fn confirms_decided_together_refuse_only_the_conflicting_ones() {
     .unwrap();
     assert!(lines.is_empty(), "{lines:?}");
 
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// One confirm of a batch waiting on a row lock until PostgreSQL's statement timeout ends the
+/// batch's statement: its neighbours are decided again alone and become orders; only it fails.
+#[tokio::test]
+async fn a_confirm_stuck_on_a_lock_does_not_fail_the_confirms_batched_with_it() {
+    use tiketi_reservation::db::{ConfirmOutcome, ConfirmRules};
+
+    let (event, db, store) =
+        migrated_store_bounded("cstuck", "resv_cstuck", 20, Duration::from_millis(800)).await;
+    let holds: Vec<_> = (1..=10)
+        .map(|k| live_hold(&event, &format!("u-{k}"), a(&[&k.to_string()])))
+        .collect();
+    for h in &holds {
+        assert_eq!(store.claim_hold(h, 4).await.unwrap(), Ok(()));
+    }
+    // The set's connections open and warm, as the keeper keeps them on a running replica.
+    store.tend_hot().await.unwrap();
+    let pool = db.pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM holds WHERE hold_id = $1 FOR UPDATE")
+        .bind(holds[0].hold_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let rules = ConfirmRules {
+        cap: 4,
+        sale_ends: None,
+        admission_ttl_seconds: None,
+    };
+    let answers = futures::future::join_all(
+        holds
+            .iter()
+            .map(|h| store.confirm(h, &h.user_id, "k", "fp", rules)),
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    assert!(answers[0].is_err(), "the stuck confirm fails: {:?}", answers[0]);
+    for (h, answer) in holds.iter().zip(&answers).skip(1) {
+        assert!(
+            matches!(answer, Ok(ConfirmOutcome::Created(o)) if o.hold_id == h.hold_id),
+            "{answer:?}"
+        );
+    }
     pool.close().await;
     db.drop_db().await;
 }
