@@ -2,8 +2,9 @@
 //!
 //! sqlx 0.8 tests every connection given back to its pool with a ping (a Sync message and a wait
 //! for ReadyForQuery) and has no option to skip it: one more round trip, and one more wake-up of
-//! a PostgreSQL backend, per checkout. A confirm checks a connection out once and so does a claim
-//! batch, so those take theirs from this set, which keeps a connection that answered as it is.
+//! a PostgreSQL backend, per checkout. Each batch of confirms' reads, of confirms and of claims
+//! checks a connection out once, so those take theirs from this set, which keeps a connection
+//! that answered as it is.
 //!
 //! Every connection of the set comes from the writer pool (so it passed the pool's writer check
 //! and carries its options) and is then detached from it. One whose statement timed out or broke
