@@ -778,8 +778,8 @@ impl Db {
     /// Claims the hold's seats in PostgreSQL and mirrors the hold: refused when a seat is sold,
     /// claimed by another live hold, or when the user's held and bought seats would exceed
     /// `cap`; nothing is claimed then. Ok(Ok(())) only once the claim is committed. Claims of
-    /// concurrent holds share one statement and one commit (see [`ClaimQueue`]); each still gets
-    /// its own answer.
+    /// concurrent holds share one statement and one commit (the claims' queue: see [`group`]);
+    /// each still gets its own answer.
     pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> ClaimResult {
         let (reply, answer) = oneshot::channel();
         let db = self.clone();
