@@ -52,7 +52,8 @@ pub struct Settings {
 
     /// Most holds one PostgreSQL claim statement decides (group commit: the claims of concurrent
     /// holds share a statement and a commit, each hold still answered on its own); 1 decides
-    /// every hold alone.
+    /// every hold alone. It bounds the confirms' batches too (their reads, and their decisions
+    /// at most 32).
     #[arg(long, env = "TIKETI_CLAIM_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub claim_batch: u16,
 
