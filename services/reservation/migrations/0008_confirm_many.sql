@@ -145,10 +145,10 @@ RETURNS TABLE (r_i integer, fingerprint text, status_code smallint, response jso
 LANGUAGE sql STABLE
 SET enable_seqscan = off
 AS $$
-    SELECT q.i::integer, k.fingerprint, k.status_code, k.response, h.hold_id, h.event_id, h.user_id,
-           h.seat_ids, h.expires_at, h.status
-    FROM unnest(p_users, p_keys, p_holds) WITH ORDINALITY AS q(u, k, h, i)
-    LEFT JOIN idempotency_keys k ON k.user_id = q.u AND k.idempotency_key = q.k
-    LEFT JOIN holds h ON h.hold_id = q.h
+    SELECT q.i::integer, ik.fingerprint, ik.status_code, ik.response, h.hold_id, h.event_id,
+           h.user_id, h.seat_ids, h.expires_at, h.status
+    FROM unnest(p_users, p_keys, p_holds) WITH ORDINALITY AS q(q_user, q_key, q_hold, i)
+    LEFT JOIN idempotency_keys ik ON ik.user_id = q.q_user AND ik.idempotency_key = q.q_key
+    LEFT JOIN holds h ON h.hold_id = q.q_hold
     ORDER BY q.i
 $$;

@@ -846,6 +846,9 @@ impl Db {
                 tracing::warn!(error = %e, holds = batch.len(), "claim batch failed; claiming one by one");
                 // Each answered as soon as it is decided (see `confirm_batch`).
                 let singles = batch.into_iter().map(|p| async move {
+                    if p.reply.is_closed() {
+                        return;
+                    }
                     let r = self.claim_one(&p.hold, p.cap).await;
                     self.answer(p, r);
                 });
@@ -1203,6 +1206,11 @@ impl Db {
                 // Each answered as soon as it is decided: one still waiting on its lock does not
                 // hold back the others' answers.
                 let singles = batch.into_iter().map(|p| async move {
+                    if p.reply.is_closed() {
+                        // Its request gave up meanwhile: nothing is decided for it (its retry,
+                        // under the same key, decides).
+                        return;
+                    }
                     let r = self.run_confirms(std::slice::from_ref(&p)).await;
                     let _ = p.reply.send(r.and_then(|rows| {
                         rows.into_iter()
