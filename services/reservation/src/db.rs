@@ -220,9 +220,7 @@ impl group::Member for PendingClaim {
     }
     fn keys(&self, hasher: &RandomState) -> Vec<u64> {
         let h = &self.hold;
-        std::iter::once(hasher.hash_one(("u", &h.event_id, &h.user_id)))
-            .chain(h.seats.iter().map(|s| hasher.hash_one(("s", &h.event_id, s))))
-            .collect()
+        buyer_and_seats(hasher, &h.event_id, &h.user_id, &h.seats)
     }
 }
 
@@ -272,10 +270,16 @@ impl group::Member for PendingConfirm {
         self.reply.is_closed()
     }
     fn keys(&self, hasher: &RandomState) -> Vec<u64> {
-        std::iter::once(hasher.hash_one(("u", &self.event, &self.user)))
-            .chain(self.seats.iter().map(|s| hasher.hash_one(("s", &self.event, s))))
-            .collect()
+        buyer_and_seats(hasher, &self.event, &self.user, &self.seats)
     }
+}
+
+/// The batch keys of a request over `seats` of `event` for `user`: no two requests of one buyer,
+/// or over one seat, of an event share a batch.
+fn buyer_and_seats(hasher: &RandomState, event: &str, user: &str, seats: &[String]) -> Vec<u64> {
+    std::iter::once(hasher.hash_one(("u", event, user)))
+        .chain(seats.iter().map(|s| hasher.hash_one(("s", event, s.as_str()))))
+        .collect()
 }
 
 /// Hands every member of a failed batch the statement's error (a batch of one gets it as it is).
@@ -781,25 +785,36 @@ impl Db {
     /// concurrent holds share one statement and one commit (the claims' queue: see [`group`]);
     /// each still gets its own answer.
     pub async fn claim_hold(&self, hold: &Hold, cap: u32) -> ClaimResult {
-        let (reply, answer) = oneshot::channel();
-        let db = self.clone();
-        self.claims.submit(
-            PendingClaim {
+        self.ask(
+            &self.claims,
+            |reply| PendingClaim {
                 hold: hold.clone(),
                 cap,
                 reply,
             },
-            move |batch| {
-                let db = db.clone();
-                async move { db.claim_batch(batch).await }
-            },
-        );
-        self.queued(answer).await?
+            |db, batch| async move { db.claim_batch(batch).await },
+        )
+        .await?
     }
 
-    /// Waits for a queued request's answer. Waiting in the queue counts too: past twice the call
-    /// bound the request gives up, and one not yet taken off the queue is then dropped undecided.
-    async fn queued<T>(&self, answer: oneshot::Receiver<T>) -> Result<T, DbError> {
+    /// Queues the request `make` builds around its reply channel in `group` (a drainer runs
+    /// `decide` over its batches) and waits for the answer. Waiting in the queue counts too: past
+    /// twice the call bound the request gives up, and one not yet taken off the queue is then
+    /// dropped undecided.
+    async fn ask<P, T, F, Fut>(
+        &self,
+        group: &Arc<group::Group<P>>,
+        make: impl FnOnce(oneshot::Sender<T>) -> P,
+        decide: F,
+    ) -> Result<T, DbError>
+    where
+        P: group::Member,
+        F: Fn(Db, Vec<P>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let db = self.clone();
+        group.submit(make(reply), move |batch| decide(db.clone(), batch));
         match tokio::time::timeout(self.timeout * 2, answer).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(DbError::Dropped),
@@ -1028,21 +1043,17 @@ impl Db {
         key: &str,
         hold: Uuid,
     ) -> Result<ConfirmContext, DbError> {
-        let (reply, answer) = oneshot::channel();
-        let db = self.clone();
-        self.contexts.submit(
-            PendingContext {
+        self.ask(
+            &self.contexts,
+            |reply| PendingContext {
                 user: user.to_owned(),
                 key: key.to_owned(),
                 hold,
                 reply,
             },
-            move |batch| {
-                let db = db.clone();
-                async move { db.context_batch(batch).await }
-            },
-        );
-        self.queued(answer).await?
+            |db, batch| async move { db.context_batch(batch).await },
+        )
+        .await?
     }
 
     async fn context_batch(&self, batch: Vec<PendingContext>) {
@@ -1148,30 +1159,27 @@ impl Db {
             admission_ttl_seconds,
         } = rules;
         let order = new_order(hold, user);
-        let (reply, answer) = oneshot::channel();
-        let db = self.clone();
-        self.confirms.submit(
-            PendingConfirm {
-                hold: hold.hold_id,
-                event: hold.event_id.clone(),
-                seats: hold.seats.clone(),
-                user: user.to_owned(),
-                key: key.to_owned(),
-                fingerprint: fingerprint.to_owned(),
-                body: serde_json::to_value(&order).unwrap_or(serde_json::Value::Null),
-                order: order.order_id,
-                created: order.created_at,
-                cap: i32::try_from(cap).unwrap_or(i32::MAX),
-                sale_ends,
-                admission_ttl: admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
-                reply,
-            },
-            move |batch| {
-                let db = db.clone();
-                async move { db.confirm_batch(batch).await }
-            },
-        );
-        let (outcome, seats, order_id, count) = self.queued(answer).await??;
+        let (outcome, seats, order_id, count) = self
+            .ask(
+                &self.confirms,
+                |reply| PendingConfirm {
+                    hold: hold.hold_id,
+                    event: hold.event_id.clone(),
+                    seats: hold.seats.clone(),
+                    user: user.to_owned(),
+                    key: key.to_owned(),
+                    fingerprint: fingerprint.to_owned(),
+                    body: serde_json::to_value(&order).unwrap_or(serde_json::Value::Null),
+                    order: order.order_id,
+                    created: order.created_at,
+                    cap: i32::try_from(cap).unwrap_or(i32::MAX),
+                    sale_ends,
+                    admission_ttl: admission_ttl_seconds.map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
+                    reply,
+                },
+                |db, batch| async move { db.confirm_batch(batch).await },
+            )
+            .await??;
         Ok(match outcome.as_str() {
             "created" => ConfirmOutcome::Created(order),
             "confirmed" => ConfirmOutcome::AlreadyConfirmed(order_id),
@@ -1244,14 +1252,14 @@ impl Db {
             let result = tokio::time::timeout(self.timeout, statement.fetch_one(conn.conn()?)).await;
             return Ok(vec![(1, self.settle(&mut conn, result)?)]);
         }
-        let column = |f: fn(&PendingConfirm) -> String| batch.iter().map(f).collect::<Vec<_>>();
+        let column = |f: fn(&PendingConfirm) -> &str| batch.iter().map(f).collect::<Vec<_>>();
         let statement = sqlx::query_as::<_, (i32, String, Option<Vec<String>>, Option<Uuid>, Option<i32>)>(
             CONFIRM_MANY_SQL,
         )
         .bind(batch.iter().map(|p| p.hold).collect::<Vec<_>>())
-        .bind(column(|p| p.user.clone()))
-        .bind(column(|p| p.key.clone()))
-        .bind(column(|p| p.fingerprint.clone()))
+        .bind(column(|p| &p.user))
+        .bind(column(|p| &p.key))
+        .bind(column(|p| &p.fingerprint))
         .bind(batch.iter().map(|p| p.body.clone()).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.order).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.created).collect::<Vec<_>>())
